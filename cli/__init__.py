@@ -1,0 +1,1 @@
+"""The `jrt` command line (installed as the import package ``jrt_cli``)."""

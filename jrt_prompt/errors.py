@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad option, a missing file, an unknown model, a malformed row)
+is raised as :class:`JRTError` with a one-line message that names the input and says how to fix
+it. The command line prints the message alone and exits non-zero; Python callers can catch it.
+"""
+
+
+class JRTError(Exception):
+    """An error caused by the user's input; its message is one line naming the input and the fix."""
+
+
+class ModelNotFoundError(JRTError):
+    """No local weights were found for a model name or path."""
+
+
+class UnsupportedModelError(JRTError):
+    """The model exists but no adapter of this project can load it."""
