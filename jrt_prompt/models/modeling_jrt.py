@@ -1,0 +1,790 @@
+"""JRT-RNN, Based and the GPT-style attention baseline as one transformers model.
+
+The released JRT-RNN and Based checkpoints share one architecture: a pre-norm GPT-style stack
+whose token mixer changes from layer to layer (BaseConv, Based linear attention, prefix linear
+attention, sliding-window attention). The attention baseline of the same paper is the same stack
+with full causal attention in every layer. ``JRTConfig.layer_mixers`` is that per-layer schedule,
+as data; everything else (norms, SwiGLU MLP, fp32 residual stream, tied head over the padded
+vocabulary) is shared.
+
+Module names follow the published state-dict layout (``transformer.layers.{i}.mixer.proj_q`` ...),
+so a converted checkpoint loads with ``load_state_dict(strict=True)``.
+
+Inference keeps one state per layer (:class:`JRTCache`): linear attention keeps the running
+``Σ φ(k)⊗v`` and ``Σ φ(k)``, BaseConv its last conv inputs, sliding-window attention the keys and
+values of its window only; full attention keeps a growing KV cache. Prefix linear attention
+reads the first ``min(enc_length, prompt)`` real tokens of the prompt a second time, non-causally,
+through its own key/value projections; tokens that come later (continued prompts, generated
+tokens) only ever update the causal part of the state.
+
+Two inference modes (``config.inference_mode``, see docs/inference_modes.md):
+
+* ``"default"``: left padding is masked in every mixer (a padded batch gives each row the answer
+  it gets alone), states accumulate in fp32.
+* ``"reference"``: the published evaluation harness's numerics: padding is attended to except
+  for the harness's own padding in prefix linear attention (zeroed raw keys, so the constant
+  feature still counts), positions start at the first (pad) token, linear-attention states are
+  rounded to bf16 after every update, Based decoding adds ``φ(k)⊗v`` to its state twice.
+
+The mixers call only the ops of :mod:`jrt_prompt.kernels` (Triton on CUDA, PyTorch elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from jrt_prompt.errors import JRTError
+from jrt_prompt.kernels import (
+    LinearAttentionState,
+    based_linear_attention,
+    linear_attention_step,
+    prefix_linear_attention,
+    taylor_feature_map,
+)
+
+MIXER_KINDS = ("base_conv", "based", "prefix_linear", "sliding_window", "attention")
+INFERENCE_MODES = ("default", "reference")
+
+
+def hazy_layer_schedule(
+    num_layers: int, linear_mixer: str, linear_layers=None, window_layers=None
+) -> list[str]:
+    """The hybrid schedule of the released checkpoints: linear attention at ``linear_layers``,
+    sliding-window attention at ``window_layers``, BaseConv everywhere else.
+
+    Without explicit indices the period-5 pattern of the 360M models is used (linear attention at
+    1, 6, 11, ..., sliding window at 2, 7, 12, ...).
+    """
+    if linear_layers is None:
+        linear_layers = [i for i in range(num_layers) if i % 5 == 1]
+    if window_layers is None:
+        window_layers = [i for i in range(num_layers) if i % 5 == 2]
+    schedule = []
+    for i in range(num_layers):
+        if i in window_layers:
+            schedule.append("sliding_window")
+        elif i in linear_layers:
+            schedule.append(linear_mixer)
+        else:
+            schedule.append("base_conv")
+    return schedule
+
+
+class JRTConfig(PretrainedConfig):
+    """Configuration of :class:`JRTForCausalLM`.
+
+    Sizes: ``hidden_size`` (d), ``num_hidden_layers``, ``intermediate_size`` (SwiGLU hidden width,
+    default 2d), ``vocab_size`` (the tokenizer's) and ``pad_vocab_size_multiple`` (the embedding
+    and the logits have ``padded_vocab_size`` rows).
+
+    ``layer_mixers``: one of ``MIXER_KINDS`` per layer. Default: the JRT-RNN pattern
+    (``prefix_linear`` at i % 5 == 1, ``sliding_window`` at i % 5 == 2, ``base_conv`` elsewhere).
+
+    Linear attention (``based``, ``prefix_linear``): ``num_heads`` heads, each with queries/keys of
+    ``feature_dim`` channels (expanded by the Taylor map to 1 + f + f²) and values of d / num_heads.
+    ``enc_length``: prefix linear attention reads the first ``enc_length`` prompt tokens twice.
+
+    Softmax attention (``sliding_window``, ``attention``): ``attention_heads`` heads of
+    d / attention_heads channels; rotary embedding (GPT-NeoX layout, ``rotary_emb_base``) on the
+    first ``int(rotary_emb_fraction * head_dim)`` channels. ``sliding_window``: the number of
+    earlier tokens a query sees besides itself (the released checkpoints' ``window_size: 256``
+    is flash-attn window (128, 0), i.e. 128 here).
+
+    BaseConv: ``conv_expand`` · d input projection, split into a conv branch and a gate branch,
+    causal depthwise conv of ``conv_kernel_size`` taps.
+    """
+
+    model_type = "jrt_hybrid"
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        pad_vocab_size_multiple: int = 8,
+        hidden_size: int = 1024,
+        num_hidden_layers: int | None = None,
+        layer_mixers: list[str] | None = None,
+        intermediate_size: int | None = None,
+        num_heads: int = 16,
+        feature_dim: int = 16,
+        linear_attention_eps: float = 1e-12,
+        enc_length: int = 1024,
+        attention_heads: int = 16,
+        sliding_window: int = 128,
+        rotary_emb_fraction: float = 1.0,
+        rotary_emb_base: float = 10000.0,
+        conv_kernel_size: int = 3,
+        conv_expand: int = 4,
+        rms_norm_eps: float = 1e-5,
+        residual_in_fp32: bool = True,
+        initializer_range: float = 0.02,
+        inference_mode: str = "default",
+        tie_word_embeddings: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        if layer_mixers is None:
+            layer_mixers = hazy_layer_schedule(
+                26 if num_hidden_layers is None else num_hidden_layers, "prefix_linear"
+            )
+        layer_mixers = list(layer_mixers)
+        if num_hidden_layers is None:
+            num_hidden_layers = len(layer_mixers)
+        self.vocab_size = vocab_size
+        self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.layer_mixers = layer_mixers
+        self.intermediate_size = 2 * hidden_size if intermediate_size is None else intermediate_size
+        self.num_heads = num_heads
+        self.feature_dim = feature_dim
+        self.linear_attention_eps = linear_attention_eps
+        self.enc_length = enc_length
+        self.attention_heads = attention_heads
+        self.sliding_window = sliding_window
+        self.rotary_emb_fraction = rotary_emb_fraction
+        self.rotary_emb_base = rotary_emb_base
+        self.conv_kernel_size = conv_kernel_size
+        self.conv_expand = conv_expand
+        self.rms_norm_eps = rms_norm_eps
+        self.residual_in_fp32 = residual_in_fp32
+        self.initializer_range = initializer_range
+        self.inference_mode = inference_mode
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **kwargs,
+        )
+        self.validate_layout()
+
+    @property
+    def padded_vocab_size(self) -> int:
+        multiple = max(1, int(self.pad_vocab_size_multiple or 1))
+        return math.ceil(self.vocab_size / multiple) * multiple
+
+    def validate_layout(self) -> None:
+        """Raise :class:`JRTError` for a schedule or size the model cannot be built from."""
+        unknown = sorted({m for m in self.layer_mixers if m not in MIXER_KINDS})
+        if unknown:
+            raise JRTError(f"layer_mixers contains {unknown}; use only {list(MIXER_KINDS)}")
+        if len(self.layer_mixers) != self.num_hidden_layers:
+            raise JRTError(
+                f"layer_mixers has {len(self.layer_mixers)} entries but num_hidden_layers is "
+                f"{self.num_hidden_layers}; give one mixer per layer"
+            )
+        uses = set(self.layer_mixers)
+        if uses & {"based", "prefix_linear"} and self.hidden_size % self.num_heads:
+            raise JRTError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if uses & {"sliding_window", "attention"} and self.hidden_size % self.attention_heads:
+            raise JRTError(
+                f"hidden_size {self.hidden_size} is not divisible by attention_heads {self.attention_heads}"
+            )
+        if self.conv_expand % 2:
+            raise JRTError(f"conv_expand must be even (conv branch | gate branch), got {self.conv_expand}")
+        if self.inference_mode not in INFERENCE_MODES:
+            raise JRTError(f"inference_mode {self.inference_mode!r} is not one of {list(INFERENCE_MODES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-call context and the recurrent cache
+
+
+@dataclass
+class MixerInputs:
+    """What every mixer needs besides its hidden states, for one forward call.
+
+    mask: [b, l] bool, True = real token (default mode; None when every token is real).
+    positions: [b, l] rotary positions.
+    reference: the published harness's numerics (see the module docstring).
+    harness_pad_mask: [b, l] bool, reference mode only: False on the padding the harness added
+        to reach ``enc_length`` tokens (read by prefix linear attention only).
+    """
+
+    mask: torch.Tensor | None
+    positions: torch.Tensor
+    reference: bool
+    harness_pad_mask: torch.Tensor | None = None
+
+
+class JRTCache:
+    """Per-layer inference state of :class:`JRTForCausalLM`.
+
+    ``layers[i]`` is set at prefill: a :class:`LinearAttentionState` (fp32 kv and k sums) for
+    linear attention, a [b, channels, kernel-1] tensor of the last conv inputs for BaseConv, a
+    dict ``{"k", "v", "valid"}`` for softmax attention (the window only for sliding-window
+    layers). ``next_positions[b]`` is the rotary position of row b's next token.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, num_layers: int):
+        self.layers: list[Any] = [None] * num_layers
+        self.seen_tokens = 0
+        self.next_positions: torch.Tensor | None = None
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def state_bytes(self) -> int:
+        """Bytes held by all layers' states (used to show that decoding is constant-memory)."""
+        total = 0
+        for entry in self.layers:
+            if entry is None:
+                continue
+            if isinstance(entry, LinearAttentionState):
+                tensors = [entry.kv, entry.ksum]
+            elif isinstance(entry, dict):
+                tensors = list(entry.values())
+            else:
+                tensors = [entry]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for i, entry in enumerate(self.layers):
+            if entry is None:
+                continue
+            if isinstance(entry, LinearAttentionState):
+                self.layers[i] = LinearAttentionState(kv=entry.kv[beam_idx], ksum=entry.ksum[beam_idx])
+            elif isinstance(entry, dict):
+                self.layers[i] = {k: t[beam_idx] for k, t in entry.items()}
+            else:
+                self.layers[i] = entry[beam_idx]
+        if self.next_positions is not None:
+            self.next_positions = self.next_positions[beam_idx]
+
+
+def _round_state_to_bf16(state: LinearAttentionState) -> None:
+    """Reference mode: the harness stores linear-attention states in bf16."""
+    state.kv.copy_(state.kv.to(torch.bfloat16).to(state.kv.dtype))
+    state.ksum.copy_(state.ksum.to(torch.bfloat16).to(state.ksum.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class JRTRMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · weight, computed in fp32, returned in the weight's dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(self.weight.dtype)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
+    """GPT-NeoX rotary embedding on the first channels of each head.
+
+    x: [b, l, h, hd]; positions: [b, l]. Channel i is paired with i + ceil(rotary_dim / 2) and
+    rotated by position · base^(-2i / rotary_dim). For an odd ``rotary_dim`` this rotates
+    ``rotary_dim + 1`` channels, as flash-attn's RotaryEmbedding does (attn-1b: 35 -> 36).
+    """
+    if rotary_dim <= 0:
+        return x
+    inv_freq = 1.0 / base ** (
+        torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim
+    )
+    half = inv_freq.numel()
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # [b, l, half]
+    cos = angles.cos()[:, :, None, :]
+    sin = angles.sin()[:, :, None, :]
+    x1 = x[..., :half].float()
+    x2 = x[..., half : 2 * half].float()
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
+
+
+class SwiGLU(nn.Module):
+    """fc1 -> [value | gate], value · SiLU(gate) -> fc2; no biases."""
+
+    def __init__(self, config: JRTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(value * F.silu(gate))
+
+
+class ShortConvolution(nn.Module):
+    """Holds the depthwise conv weight under the published name ``conv.conv.weight``."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=False)
+
+
+class BaseConv(nn.Module):
+    """in_proj -> [conv branch | gate branch]; SiLU(causal short conv(conv branch)) · gate -> out_proj."""
+
+    def __init__(self, config: JRTConfig, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.inner = config.conv_expand * d // 2
+        self.kernel_size = config.conv_kernel_size
+        self.in_proj = nn.Linear(d, 2 * self.inner, bias=True)
+        self.conv = ShortConvolution(self.inner, self.kernel_size)
+        self.out_proj = nn.Linear(self.inner, d, bias=True)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        l = x.shape[1]
+        conv_in, gate = self.in_proj(x).split(self.inner, dim=-1)
+        if inputs.mask is not None:
+            # Padding enters the conv as the zeros a row alone would see left of its first token.
+            conv_in = conv_in * inputs.mask[..., None].to(conv_in.dtype)
+        conv_in = conv_in.transpose(1, 2)  # [b, c, l]
+        weight = self.conv.conv.weight
+        conv_out = F.conv1d(conv_in, weight, padding=self.kernel_size - 1, groups=self.inner)[..., :l]
+        y = self.out_proj(F.silu(conv_out).transpose(1, 2) * gate)
+        state = None
+        if use_cache:
+            keep = self.kernel_size - 1
+            state = F.pad(conv_in, (max(0, keep - l), 0))[..., -keep:] if keep > 0 else conv_in[..., :0]
+            state = state.contiguous()
+        return y, state
+
+    def step(self, x: torch.Tensor, inputs: MixerInputs, state: torch.Tensor):
+        conv_in, gate = self.in_proj(x[:, 0]).split(self.inner, dim=-1)  # [b, c]
+        window = torch.cat([state, conv_in[..., None]], dim=-1)  # [b, c, k]
+        conv_out = (window * self.conv.conv.weight[:, 0, :]).sum(-1)
+        state.copy_(window[..., 1:])
+        return self.out_proj(F.silu(conv_out) * gate)[:, None]
+
+
+class BasedLinearAttention(nn.Module):
+    """Causal linear attention with the 2nd-order Taylor feature map (Based)."""
+
+    def __init__(self, config: JRTConfig, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_heads
+        self.feature_dim = config.feature_dim
+        self.head_dim = d // config.num_heads
+        self.eps = config.linear_attention_eps
+        self.proj_q = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_k = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_v = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+
+    def _qkv(self, x: torch.Tensor):
+        b, l, _ = x.shape
+        q = self.proj_q(x).view(b, l, self.num_heads, self.feature_dim)
+        k = self.proj_k(x).view(b, l, self.num_heads, self.feature_dim)
+        v = self.proj_v(x).view(b, l, self.num_heads, self.head_dim)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        b, l, _ = x.shape
+        q, k, v = self._qkv(x)
+        # The harness's prefill kernel (fla parallel_based) normalises with +1e-6.
+        eps = 1e-6 if inputs.reference else self.eps
+        mask = None if inputs.reference else inputs.mask
+        o, state = based_linear_attention(q, k, v, mask=mask, eps=eps, output_final_state=use_cache)
+        if state is not None and inputs.reference:
+            _round_state_to_bf16(state)
+        return self.out_proj(o.reshape(b, l, -1)), state
+
+    def step(self, x: torch.Tensor, inputs: MixerInputs, state: LinearAttentionState):
+        b = x.shape[0]
+        q, k, v = self._qkv(x)
+        q, k, v = q[:, 0], k[:, 0], v[:, 0]
+        if inputs.reference:
+            # The harness's recurrent step adds φ(k)⊗v to the kv sum twice (the k sum once).
+            phi_k = taylor_feature_map(k.float())
+            state.kv.add_(phi_k[..., :, None] * v.float()[..., None, :])
+        o = linear_attention_step(q, k, v, state, eps=self.eps)
+        if inputs.reference:
+            _round_state_to_bf16(state)
+        return self.out_proj(o.reshape(b, 1, -1))
+
+
+class PrefixLinearAttention(BasedLinearAttention):
+    """JRT-RNN's mixer: Based linear attention plus a non-causal read of the prompt's first
+    ``enc_length`` tokens through separate key/value projections, one shared normaliser."""
+
+    def __init__(self, config: JRTConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        d = config.hidden_size
+        self.enc_length = config.enc_length
+        self.proj_k_enc = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_v_enc = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        b, l, _ = x.shape
+        q, k, v = self._qkv(x)
+        if inputs.reference:
+            # Encoder = the first min(enc_length, l) positions, padding included. The harness's
+            # own padding has its raw keys zeroed (φ(0) keeps the constant feature) and only when
+            # the whole prefill is the encoder.
+            enc_x = x
+            enc_lengths: int | torch.Tensor = min(self.enc_length, l)
+            mask = None
+        elif inputs.mask is None:
+            enc_x = x
+            enc_lengths = min(self.enc_length, l)
+            mask = None
+        else:
+            # Encoder = the first enc_length *real* tokens: move each row's real tokens to the
+            # front (stable order) so the kernel's "positions < enc_lengths[b]" selects them.
+            order = torch.argsort((~inputs.mask).to(torch.int8), dim=1, stable=True)
+            enc_x = torch.gather(x, 1, order[..., None].expand_as(x))
+            enc_lengths = inputs.mask.sum(1).clamp(max=self.enc_length)
+            mask = inputs.mask
+        k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
+        v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
+        if inputs.reference and inputs.harness_pad_mask is not None and 1 < l <= self.enc_length:
+            keep = inputs.harness_pad_mask[:, :, None, None].to(k.dtype)
+            k = k * keep
+            k_enc = k_enc * keep
+        o, state = prefix_linear_attention(
+            q,
+            k,
+            v,
+            k_enc,
+            v_enc,
+            enc_lengths=enc_lengths,
+            mask=mask,
+            eps=self.eps,
+            output_final_state=use_cache,
+        )
+        if state is not None and inputs.reference:
+            _round_state_to_bf16(state)
+        return self.out_proj(o.reshape(b, l, -1)), state
+
+    def step(self, x: torch.Tensor, inputs: MixerInputs, state: LinearAttentionState):
+        # Generated tokens update only the causal part of the summed state (no encoder keys).
+        b = x.shape[0]
+        q, k, v = self._qkv(x)
+        o = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state, eps=self.eps)
+        if inputs.reference:
+            _round_state_to_bf16(state)
+        return self.out_proj(o.reshape(b, 1, -1))
+
+
+class SoftmaxAttention(nn.Module):
+    """Causal multi-head attention with partial rotary; ``window`` limits each query to itself
+    and the ``window`` tokens before it (sliding-window layers), None means full attention."""
+
+    def __init__(self, config: JRTConfig, layer_idx: int, window: int | None):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.attention_heads
+        self.head_dim = d // config.attention_heads
+        self.window = window
+        self.rotary_dim = int(config.rotary_emb_fraction * self.head_dim)
+        self.rotary_base = config.rotary_emb_base
+        self.Wqkv = nn.Linear(d, 3 * d, bias=False)
+        self.out_proj = nn.Linear(d, d, bias=False)
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
+        b, l, _ = x.shape
+        q, k, v = self.Wqkv(x).view(b, l, 3, self.num_heads, self.head_dim).unbind(2)
+        q = apply_rotary(q, positions, self.rotary_dim, self.rotary_base)
+        k = apply_rotary(k, positions, self.rotary_dim, self.rotary_base)
+        return q, k, v
+
+    def _attend(self, q, k, v, allowed):
+        # q [b, lq, h, hd], k/v [b, lk, h, hd], allowed [b, lq, lk] bool
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=allowed[:, None],
+            scale=self.head_dim**-0.5,
+        )
+        return o.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        b, l, _ = x.shape
+        q, k, v = self._qkv(x, inputs.positions)
+        idx = torch.arange(l, device=x.device)
+        allowed = idx[None, :] <= idx[:, None]
+        if self.window is not None:
+            allowed = allowed & (idx[:, None] - idx[None, :] <= self.window)
+        allowed = allowed[None].expand(b, l, l)
+        valid = torch.ones(b, l, dtype=torch.bool, device=x.device)
+        if inputs.mask is not None and not inputs.reference:
+            valid = inputs.mask
+            # A padded query still sees itself, so no row of the softmax is empty.
+            allowed = allowed & (valid[:, None, :] | torch.eye(l, dtype=torch.bool, device=x.device))
+        y = self.out_proj(self._attend(q, k, v, allowed))
+        state = None
+        if use_cache:
+            keep = l if self.window is None else min(l, self.window)
+            state = {
+                "k": k[:, l - keep :].contiguous(),
+                "v": v[:, l - keep :].contiguous(),
+                "valid": valid[:, l - keep :].contiguous(),
+            }
+        return y, state
+
+    def step(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        q, k, v = self._qkv(x, inputs.positions)
+        valid_now = (
+            inputs.mask
+            if inputs.mask is not None and not inputs.reference
+            else torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        )
+        keys = torch.cat([state["k"], k], dim=1)
+        values = torch.cat([state["v"], v], dim=1)
+        valid = torch.cat([state["valid"], valid_now], dim=1)
+        allowed = valid.clone()
+        allowed[:, -1] = True
+        y = self.out_proj(self._attend(q, keys, values, allowed[:, None, :]))
+        if self.window is not None and keys.shape[1] > self.window:
+            keys, values, valid = keys[:, -self.window :], values[:, -self.window :], valid[:, -self.window :]
+        state["k"], state["v"], state["valid"] = keys.contiguous(), values.contiguous(), valid.contiguous()
+        return y
+
+
+def build_mixer(config: JRTConfig, kind: str, layer_idx: int) -> nn.Module:
+    if kind == "base_conv":
+        return BaseConv(config, layer_idx)
+    if kind == "based":
+        return BasedLinearAttention(config, layer_idx)
+    if kind == "prefix_linear":
+        return PrefixLinearAttention(config, layer_idx)
+    if kind == "sliding_window":
+        return SoftmaxAttention(config, layer_idx, window=config.sliding_window)
+    if kind == "attention":
+        return SoftmaxAttention(config, layer_idx, window=None)
+    raise JRTError(f"unknown mixer {kind!r}; use one of {list(MIXER_KINDS)}")
+
+
+class JRTBlock(nn.Module):
+    """Pre-norm block: mixer(norm1(residual)), then SwiGLU(norm2(residual))."""
+
+    def __init__(self, config: JRTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_kind = config.layer_mixers[layer_idx]
+        self.norm1 = JRTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = build_mixer(config, self.mixer_kind, layer_idx)
+        self.norm2 = JRTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, residual, inputs: MixerInputs, cache: JRTCache | None, decoding: bool, use_cache: bool):
+        normed = self.norm1(residual)
+        if decoding:
+            mixed = self.mixer.step(normed, inputs, cache.layers[self.layer_idx])
+        else:
+            mixed, state = self.mixer(normed, inputs, use_cache)
+            if use_cache:
+                cache.layers[self.layer_idx] = state
+        residual = residual + mixed.to(residual.dtype)
+        return residual, self.mlp(self.norm2(residual))
+
+
+class JRTEmbeddings(nn.Module):
+    """Word embeddings only: the released models have no positional embedding."""
+
+    def __init__(self, config: JRTConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+class JRTPreTrainedModel(PreTrainedModel):
+    config_class = JRTConfig
+    base_model_prefix = "transformer"
+    _no_split_modules = ["JRTBlock"]
+    _is_stateful = True
+    supports_gradient_checkpointing = False
+
+
+class JRTModel(JRTPreTrainedModel):
+    def __init__(self, config: JRTConfig):
+        super().__init__(config)
+        self.embeddings = JRTEmbeddings(config)
+        self.layers = nn.ModuleList(JRTBlock(config, i) for i in range(config.num_hidden_layers))
+        self.ln_f = JRTRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: JRTCache | None = None,
+        use_cache: bool = False,
+        harness_pad_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, JRTCache | None]:
+        b, l = input_ids.shape
+        reference = self.config.inference_mode == "reference"
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = JRTCache(self.config.num_hidden_layers)
+        prefilled = cache is not None and cache.seen_tokens > 0
+
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask[:, -l:].to(torch.bool)
+            if mask.all():
+                mask = None
+
+        if not prefilled:
+            if reference:
+                positions = torch.arange(l, device=input_ids.device)[None].expand(b, l)
+            elif mask is not None:
+                positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+            else:
+                positions = torch.arange(l, device=input_ids.device)[None].expand(b, l)
+            inputs = MixerInputs(mask, positions, reference, harness_pad_mask)
+            hidden = self._run_layers(input_ids, inputs, cache, decoding=False, use_cache=use_cache)
+            if cache is not None:
+                cache.seen_tokens = l
+                cache.next_positions = positions[:, -1] + 1 if mask is None else mask.sum(1).long()
+                if reference:
+                    cache.next_positions = torch.full((b,), l, device=input_ids.device, dtype=torch.long)
+            return hidden, cache
+
+        # Continuation after prefill: one token at a time through the recurrent path, so that
+        # later tokens never touch the encoder part of prefix linear attention.
+        outputs = []
+        for t in range(l):
+            token_mask = None if mask is None else mask[:, t : t + 1]
+            positions = cache.next_positions[:, None]
+            inputs = MixerInputs(token_mask, positions, reference)
+            outputs.append(
+                self._run_layers(input_ids[:, t : t + 1], inputs, cache, decoding=True, use_cache=True)
+            )
+            step = torch.ones_like(cache.next_positions) if token_mask is None else token_mask[:, 0].long()
+            cache.next_positions = cache.next_positions + step
+            cache.seen_tokens += 1
+        return torch.cat(outputs, dim=1), cache
+
+    def _run_layers(self, input_ids, inputs: MixerInputs, cache, decoding: bool, use_cache: bool):
+        hidden = self.embeddings(input_ids)
+        residual_dtype = torch.float32 if self.config.residual_in_fp32 else hidden.dtype
+        residual = hidden.to(residual_dtype)
+        hidden = None
+        for layer in self.layers:
+            if hidden is not None:
+                residual = residual + hidden.to(residual_dtype)
+            residual, hidden = layer(residual, inputs, cache, decoding, use_cache)
+        return self.ln_f(residual + hidden.to(residual_dtype))
+
+
+class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
+    """The hybrid stack with a tied LM head over the padded vocabulary."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: JRTConfig):
+        super().__init__(config)
+        self.transformer = JRTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The model keeps its own recurrent state (JRTCache), created at prefill.
+        return False
+
+    def get_input_embeddings(self):
+        return self.transformer.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.transformer.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def set_inference_mode(self, mode: str) -> JRTForCausalLM:
+        """Switch between the ``"default"`` and the ``"reference"`` numerics (see module docstring)."""
+        if mode not in INFERENCE_MODES:
+            raise JRTError(f"inference mode {mode!r} is not one of {list(INFERENCE_MODES)}")
+        self.config.inference_mode = mode
+        return self
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: JRTCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        **kwargs,
+    ) -> dict[str, Any]:
+        if past_key_values is not None and past_key_values.seen_tokens > 0:
+            input_ids = input_ids[:, past_key_values.seen_tokens :]
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+        }
+        if "logits_to_keep" in kwargs:
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: JRTCache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        harness_pad_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits over the padded vocabulary (fp32).
+
+        labels: [b, l] token ids (-100 = ignored); the loss is next-token cross-entropy (labels
+        are shifted inside). use_cache: return a :class:`JRTCache` to continue from.
+        logits_to_keep: compute logits for the last n positions only (0 = all).
+        """
+        if use_cache is None:
+            use_cache = past_key_values is not None
+        hidden, cache = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            harness_pad_mask=harness_pad_mask,
+        )
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+
+
+AutoConfig.register(JRTConfig.model_type, JRTConfig, exist_ok=True)
+AutoModelForCausalLM.register(JRTConfig, JRTForCausalLM, exist_ok=True)
