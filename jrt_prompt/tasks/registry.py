@@ -1,0 +1,192 @@
+"""The evaluation tasks as data: dataset, fields, prompt builder, gold labels, truncation keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jrt_prompt.errors import JRTError
+
+from . import formats
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One evaluation task.
+
+    name: the name used on the command line (``jrt eval --task NAME``).
+    hub_id / hub_config / split: where ``datasets`` finds it on the hub (None: local data only).
+    fields: the fields every row needs (``twice_fields`` in addition for repeat >= 2).
+    prompt: ``prompt(doc, repeat) -> str``, the exact prompt text.
+    gold: ``gold(doc) -> list[str]``, the gold labels.
+    context_key / answer_keys: what the paper's truncation cuts and which labels it centres on.
+    paper_name: the harness task name of the default form (``<paper_name>_twice`` is the JRT form).
+    """
+
+    name: str
+    hub_id: str | None
+    hub_config: str | None
+    split: str
+    fields: tuple[str, ...]
+    twice_fields: tuple[str, ...]
+    prompt: Callable[[dict, int], str]
+    gold: Callable[[dict], list[str]]
+    context_key: str
+    answer_keys: tuple[str, ...]
+    paper_name: str
+    description: str = ""
+    truncate: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def required_fields(self, repeat: int) -> tuple[str, ...]:
+        return self.fields + (self.twice_fields if repeat > 1 else ())
+
+
+def _value_gold(doc: dict) -> list[str]:
+    return [str(doc["value"])]
+
+
+def _answers_gold(doc: dict) -> list[str]:
+    answers = doc["answers"]
+    if isinstance(answers, str):
+        return [answers]
+    return [str(a) for a in answers]
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def _add(spec: TaskSpec) -> None:
+    TASKS[spec.name] = spec
+
+
+_add(
+    TaskSpec(
+        name="swde",
+        hub_id="hazyresearch/based-swde-v2",
+        hub_config="default",
+        split="validation",
+        fields=("text", "key", "value"),
+        twice_fields=(),
+        prompt=formats.swde_prompt,
+        gold=_value_gold,
+        context_key="text",
+        answer_keys=("key", "value"),
+        paper_name="based_swde",
+        description="attribute extraction from web pages",
+    )
+)
+_add(
+    TaskSpec(
+        name="fda",
+        hub_id="hazyresearch/based-fda",
+        hub_config="default",
+        split="validation",
+        fields=("text", "key", "value"),
+        twice_fields=(),
+        prompt=formats.fda_prompt,
+        gold=_value_gold,
+        context_key="text",
+        answer_keys=("key", "value"),
+        paper_name="based_fda",
+        description="attribute extraction from FDA device reports",
+    )
+)
+_add(
+    TaskSpec(
+        name="squad",
+        hub_id="hazyresearch/based-squad",
+        hub_config="default",
+        split="validation",
+        fields=("text", "value"),
+        twice_fields=("context", "question"),
+        prompt=formats.squad_prompt,
+        gold=_value_gold,
+        context_key="text",
+        answer_keys=("value",),
+        paper_name="based_squad",
+        description="SQuAD in completion (cloze) form",
+    )
+)
+_add(
+    TaskSpec(
+        name="triviaqa",
+        hub_id="hazyresearch/based_triviaqa",
+        hub_config=None,
+        split="validation",
+        fields=("context", "question", "answers"),
+        twice_fields=("orig_question",),
+        prompt=formats.triviaqa_prompt,
+        gold=_answers_gold,
+        context_key="context",
+        answer_keys=(),
+        paper_name="based_triviaqa",
+        description="TriviaQA with its evidence passage",
+    )
+)
+_add(
+    TaskSpec(
+        name="drop",
+        hub_id="hazyresearch/based_drop",
+        hub_config=None,
+        split="validation",
+        fields=("context", "question", "answers"),
+        twice_fields=("orig_question",),
+        prompt=formats.drop_prompt,
+        gold=_answers_gold,
+        context_key="context",
+        answer_keys=(),
+        paper_name="based_drop",
+        description="DROP reading comprehension",
+    )
+)
+for _size in (512, 1024, 2048):
+    _add(
+        TaskSpec(
+            name=f"nq{_size}",
+            hub_id=f"hazyresearch/based_nq_{_size}",
+            hub_config=None,
+            split="validation",
+            fields=("context", "question", "answers"),
+            twice_fields=("orig_question",),
+            prompt=formats.nq_prompt,
+            gold=_answers_gold,
+            context_key="context",
+            answer_keys=("answers",),
+            paper_name=f"based_nq_{_size}",
+            description=f"Natural Questions, ~{_size}-token documents",
+        )
+    )
+
+# The six paper tasks, in the order of the paper's tables (NQ at 1024 tokens by default).
+PAPER_TASKS = ("swde", "fda", "squad", "triviaqa", "drop", "nq1024")
+
+_ALIASES = {
+    "nq": "nq1024",
+    "nq_512": "nq512",
+    "nq_1024": "nq1024",
+    "nq_2048": "nq2048",
+    "squad_completion": "squad",
+    "kv_docs": "kv-docs",
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name`` (also accepts the harness names, e.g. ``based_swde``)."""
+    from . import kv_docs  # noqa: F401  (registers the synthetic task on first use)
+
+    key = name.strip().lower()
+    if key.startswith("based_"):
+        key = key[len("based_") :]
+    if key.endswith("_twice"):
+        raise JRTError(f"task {name!r}: pick the form with --repeat 2 instead of the _twice suffix")
+    key = _ALIASES.get(key, key)
+    if key not in TASKS:
+        raise JRTError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[key]
+
+
+def register(spec: TaskSpec) -> None:
+    """Add a task (used by the synthetic kv-docs task)."""
+    _add(spec)
