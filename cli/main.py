@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# Quiet library chatter (weight-loading progress bars, kernel fall-back notices) on the command line.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 app = typer.Typer(
     name="jrt",
@@ -13,8 +20,8 @@ app = typer.Typer(
 )
 
 # Each command module registers itself on `app` (run, models, score, eval, report, bench, synth).
-from . import run as _run  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
+from . import run as _run  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -1,0 +1,1 @@
+"""One module per model family; each defines ``ADAPTER`` (see :mod:`.base`)."""

@@ -1,0 +1,73 @@
+"""`jrt run`: one question about one document."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jrt_prompt.run import DEFAULT_MODEL, read_context, run_prompt
+
+from ._common import console, reports_errors
+from .main import app
+
+
+@app.command("run")
+@reports_errors
+def run_command(
+    question: Annotated[
+        str, typer.Option("--question", "-q", help="The question to answer from the context.")
+    ],
+    context: Annotated[
+        str, typer.Option("--context", "-c", help="The context text, or a path to a UTF-8 text file.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Roster name (see `jrt models`), hub id or local directory.")
+    ] = DEFAULT_MODEL,
+    repeat: Annotated[
+        int | None, typer.Option("--repeat", "-k", help="Copies of the context (default 2; 1 for JRT-RNN).")
+    ] = None,
+    question_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--question-first/--no-question-first",
+            help="Also put the question before the context (default: on when repeat > 1).",
+        ),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 48,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="Cut the context so the prompt fits this many tokens.")
+    ] = None,
+    show_prompt: Annotated[
+        bool, typer.Option("--show-prompt", help="Print the prompt before the answer.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Answer QUESTION about CONTEXT with JRT-Prompt: the context is read REPEAT times, the question also up front."""
+    result = run_prompt(
+        read_context(context),
+        question,
+        model=model,
+        repeat=repeat,
+        question_first=question_first,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        device=device,
+        dtype=None if dtype == "auto" else dtype,
+    )
+    if show_prompt:
+        console.rule("prompt")
+        console.print(result.prompt, markup=False, highlight=False)
+        console.rule("answer")
+    console.print(result.answer.text.strip(), markup=False, highlight=False)
+    cut = (
+        f", context cut by {result.fitted.cut_tokens} tokens"
+        if result.fitted and result.fitted.truncated
+        else ""
+    )
+    console.print(
+        f"[dim]{result.model} ({result.family}), repeat={result.repeat}, question_first={result.question_first}, "
+        f"{result.answer.prompt_tokens} prompt tokens, {result.answer.answer_tokens} answer tokens, "
+        f"{result.answer.seconds:.2f} s{cut}[/]"
+    )

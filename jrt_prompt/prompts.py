@@ -1,0 +1,152 @@
+"""JRT-Prompt templaters.
+
+A recurrent LM reads its prompt once, left to right, into a fixed-size state: what it keeps of the
+context depends on whether it already knows the question. JRT-Prompt shows the context ``k`` times
+(and, by default, the question once before the context as well), so the state sees every part of
+the context after having seen everything else once.
+
+Layout of :meth:`JRTPrompt.render` (``sep`` is :attr:`JRTPrompt.separator`)::
+
+    [question + sep]            if question_first
+    context (+ sep + context) * (k - 1)
+    sep + question + answer_prefix
+
+With ``repeat=1`` and ``question_first=False`` this is exactly the plain prompt
+``context + sep + question + answer_prefix``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import JRTError
+
+
+@dataclass(frozen=True)
+class JRTPrompt:
+    """How to lay out a context and a question for a recurrent LM.
+
+    repeat: how many copies of the context (k >= 1); the paper's JRT-Prompt uses 2.
+    question_first: also place the question before the first copy of the context.
+    separator: text between the question, the copies of the context and the final question.
+    answer_prefix: text after the final question (e.g. ``" Answer:"``); empty by default.
+    """
+
+    repeat: int = 2
+    question_first: bool = True
+    separator: str = "\n"
+    answer_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 1:
+            raise JRTError(
+                f"repeat={self.repeat!r} is invalid: the context must be shown at least once (use repeat >= 1)"
+            )
+        if not isinstance(self.separator, str) or not isinstance(self.answer_prefix, str):
+            raise JRTError("separator and answer_prefix must be strings")
+
+    @classmethod
+    def plain(cls, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:
+        """The default (non-JRT) prompt: the context once, then the question."""
+        return cls(repeat=1, question_first=False, separator=separator, answer_prefix=answer_prefix)
+
+    def render(self, context: str, question: str) -> str:
+        """The prompt text for one context and question."""
+        _check_question(question)
+        if not isinstance(context, str):
+            raise JRTError(f"context must be a string, got {type(context).__name__}")
+        parts = []
+        if self.question_first:
+            parts.append(question)
+        parts.extend([context] * self.repeat)
+        parts.append(question)
+        return self.separator.join(parts) + self.answer_prefix
+
+    def fit(self, context: str, question: str, tokenizer: Any, max_tokens: int) -> FittedPrompt:
+        """Render a prompt of at most ``max_tokens`` tokens by shortening the context.
+
+        The question is never cut. Every copy of the context is the same token sequence: the
+        context is tokenized once, cut to a whole number of tokens, decoded, and the copies are
+        that same text. Because the prompt is tokenized as a whole afterwards, text at the seams
+        (separator, question) can merge into neighbouring tokens; the fitter measures the final
+        prompt and cuts further until it fits.
+        """
+        return fit_prompt(self, context, question, tokenizer, max_tokens)
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A prompt that fits a token budget, and what was cut to make it fit."""
+
+    text: str
+    context: str
+    prompt_tokens: int
+    context_tokens: int
+    original_context_tokens: int
+
+    @property
+    def cut_tokens(self) -> int:
+        """Tokens removed from (one copy of) the context."""
+        return self.original_context_tokens - self.context_tokens
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut_tokens > 0
+
+
+def fit_prompt(
+    template: JRTPrompt,
+    context: str,
+    question: str,
+    tokenizer: Any,
+    max_tokens: int,
+    *,
+    keep: str = "start",
+) -> FittedPrompt:
+    """Shorten ``context`` (never ``question``) so ``template.render`` fits ``max_tokens`` tokens.
+
+    keep: which part of the context survives a cut, ``"start"`` (drop the end) or ``"end"``.
+    """
+    _check_question(question)
+    if keep not in ("start", "end"):
+        raise JRTError(f"keep={keep!r} is invalid: use 'start' or 'end'")
+    if max_tokens < 1:
+        raise JRTError(f"token budget {max_tokens} is invalid: use a positive number of tokens")
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    fixed = count(template.render("", question))
+    if fixed > max_tokens:
+        raise JRTError(
+            f"token budget {max_tokens} is smaller than the question and layout alone ({fixed} tokens): "
+            "raise the budget or shorten the question"
+        )
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    original = len(ids)
+    full = template.render(context, question)
+    n_full = count(full)
+    if n_full <= max_tokens:
+        return FittedPrompt(full, context, n_full, original, original)
+
+    # First guess: share the free budget equally between the copies, then shrink until it fits.
+    keep_n = max(0, min(original, (max_tokens - fixed) // template.repeat))
+    while True:
+        piece = ids[:keep_n] if keep == "start" else ids[original - keep_n :]
+        cut_context = tokenizer.decode(piece, skip_special_tokens=True) if keep_n else ""
+        text = template.render(cut_context, question)
+        n = count(text)
+        if n <= max_tokens or keep_n == 0:
+            break
+        # Shrink by what is over budget, spread over the copies (at least one token).
+        keep_n = max(0, keep_n - max(1, -(-(n - max_tokens) // template.repeat)))
+    # Report the context length as the tokenizer sees the decoded cut (byte-level BPE round-trips).
+    return FittedPrompt(text, cut_context, n, count(cut_context) if keep_n else 0, original)
+
+
+def _check_question(question: Any) -> None:
+    if not isinstance(question, str):
+        raise JRTError(f"question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise JRTError("question is empty: pass the question to ask about the context")
