@@ -1,0 +1,464 @@
+"""Triton kernels for Based (Taylor) linear attention, prefix linear attention and the decode step.
+
+Algorithm of the prefill kernel (one program per (batch*head, block of value columns)):
+walk the sequence in chunks of BT tokens while holding the running state in registers, split by
+feature order — s0 [dv] (constant feature), s1 [f, dv] (linear), s2 [f*f, dv] (quadratic) and the
+normaliser z0, z1 [f], z2 [f*f] — all fp32. Inside a chunk the scores are the polynomial
+1 + s + s^2/2 of s = q·k/sqrt(f) (a [BT, BT] tile; the 273 features are never built for pairs of
+tokens); across chunks the query features meet the state. Only the state is ever expanded.
+
+Prefix linear attention runs the same kernel twice: first as a pure reduction over the encoder
+tokens (parallel over token splits, partial states summed), then as the causal pass starting
+from that encoder state — which is exactly the cross term of PLA with its shared normaliser.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .state import LinearAttentionState
+
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Launch parameters of the chunked kernel (tuned on an H200 by `jrt bench prefill --tune`)."""
+
+    chunk: int = 64
+    block_dv: int = 32
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_CONFIG = ChunkConfig()
+
+
+@triton.jit
+def _chunked_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    mask_ptr,
+    enc_len_ptr,
+    kv_in_ptr,
+    ks_in_ptr,
+    kv_out_ptr,
+    ks_out_ptr,
+    N,
+    H,
+    DV,
+    tokens_per_split,
+    out_split_stride_kv,
+    out_split_stride_ks,
+    eps,
+    scale1,
+    F: tl.constexpr,
+    BT: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    WRITE_OUTPUT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_ENC_LEN: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_STATE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    pid_dv = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_split = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    FEAT: tl.constexpr = 1 + F + F * F
+    FF: tl.constexpr = F * F
+
+    offs_f = tl.arange(0, F)
+    offs_ff = tl.arange(0, FF)
+    offs_t = tl.arange(0, BT)
+    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    dv_mask = offs_dv < DV
+    # int64 bases: b * N * H * DV overflows int32 at 64k tokens x batch 16 x 16 heads x 64.
+    qk_base = b.to(tl.int64) * N * H * F + h * F
+    v_base = b.to(tl.int64) * N * H * DV + h * DV
+    st_base = pid_bh.to(tl.int64) * FEAT * DV
+    zs_base = pid_bh.to(tl.int64) * FEAT
+    dtype = DOT_DTYPE  # operand type of the tensor-core products (the input dtype on a GPU)
+
+    # Running state (fp32), split by feature order.
+    if HAS_INIT:
+        s0 = tl.load(kv_in_ptr + st_base + offs_dv, mask=dv_mask, other=0.0)
+        s1 = tl.load(
+            kv_in_ptr + st_base + (1 + offs_f[:, None]) * DV + offs_dv[None, :],
+            mask=dv_mask[None, :],
+            other=0.0,
+        )
+        s2 = tl.load(
+            kv_in_ptr + st_base + (1 + F + offs_ff[:, None]) * DV + offs_dv[None, :],
+            mask=dv_mask[None, :],
+            other=0.0,
+        )
+        z0 = tl.load(ks_in_ptr + zs_base)
+        z1 = tl.load(ks_in_ptr + zs_base + 1 + offs_f)
+        z2 = tl.load(ks_in_ptr + zs_base + 1 + F + offs_ff)
+    else:
+        s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        s1 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
+        s2 = tl.zeros([FF, BLOCK_DV], dtype=tl.float32)
+        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+        z1 = tl.zeros([F], dtype=tl.float32)
+        z2 = tl.zeros([FF], dtype=tl.float32)
+
+    t_begin = pid_split * tokens_per_split
+    t_end = tl.minimum(N, t_begin + tokens_per_split)
+    if HAS_ENC_LEN:
+        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+
+    for t0 in range(t_begin, t_end, BT):
+        t = t0 + offs_t
+        t_ok = t < t_end
+        w = t_ok.to(tl.float32)
+        if HAS_MASK:
+            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+        k = tl.load(k_ptr + qk_base + t[:, None] * (H * F) + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+        v = tl.load(
+            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+            mask=t_ok[:, None] & dv_mask[None, :],
+            other=0.0,
+        )
+        ks = k.to(tl.float32) * scale1  # phi's linear part: k / f^(1/4)
+        if WRITE_OUTPUT:
+            q = tl.load(
+                q_ptr + qk_base + t[:, None] * (H * F) + offs_f[None, :], mask=t_ok[:, None], other=0.0
+            )
+            qs = q.to(tl.float32) * scale1
+            # Intra-chunk: scores 1 + s + s^2/2, causal, masked keys removed.
+            s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
+            a = 1.0 + s + 0.5 * s * s
+            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
+            num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
+            den = tl.sum(a, 1)
+            # Inter-chunk: query features against the state of all earlier tokens.
+            q2 = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, FF]) * 0.7071067811865476
+            num = num + s0[None, :]
+            num = tl.dot(qs.to(dtype), s1.to(dtype), num, input_precision=PRECISION)
+            num = tl.dot(q2.to(dtype), s2.to(dtype), num, input_precision=PRECISION)
+            den = den + z0 + tl.sum(qs * z1[None, :], 1) + tl.sum(q2 * z2[None, :], 1)
+            o = num / (den[:, None] + eps) * w[:, None]
+            tl.store(
+                o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+                o.to(o_ptr.dtype.element_ty),
+                mask=t_ok[:, None] & dv_mask[None, :],
+            )
+        # State update with this chunk's (weighted) keys and values.
+        vw = (v.to(tl.float32) * w[:, None]).to(dtype)
+        kst = tl.trans(ks)  # [F, BT]
+        k2t = tl.reshape(kst[:, None, :] * kst[None, :, :], [FF, BT]) * 0.7071067811865476
+        s0 = s0 + tl.sum(vw.to(tl.float32), 0)
+        s1 = tl.dot(kst.to(dtype), vw, s1, input_precision=PRECISION)
+        s2 = tl.dot(k2t.to(dtype), vw, s2, input_precision=PRECISION)
+        z0 = z0 + tl.sum(w, 0)
+        z1 = z1 + tl.sum(kst * w[None, :], 1)
+        z2 = z2 + tl.sum(k2t * w[None, :], 1)
+
+    if STORE_STATE:
+        out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
+        tl.store(out_kv + offs_dv, s0, mask=dv_mask)
+        tl.store(out_kv + (1 + offs_f[:, None]) * DV + offs_dv[None, :], s1, mask=dv_mask[None, :])
+        tl.store(out_kv + (1 + F + offs_ff[:, None]) * DV + offs_dv[None, :], s2, mask=dv_mask[None, :])
+        if pid_dv == 0:
+            out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
+            tl.store(out_ks, z0)
+            tl.store(out_ks + 1 + offs_f, z1)
+            tl.store(out_ks + 1 + F + offs_ff, z2)
+
+
+@triton.jit
+def _step_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    kv_ptr,
+    ks_ptr,
+    DV,
+    eps,
+    scale1,
+    F: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
+    """One token for one (batch, head): state += phi(k) ⊗ v in place, read out with phi(q)."""
+    pid = tl.program_id(0).to(tl.int64)
+    FEAT: tl.constexpr = 1 + F + F * F
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_mask = offs_dv < DV
+    v = tl.load(v_ptr + pid * DV + offs_dv, mask=dv_mask, other=0.0).to(tl.float32)
+    num = tl.zeros([BLOCK_DV], dtype=tl.float32)
+    den = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for r0 in tl.static_range(0, FEAT, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < FEAT
+        linear = (r >= 1) & (r <= F)
+        quad = (r > F) & r_ok
+        idx = r - 1 - F
+        i = tl.where(quad, idx // F, r - 1)
+        j = tl.where(quad, idx % F, 0)
+        first_ok = r_ok & (r >= 1)
+        ki = tl.load(k_ptr + pid * F + i, mask=first_ok, other=0.0).to(tl.float32) * scale1
+        kj = tl.load(k_ptr + pid * F + j, mask=quad, other=0.0).to(tl.float32) * scale1
+        qi = tl.load(q_ptr + pid * F + i, mask=first_ok, other=0.0).to(tl.float32) * scale1
+        qj = tl.load(q_ptr + pid * F + j, mask=quad, other=0.0).to(tl.float32) * scale1
+        phi_k = tl.where(r == 0, 1.0, tl.where(linear, ki, ki * kj * 0.7071067811865476))
+        phi_q = tl.where(r == 0, 1.0, tl.where(linear, qi, qi * qj * 0.7071067811865476))
+        phi_k = tl.where(r_ok, phi_k, 0.0)
+        phi_q = tl.where(r_ok, phi_q, 0.0)
+        ptrs = kv_ptr + pid * FEAT * DV + r[:, None] * DV + offs_dv[None, :]
+        st_mask = r_ok[:, None] & dv_mask[None, :]
+        st = tl.load(ptrs, mask=st_mask, other=0.0) + phi_k[:, None] * v[None, :]
+        tl.store(ptrs, st, mask=st_mask)
+        num += tl.sum(phi_q[:, None] * st, 0)
+        z = tl.load(ks_ptr + pid * FEAT + r, mask=r_ok, other=0.0) + phi_k
+        tl.store(ks_ptr + pid * FEAT + r, z, mask=r_ok)
+        den += phi_q * z
+    o = num / (tl.sum(den, 0) + eps)
+    tl.store(o_ptr + pid * DV + offs_dv, o.to(o_ptr.dtype.element_ty), mask=dv_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def supports(q: torch.Tensor) -> bool:
+    """Shapes the chunked kernel handles; others run the chunked reference on the same device."""
+    return q.shape[-1] == 16 and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products so the kernel meets the fp32 reference to 1e-4.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def _dot_dtype(dtype: torch.dtype):
+    # The CPU interpreter computes bf16 dots wrongly (it multiplies the raw bits), so when
+    # interpreting, bf16 products are taken in fp32; on a GPU they are bf16 tensor-core products.
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return tl.float32
+    return _TL_DTYPES[dtype]
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _launch_chunked(
+    q,
+    k,
+    v,
+    *,
+    out,
+    mask_u8,
+    enc_len,
+    init: LinearAttentionState | None,
+    kv_out,
+    ks_out,
+    splits: int,
+    tokens_per_split: int,
+    write_output: bool,
+    eps: float,
+    config: ChunkConfig,
+):
+    b, n, h, f = q.shape
+    dv = v.shape[-1]
+    block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+    dummy = q
+    grid = (triton.cdiv(dv, block_dv), b * h, splits)
+    feats = 1 + f + f * f
+    _chunked_kernel[grid](
+        q,
+        k,
+        v,
+        out if out is not None else dummy,
+        mask_u8 if mask_u8 is not None else dummy,
+        enc_len if enc_len is not None else dummy,
+        init.kv if init is not None else dummy,
+        init.ksum if init is not None else dummy,
+        kv_out if kv_out is not None else dummy,
+        ks_out if ks_out is not None else dummy,
+        n,
+        h,
+        dv,
+        tokens_per_split,
+        b * h * feats * dv,
+        b * h * feats,
+        eps,
+        f**-0.25,
+        F=f,
+        BT=config.chunk,
+        BLOCK_DV=block_dv,
+        WRITE_OUTPUT=write_output,
+        HAS_MASK=mask_u8 is not None,
+        HAS_ENC_LEN=enc_len is not None,
+        HAS_INIT=init is not None,
+        STORE_STATE=kv_out is not None,
+        PRECISION=_precision(v.dtype),
+        DOT_DTYPE=_dot_dtype(v.dtype),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+
+
+def _contig_state(state: LinearAttentionState) -> LinearAttentionState:
+    return LinearAttentionState(state.kv.contiguous(), state.ksum.contiguous())
+
+
+def based_prefill(
+    q,
+    k,
+    v,
+    *,
+    mask=None,
+    eps=1e-12,
+    initial_state=None,
+    output_final_state=False,
+    config: ChunkConfig | None = None,
+):
+    if not supports(q):
+        return reference.based_chunked(
+            q, k, v, mask=mask, eps=eps, initial_state=initial_state, output_final_state=output_final_state
+        )
+    config = config or DEFAULT_CONFIG
+    b, n, h, f = q.shape
+    dv = v.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(v)
+    final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
+    _launch_chunked(
+        q,
+        k,
+        v,
+        out=out,
+        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
+        enc_len=None,
+        init=_contig_state(initial_state) if initial_state is not None else None,
+        kv_out=final.kv if final is not None else None,
+        ks_out=final.ksum if final is not None else None,
+        splits=1,
+        tokens_per_split=max(n, 1),
+        write_output=True,
+        eps=eps,
+        config=config,
+    )
+    return out, final
+
+
+def encoder_state(
+    k_enc, v_enc, *, enc_lengths, mask=None, config: ChunkConfig | None = None
+) -> LinearAttentionState:
+    """Sum of phi(k_enc) ⊗ v_enc over encoder positions, parallel over token splits."""
+    config = config or DEFAULT_CONFIG
+    b, n, h, f = k_enc.shape
+    dv = v_enc.shape[-1]
+    k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
+    block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+    programs = triton.cdiv(dv, block_dv) * b * h
+    # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
+    splits = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
+    tokens_per_split = triton.cdiv(triton.cdiv(max(n, 1), splits), config.chunk) * config.chunk
+    splits = triton.cdiv(max(n, 1), tokens_per_split)
+    feats = 1 + f + f * f
+    kv_parts = torch.empty(splits, b, h, feats, dv, device=k_enc.device, dtype=torch.float32)
+    ks_parts = torch.empty(splits, b, h, feats, device=k_enc.device, dtype=torch.float32)
+    _launch_chunked(
+        k_enc,
+        k_enc,
+        v_enc,
+        out=None,
+        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
+        enc_len=enc_lengths.to(torch.int32).contiguous(),
+        init=None,
+        kv_out=kv_parts,
+        ks_out=ks_parts,
+        splits=splits,
+        tokens_per_split=tokens_per_split,
+        write_output=False,
+        eps=0.0,
+        config=config,
+    )
+    if splits == 1:
+        return LinearAttentionState(kv_parts[0], ks_parts[0])
+    return LinearAttentionState(kv_parts.sum(0), ks_parts.sum(0))
+
+
+def pla_prefill(
+    q,
+    k,
+    v,
+    k_enc,
+    v_enc,
+    *,
+    enc_lengths,
+    mask=None,
+    eps=1e-12,
+    output_final_state=False,
+    config: ChunkConfig | None = None,
+):
+    if not supports(q):
+        return reference.pla_chunked(
+            q,
+            k,
+            v,
+            k_enc,
+            v_enc,
+            enc_lengths=enc_lengths,
+            mask=mask,
+            eps=eps,
+            output_final_state=output_final_state,
+        )
+    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=config)
+    return based_prefill(
+        q, k, v, mask=mask, eps=eps, initial_state=enc, output_final_state=output_final_state, config=config
+    )
+
+
+def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12):
+    b, h, f = q.shape
+    dv = v.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    kv, ksum = state.kv, state.ksum
+    copy_back = not (kv.is_contiguous() and ksum.is_contiguous())
+    if copy_back:
+        kv, ksum = kv.contiguous(), ksum.contiguous()
+    out = torch.empty_like(v)
+    _step_kernel[(b * h,)](
+        q,
+        k,
+        v,
+        out,
+        kv,
+        ksum,
+        dv,
+        eps,
+        f**-0.25,
+        F=f,
+        BLOCK_R=32,
+        BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        num_warps=4,
+    )
+    if copy_back:
+        state.kv.copy_(kv)
+        state.ksum.copy_(ksum)
+    return out

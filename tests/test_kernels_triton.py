@@ -1,0 +1,146 @@
+"""Triton kernels == PyTorch references, through the Triton CPU interpreter on small shapes.
+
+The full-size runs of the same checks are in test_kernels_gpu.py (marker `gpu`).
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernels' decoration
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import jrt_prompt.kernels.triton_ops as triton_ops  # noqa: E402
+from jrt_prompt.kernels import reference as ref  # noqa: E402
+
+if not isinstance(triton_ops._chunked_kernel, InterpretedFunction):  # imported earlier, compiled mode
+    triton_ops = importlib.reload(triton_ops)
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tests run on CPU only")
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+SMALL = triton_ops.ChunkConfig(chunk=32, block_dv=16)  # several chunks and value blocks on tiny inputs
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _rand(*shape, gen, dtype):
+    return torch.randn(*shape, generator=gen).to(dtype)
+
+
+def _inputs(b, n, h, dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [_rand(b, n, h, d, gen=g, dtype=dtype) for d in (16, 16, dv, 16, dv)]
+
+
+def _f64(*ts):
+    return [t.double() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 77])
+def test_based_prefill_matches_reference(dtype, n):
+    q, k, v, _, _ = _inputs(2, n, 2, 24, dtype)  # dv=24: partial value block
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(2, n, generator=g) > 0.25
+    init = ref.state_from_tokens(*_inputs(2, 9, 2, 24, torch.float32, seed=7)[1:3], torch.ones(2, 9))
+    o, st = triton_ops.based_prefill(
+        q, k, v, mask=mask, initial_state=init, output_final_state=True, config=SMALL
+    )
+    init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
+    o_ref, st_ref = ref.based_quadratic(
+        *_f64(q, k, v), mask=mask, initial_state=init64, output_final_state=True
+    )
+    assert o.dtype == dtype and not torch.isnan(o).any()
+    assert _rel(o, o_ref) < TOL[dtype]
+    assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-6
+    assert torch.all(o[~mask] == 0)
+
+
+def test_based_prefill_default_chunk_no_mask():
+    q, k, v, _, _ = _inputs(1, 150, 1, 64, torch.float32, seed=2)  # 150 = 2 chunks of 64 + 22
+    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True)
+    o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), output_final_state=True)
+    assert _rel(o, o_ref) < 1e-4 and _rel(st.kv, st_ref.kv) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "dtype,lengths",
+    [
+        (torch.float32, [0, 0]),
+        (torch.float32, [1, 1]),
+        (torch.float32, [70, 70]),
+        (torch.float32, [0, 45]),
+        (torch.bfloat16, [70, 3]),
+    ],
+)
+def test_pla_prefill_matches_reference(dtype, lengths):
+    n = 70
+    q, k, v, ke, ve = _inputs(2, n, 2, 16, dtype, seed=3)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, :6] = False  # left padding of the second row
+    enc = torch.tensor(lengths)
+    o, st = triton_ops.pla_prefill(
+        q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=SMALL
+    )
+    o_ref, st_ref = ref.pla_quadratic(
+        *_f64(q, k, v, ke, ve), enc_lengths=enc, mask=mask, output_final_state=True
+    )
+    assert _rel(o, o_ref) < TOL[dtype]
+    assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-6
+
+
+def test_encoder_reduction_over_several_splits():
+    n = 2500  # > 1024 tokens: the reduction splits the encoder over several programs
+    _, _, _, ke, ve = _inputs(1, n, 1, 16, torch.float32, seed=4)
+    enc = torch.tensor([2100])
+    st = triton_ops.encoder_state(
+        ke, ve, enc_lengths=enc, config=triton_ops.ChunkConfig(chunk=64, block_dv=16)
+    )
+    w = (torch.arange(n) < 2100).double()[None]
+    st_ref = ref.state_from_tokens(ke.double(), ve.double(), w)
+    assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_step_matches_reference_and_updates_in_place(dtype):
+    g = torch.Generator().manual_seed(6)
+    b, h, dv = 3, 2, 40
+    state = ref.state_from_tokens(
+        _rand(b, 20, h, 16, gen=g, dtype=torch.float32),
+        _rand(b, 20, h, dv, gen=g, dtype=torch.float32),
+        torch.ones(b, 20),
+    )
+    state64 = ref.LinearAttentionState(state.kv.double(), state.ksum.double())
+    kv_ptr = state.kv.data_ptr()
+    for _ in range(3):
+        q, k = _rand(b, h, 16, gen=g, dtype=dtype), _rand(b, h, 16, gen=g, dtype=dtype)
+        v = _rand(b, h, dv, gen=g, dtype=dtype)
+        o = triton_ops.decode_step(q, k, v, state)
+        o_ref = ref.step_reference(*_f64(q, k, v), state64)
+        assert o.dtype == dtype and _rel(o, o_ref) < TOL[dtype]
+    assert state.kv.data_ptr() == kv_ptr
+    assert _rel(state.kv, state64.kv) < 1e-6 and _rel(state.ksum, state64.ksum) < 1e-6
+
+
+def test_dispatch_prefill_then_decode_through_public_ops(monkeypatch):
+    """JRT_KERNELS=triton routes the public ops to the kernels; PLA prefill + steps == one long prefill."""
+    from jrt_prompt.kernels import linear_attention_step, prefix_linear_attention
+
+    monkeypatch.setenv("JRT_KERNELS", "triton")
+    n = 40
+    q, k, v, ke, ve = _inputs(2, n + 2, 2, 16, torch.float32, seed=8)
+    enc = torch.tensor([n, 11])
+    o_pre, st = prefix_linear_attention(
+        q[:, :n], k[:, :n], v[:, :n], ke[:, :n], ve[:, :n], enc_lengths=enc, output_final_state=True
+    )
+    outs = [linear_attention_step(q[:, t], k[:, t], v[:, t], st) for t in (n, n + 1)]
+    o_ref, _ = ref.pla_quadratic(*_f64(q, k, v, ke, ve), enc_lengths=enc)
+    assert _rel(o_pre, o_ref[:, :n]) < 1e-4
+    for t, o_t in zip((n, n + 1), outs, strict=True):
+        assert _rel(o_t, o_ref[:, t]) < 1e-4
