@@ -443,11 +443,13 @@ class PrefixLinearAttention(BasedLinearAttention):
             enc_lengths = min(self.enc_length, l)
             mask = None
         else:
-            # Encoder = the first enc_length *real* tokens: move each row's real tokens to the
-            # front (stable order) so the kernel's "positions < enc_lengths[b]" selects them.
-            order = torch.argsort((~inputs.mask).to(torch.int8), dim=1, stable=True)
-            enc_x = torch.gather(x, 1, order[..., None].expand_as(x))
-            enc_lengths = inputs.mask.sum(1).clamp(max=self.enc_length)
+            # Encoder = the first enc_length *real* tokens. The kernel reads encoder positions
+            # m < enc_lengths[b] that are not masked, so end each row's region just after its
+            # enc_length-th real token (any padding before it is masked out).
+            enc_x = x
+            real_so_far = inputs.mask.long().cumsum(1)
+            wanted = inputs.mask.sum(1).clamp(max=self.enc_length)
+            enc_lengths = (real_so_far <= wanted[:, None]).sum(1)
             mask = inputs.mask
         k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
         v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
