@@ -124,6 +124,8 @@ def is_hazy_attention_config(config: dict[str, Any]) -> bool:
     """A GPT2Config dump with RMSNorm and rotary: the attention baseline (not an OpenAI GPT-2)."""
     if is_gpt_hybrid_config(config) or "n_embd" not in config or "n_layer" not in config:
         return False
+    if "d_model" in config or "ssm_cfg" in config:  # hazyresearch MambaConfig also has n_embd
+        return False
     return bool(config.get("rms_norm")) or "rotary_emb_fraction" in config
 
 
