@@ -36,6 +36,7 @@ class ChunkConfig:
     block_dv: int = 32
     num_warps: int = 4
     num_stages: int = 2
+    segments: int = 1  # >1: cut the sequence into this many segments that run in parallel
 
 
 DEFAULT_CONFIG = ChunkConfig()
@@ -57,6 +58,8 @@ def _chunked_kernel(
     H,
     DV,
     tokens_per_split,
+    in_split_stride_kv,
+    in_split_stride_ks,
     out_split_stride_kv,
     out_split_stride_ks,
     eps,
@@ -72,6 +75,10 @@ def _chunked_kernel(
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
 ):
+    """Chunked Based attention over tokens [split * tokens_per_split, ...) of one (batch, head).
+
+    WRITE_OUTPUT=False turns it into a pure state reduction (encoder pass, segment pass).
+    """
     pid_dv = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_split = tl.program_id(2)
@@ -79,6 +86,7 @@ def _chunked_kernel(
     h = pid_bh % H
     FEAT: tl.constexpr = 1 + F + F * F
     FF: tl.constexpr = F * F
+    R2: tl.constexpr = 0.7071067811865476  # 1/sqrt(2) of the quadratic features
 
     offs_f = tl.arange(0, F)
     offs_ff = tl.arange(0, FF)
@@ -92,29 +100,27 @@ def _chunked_kernel(
     zs_base = pid_bh.to(tl.int64) * FEAT
     dtype = DOT_DTYPE  # operand type of the tensor-core products (the input dtype on a GPU)
 
-    # Running state (fp32), split by feature order.
+    # Running state (fp32) split by feature order. The quadratic part of the normaliser is kept
+    # as an f x f matrix Z2 (Z2[i, j] = sum_t k_i k_j / sqrt2), so that its read-out is
+    # q^T Z2 q: two tiny fp32 products instead of reductions over [BT, f*f] tiles.
     if HAS_INIT:
-        s0 = tl.load(kv_in_ptr + st_base + offs_dv, mask=dv_mask, other=0.0)
-        s1 = tl.load(
-            kv_in_ptr + st_base + (1 + offs_f[:, None]) * DV + offs_dv[None, :],
-            mask=dv_mask[None, :],
-            other=0.0,
-        )
+        kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
+        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
+        s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0)
+        s1 = tl.load(kv_in + (1 + offs_f[:, None]) * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
         s2 = tl.load(
-            kv_in_ptr + st_base + (1 + F + offs_ff[:, None]) * DV + offs_dv[None, :],
-            mask=dv_mask[None, :],
-            other=0.0,
+            kv_in + (1 + F + offs_ff[:, None]) * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0
         )
-        z0 = tl.load(ks_in_ptr + zs_base)
-        z1 = tl.load(ks_in_ptr + zs_base + 1 + offs_f)
-        z2 = tl.load(ks_in_ptr + zs_base + 1 + F + offs_ff)
+        z0 = tl.load(ks_in)
+        z1 = tl.load(ks_in + 1 + offs_f)
+        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
     else:
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         s1 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
         s2 = tl.zeros([FF, BLOCK_DV], dtype=tl.float32)
         z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
         z1 = tl.zeros([F], dtype=tl.float32)
-        z2 = tl.zeros([FF], dtype=tl.float32)
+        z2 = tl.zeros([F, F], dtype=tl.float32)
 
     t_begin = pid_split * tokens_per_split
     t_end = tl.minimum(N, t_begin + tokens_per_split)
@@ -146,11 +152,12 @@ def _chunked_kernel(
             num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
             den = tl.sum(a, 1)
             # Inter-chunk: query features against the state of all earlier tokens.
-            q2 = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, FF]) * 0.7071067811865476
+            q2 = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, FF]) * R2
             num = num + s0[None, :]
             num = tl.dot(qs.to(dtype), s1.to(dtype), num, input_precision=PRECISION)
             num = tl.dot(q2.to(dtype), s2.to(dtype), num, input_precision=PRECISION)
-            den = den + z0 + tl.sum(qs * z1[None, :], 1) + tl.sum(q2 * z2[None, :], 1)
+            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
+            den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
                 o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
@@ -160,13 +167,14 @@ def _chunked_kernel(
         # State update with this chunk's (weighted) keys and values.
         vw = (v.to(tl.float32) * w[:, None]).to(dtype)
         kst = tl.trans(ks)  # [F, BT]
-        k2t = tl.reshape(kst[:, None, :] * kst[None, :, :], [FF, BT]) * 0.7071067811865476
+        k2t = tl.reshape(kst[:, None, :] * kst[None, :, :], [FF, BT]) * R2
         s0 = s0 + tl.sum(vw.to(tl.float32), 0)
         s1 = tl.dot(kst.to(dtype), vw, s1, input_precision=PRECISION)
         s2 = tl.dot(k2t.to(dtype), vw, s2, input_precision=PRECISION)
+        kw = kst * w[None, :]
         z0 = z0 + tl.sum(w, 0)
-        z1 = z1 + tl.sum(kst * w[None, :], 1)
-        z2 = z2 + tl.sum(k2t * w[None, :], 1)
+        z1 = z1 + tl.sum(kw, 1)
+        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -177,7 +185,7 @@ def _chunked_kernel(
             out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
             tl.store(out_ks, z0)
             tl.store(out_ks + 1 + offs_f, z1)
-            tl.store(out_ks + 1 + F + offs_ff, z2)
+            tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
 
 
 @triton.jit
@@ -273,6 +281,7 @@ def _launch_chunked(
     mask_u8,
     enc_len,
     init: LinearAttentionState | None,
+    init_per_split: bool,
     kv_out,
     ks_out,
     splits: int,
@@ -287,7 +296,8 @@ def _launch_chunked(
     dummy = q
     grid = (triton.cdiv(dv, block_dv), b * h, splits)
     feats = 1 + f + f * f
-    _chunked_kernel[grid](
+    state_kv, state_ks = b * h * feats * dv, b * h * feats
+    return _chunked_kernel[grid](
         q,
         k,
         v,
@@ -302,8 +312,10 @@ def _launch_chunked(
         h,
         dv,
         tokens_per_split,
-        b * h * feats * dv,
-        b * h * feats,
+        state_kv if init_per_split else 0,
+        state_ks if init_per_split else 0,
+        state_kv,
+        state_ks,
         eps,
         f**-0.25,
         F=f,
@@ -325,6 +337,39 @@ def _contig_state(state: LinearAttentionState) -> LinearAttentionState:
     return LinearAttentionState(state.kv.contiguous(), state.ksum.contiguous())
 
 
+def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
+    """(splits, tokens per split), the latter a multiple of the chunk so chunks never straddle."""
+    tokens = triton.cdiv(triton.cdiv(max(n, 1), max(splits, 1)), chunk) * chunk
+    return triton.cdiv(max(n, 1), tokens), tokens
+
+
+def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config):
+    """Per-split sums of phi(k) ⊗ v (fp32), one launch parallel over (value block, batch*head, split)."""
+    b, n, h, f = k.shape
+    dv = v.shape[-1]
+    feats = 1 + f + f * f
+    kv_parts = torch.empty(splits, b, h, feats, dv, device=k.device, dtype=torch.float32)
+    ks_parts = torch.empty(splits, b, h, feats, device=k.device, dtype=torch.float32)
+    _launch_chunked(
+        k,
+        k,
+        v,
+        out=None,
+        mask_u8=mask_u8,
+        enc_len=enc_len,
+        init=None,
+        init_per_split=False,
+        kv_out=kv_parts,
+        ks_out=ks_parts,
+        splits=splits,
+        tokens_per_split=tokens_per_split,
+        write_output=False,
+        eps=0.0,
+        config=config,
+    )
+    return kv_parts, ks_parts
+
+
 def based_prefill(
     q,
     k,
@@ -336,6 +381,9 @@ def based_prefill(
     output_final_state=False,
     config: ChunkConfig | None = None,
 ):
+    """Causal Based prefill. With ``config.segments > 1`` the sequence is cut into segments that run in
+    parallel: one reduction launch gives each segment's state sum, an exclusive prefix sum gives each
+    segment its starting state, then the causal launch runs all segments at once."""
     if not supports(q):
         return reference.based_chunked(
             q, k, v, mask=mask, eps=eps, initial_state=initial_state, output_final_state=output_final_state
@@ -344,20 +392,60 @@ def based_prefill(
     b, n, h, f = q.shape
     dv = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    init = _contig_state(initial_state) if initial_state is not None else None
     out = torch.empty_like(v)
-    final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
+    segments, seg_tokens = _split_plan(n, config.segments, config.chunk)
+    if segments == 1:
+        final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
+        _launch_chunked(
+            q,
+            k,
+            v,
+            out=out,
+            mask_u8=mask_u8,
+            enc_len=None,
+            init=init,
+            init_per_split=False,
+            kv_out=final.kv if final is not None else None,
+            ks_out=final.ksum if final is not None else None,
+            splits=1,
+            tokens_per_split=max(n, 1),
+            write_output=True,
+            eps=eps,
+            config=config,
+        )
+        return out, final
+    kv_parts, ks_parts = _partial_states(
+        k, v, mask_u8=mask_u8, enc_len=None, splits=segments, tokens_per_split=seg_tokens, config=config
+    )
+    # starts[s] = initial + sum of segments before s
+    kv_starts = torch.cumsum(kv_parts, 0).roll(1, 0)
+    ks_starts = torch.cumsum(ks_parts, 0).roll(1, 0)
+    final = None
+    if output_final_state:
+        final = LinearAttentionState(kv_starts[0].clone(), ks_starts[0].clone())  # the total
+    kv_starts[0].zero_()
+    ks_starts[0].zero_()
+    if init is not None:
+        kv_starts += init.kv
+        ks_starts += init.ksum
+        if final is not None:
+            final.kv += init.kv
+            final.ksum += init.ksum
     _launch_chunked(
         q,
         k,
         v,
         out=out,
-        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
+        mask_u8=mask_u8,
         enc_len=None,
-        init=_contig_state(initial_state) if initial_state is not None else None,
-        kv_out=final.kv if final is not None else None,
-        ks_out=final.ksum if final is not None else None,
-        splits=1,
-        tokens_per_split=max(n, 1),
+        init=LinearAttentionState(kv_starts, ks_starts),
+        init_per_split=True,
+        kv_out=None,
+        ks_out=None,
+        splits=segments,
+        tokens_per_split=seg_tokens,
         write_output=True,
         eps=eps,
         config=config,
@@ -376,26 +464,15 @@ def encoder_state(
     block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
     programs = triton.cdiv(dv, block_dv) * b * h
     # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
-    splits = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
-    tokens_per_split = triton.cdiv(triton.cdiv(max(n, 1), splits), config.chunk) * config.chunk
-    splits = triton.cdiv(max(n, 1), tokens_per_split)
-    feats = 1 + f + f * f
-    kv_parts = torch.empty(splits, b, h, feats, dv, device=k_enc.device, dtype=torch.float32)
-    ks_parts = torch.empty(splits, b, h, feats, device=k_enc.device, dtype=torch.float32)
-    _launch_chunked(
-        k_enc,
+    want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
+    splits, tokens_per_split = _split_plan(n, want, config.chunk)
+    kv_parts, ks_parts = _partial_states(
         k_enc,
         v_enc,
-        out=None,
         mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
         enc_len=enc_lengths.to(torch.int32).contiguous(),
-        init=None,
-        kv_out=kv_parts,
-        ks_out=ks_parts,
         splits=splits,
         tokens_per_split=tokens_per_split,
-        write_output=False,
-        eps=0.0,
         config=config,
     )
     if splits == 1:
