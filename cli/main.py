@@ -22,6 +22,7 @@ app = typer.Typer(
 # Each command module registers itself on `app` (run, models, score, eval, report, bench, synth).
 from . import models as _models  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
+from . import score as _score  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -1,0 +1,116 @@
+"""`jrt score`: resumable batch scoring of a JSONL file of context/question rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from jrt_prompt.scoring import score_file
+
+from ._common import console, err_console, reports_errors
+from .main import app
+
+
+class RowsPerSecond(ProgressColumn):
+    """Rows finished per second (rich's own speed estimate over the recent window)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} rows/s" if speed else "-- rows/s", style="cyan")
+
+
+@app.command("score")
+@reports_errors
+def score_command(
+    input: Annotated[Path, typer.Argument(help="JSONL file: one object per line with context and question.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output JSONL (appended to; rerun the same command to resume)."),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Roster name, hub id or local directory.")
+    ] = "demo",
+    repeat: Annotated[
+        int | None, typer.Option("--repeat", "-k", help="Copies of the context (default 2; 1 for JRT-RNN).")
+    ] = None,
+    question_first: Annotated[
+        bool | None,
+        typer.Option(
+            "--question-first/--no-question-first",
+            help="Also put the question first (default: when repeat > 1).",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch (batches are length-sorted).")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row.")] = 48,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(help="Rows whose prompt is longer become error rows (default: the model's limit)."),
+    ] = None,
+    summary: Annotated[
+        Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with code 1 when any row is an error row.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Score every row of INPUT with MODEL into OUT; safe to kill and rerun."""
+    progress = Progress(
+        TextColumn("[bold]scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RowsPerSecond(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+    state: dict = {}
+
+    def on_start(total: int, done: int) -> None:
+        if done:
+            err_console.print(f"resuming: {done} of {total} rows already in {out}")
+        state["task"] = progress.add_task("rows", total=total - done)
+
+    def on_progress(n: int) -> None:
+        progress.advance(state["task"], n)
+
+    with progress:
+        result = score_file(
+            input,
+            out,
+            model=model,
+            repeat=repeat,
+            question_first=question_first,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            max_prompt_tokens=max_prompt_tokens,
+            summary=summary,
+            device=device,
+            dtype=None if dtype == "auto" else dtype,
+            on_start=on_start,
+            on_progress=on_progress,
+        )
+    if result.torn_lines_repaired:
+        err_console.print(f"repaired {result.torn_lines_repaired} torn line(s) left by an interrupted run")
+    console.print_json(json.dumps(result.to_json()))
+    if strict and result.errors:
+        err_console.print(
+            f"[bold red]error:[/] {result.errors} of {result.rows} rows are error rows (--strict)"
+        )
+        raise typer.Exit(code=1)

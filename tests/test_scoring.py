@@ -1,0 +1,236 @@
+"""`jrt score` on a tiny random Mamba: bad rows, resume, torn-line repair, kill -9 mid-run."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_models import write_tiny_llama, write_tiny_mamba
+from typer.testing import CliRunner
+
+from jrt_prompt import load_model
+from jrt_prompt.errors import JRTError
+from jrt_prompt.scoring import repair_output, score_file
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_mamba(tmp_path_factory.mktemp("models") / "tiny-mamba")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(tiny_dir, device="cpu")
+
+
+def good_row(i, **extra):
+    row = {
+        "id": f"r{i}",
+        "context": f"Item {i} has code {i * 7}. " * (1 + i % 3),
+        "question": f"What is the code of item {i}?",
+        "answers": [str(i * 7)],
+    }
+    row.update(extra)
+    return json.dumps(row).encode()
+
+
+def write_input(path, n):
+    path.write_bytes(b"\n".join(good_row(i) for i in range(n)) + b"\n")
+    return path
+
+
+def read_rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+BAD_LINES = {
+    # line number in the file: (raw bytes, expected kind)
+    2: (b'{"context": "abc", "question": ', "invalid_json"),
+    3: (b'{"question": "Where?"}', "missing_field"),
+    4: (b'{"context": 42, "question": "Where?"}', "wrong_type"),
+    5: (b'{"context": "  \\n ", "question": "Where?"}', "empty_context"),
+    6: (b'{"context": "caf\xe9 au lait", "question": "Where?"}', "not_utf8"),
+    7: (json.dumps({"context": "long " * 300, "question": "Where?"}).encode(), "too_long"),
+    8: (b'["context", "question"]', "not_an_object"),
+    9: (b'{"context": "abc", "question": "q?", "answers": [1, 2]}', "wrong_type"),
+    10: (b'{"context": "abc", "question": "q?", "repeat": 0}', "wrong_type"),
+    11: (good_row(0), "duplicate_id"),
+}
+
+
+def test_bad_rows_become_error_rows_and_the_run_goes_on(tmp_path, tiny):
+    lines = [good_row(0)] + [BAD_LINES[n][0] for n in sorted(BAD_LINES)] + [b"", good_row(1), good_row(2)]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    summary = score_file(src, out, model=tiny, max_new_tokens=4, batch_size=2, max_prompt_tokens=1000)
+    rows = read_rows(out)
+    assert [r["line"] for r in rows] == [1, *sorted(BAD_LINES), 13, 14]  # blank line 12 is not a row
+    by_line = {r["line"]: r for r in rows}
+    for number, (_, kind) in BAD_LINES.items():
+        assert by_line[number]["status"] == "error", number
+        assert by_line[number]["kind"] == kind, (number, by_line[number])
+        assert by_line[number]["error"]
+    assert "0xe9" in by_line[6]["error"] and "prompt tokens" in by_line[7]["error"]
+    assert "first on line 1" in by_line[11]["error"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [r["id"] for r in ok] == ["r0", "r1", "r2"]
+    for r in ok:
+        assert r["prompt_tokens"] > 0 and 1 <= r["answer_tokens"] <= 4 and r["latency_s"] > 0
+        assert set(r) >= {"prediction", "finish_reason", "contains", "exact_match", "f1"}
+    assert (summary.rows, summary.ok, summary.errors) == (13, 3, 10)
+    saved = json.loads(out.with_name("out.jsonl.summary.json").read_text())
+    assert saved["errors"] == 10 and saved["error_kinds"]["wrong_type"] == 3
+
+
+def test_prompt_layout_follows_repeat_and_row_overrides(tmp_path, tiny):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        good_row(3) + b"\n" + good_row(4, repeat=1) + b"\n" + good_row(5, question_first=False) + b"\n"
+    )
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, model=tiny, max_new_tokens=2)
+    tok = tiny.tokenizer
+    rows = {r["id"]: r for r in read_rows(out)}
+    ctx3, q3 = json.loads(good_row(3))["context"], json.loads(good_row(3))["question"]
+    assert rows["r3"]["prompt_tokens"] == len(tok(f"{q3}\n{ctx3}\n{ctx3}\n{q3}")["input_ids"])
+    ctx4, q4 = json.loads(good_row(4))["context"], json.loads(good_row(4))["question"]
+    assert rows["r4"]["repeat"] == 1 and not rows["r4"]["question_first"]
+    assert rows["r4"]["prompt_tokens"] == len(tok(f"{ctx4}\n{q4}")["input_ids"])
+    assert rows["r5"]["repeat"] == 2 and rows["r5"]["question_first"] is False
+
+
+def test_the_model_limit_applies_without_a_flag(tmp_path):
+    # tiny llama has 512 positions: 512 - 8 new tokens = 504 prompt tokens at most
+    model = load_model(write_tiny_llama(tmp_path / "llama"), device="cpu")
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        json.dumps({"context": "x" * 600, "question": "q?"}).encode()
+        + b"\n"
+        + json.dumps({"context": "short", "question": "q?"}).encode()
+        + b"\n"
+    )
+    score_file(src, tmp_path / "out.jsonl", model=model, max_new_tokens=8, repeat=1)
+    rows = read_rows(tmp_path / "out.jsonl")
+    assert rows[0]["kind"] == "too_long" and "limit of 504" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_resume_skips_done_rows_and_repairs_a_torn_line(tmp_path, tiny):
+    src = write_input(tmp_path / "in.jsonl", 9)
+    out = tmp_path / "out.jsonl"
+    first = score_file(src, out, model=tiny, max_new_tokens=3, batch_size=2, limit=4)
+    assert (first.rows, first.scored_now) == (4, 4)
+    before = {r["line"]: r for r in read_rows(out)}
+    # simulate a kill in the middle of writing a row: half a JSON line, no newline
+    with open(out, "ab") as f:
+        f.write(json.dumps({"line": 5, "id": "r4", "status": "ok", "prediction": "abc"}).encode()[:25])
+    second = score_file(src, out, model=tiny, max_new_tokens=3, batch_size=2)
+    assert second.torn_lines_repaired == 1
+    assert (second.done_before, second.scored_now, second.rows) == (4, 5, 9)
+    rows = read_rows(out)
+    assert [r["line"] for r in rows] == list(range(1, 10))
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(9)]
+    for line, row in before.items():
+        assert rows[line - 1] == row  # done rows are kept as they were
+    third = score_file(src, out, model=tiny, max_new_tokens=3)
+    assert (third.done_before, third.scored_now) == (9, 0)
+    assert len(read_rows(out)) == 9
+
+
+def test_repair_drops_unparsable_and_duplicate_lines(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(
+        b'{"line": 1, "id": 1}\n{"line": 1, "id": 1}\nnot json\n{"line": 2, "id": 2}\n{"line": 3, "i'
+    )
+    rows, torn = repair_output(out)
+    assert sorted(rows) == [1, 2] and torn == 2
+    assert out.read_bytes() == b'{"line": 1, "id": 1}\n{"line": 2, "id": 2}\n'
+
+
+def test_output_from_another_input_is_refused(tmp_path, tiny):
+    src = write_input(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"line": 1, "id": "something-else", "status": "ok"}) + "\n")
+    with pytest.raises(JRTError, match="another input"):
+        score_file(src, out, model=tiny, max_new_tokens=2)
+
+
+def test_a_second_writer_is_refused(tmp_path, tiny):
+    src = write_input(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    with open(out, "ab") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(JRTError, match="another scoring run"):
+            score_file(src, out, model=tiny, max_new_tokens=2)
+
+
+def test_cli_strict_exit_code_and_summary(tmp_path, tiny_dir):
+    from jrt_cli.main import app
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(good_row(0) + b"\n" + b"{broken\n")
+    args = ["score", str(src), "--model", str(tiny_dir), "--max-new-tokens", "2", "--device", "cpu"]
+    runner = CliRunner()
+    relaxed = runner.invoke(app, [*args, "--out", str(tmp_path / "a.jsonl")])
+    assert relaxed.exit_code == 0, relaxed.output
+    strict = runner.invoke(app, [*args, "--out", str(tmp_path / "b.jsonl"), "--strict"])
+    assert strict.exit_code == 1
+    assert json.loads((tmp_path / "b.jsonl.summary.json").read_text())["errors"] == 1
+    missing = runner.invoke(app, ["score", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def _jrt(*args):
+    return [sys.executable, "-c", "from jrt_cli.main import app; app()", *map(str, args)]
+
+
+def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_dir):
+    n = 40
+    src = write_input(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    cmd = _jrt("score", src, "--out", out, "--model", tiny_dir, "--device", "cpu", "--batch-size", "2",
+               "--max-new-tokens", "6", "--repeat", "2")  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= 4:
+            break
+        if proc.poll() is not None:
+            pytest.fail("scoring finished before it could be killed")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    data = out.read_bytes()
+    killed_rows = data.count(b"\n")
+    assert 4 <= killed_rows < n, "the kill must land mid-run"
+    # a kill can also land inside a write; make sure the rerun sees a torn tail either way
+    if data.endswith(b"\n"):
+        last = data[:-1].rsplit(b"\n", 1)[-1]
+        out.write_bytes(data[: len(data) - len(last) - 1] + last[: len(last) // 2])
+    kept = {r["line"]: r for r in read_rows_lenient(out)}
+
+    done = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    rows = read_rows(out)
+    lines = [r["line"] for r in rows]
+    assert lines == list(range(1, n + 1))  # 0 lost, 0 duplicated, input order
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(n)]
+    assert all(r["status"] == "ok" for r in rows)
+    for line, row in kept.items():
+        assert rows[line - 1] == row
+    summary = json.loads(out.with_name("out.jsonl.summary.json").read_text())
+    assert summary["torn_lines_repaired"] == 1
+    assert summary["done_before"] == len(kept) and summary["scored_now"] == n - len(kept)
+
+
+def read_rows_lenient(path):
+    """Complete lines only (what survives the repair)."""
+    data = Path(path).read_bytes()
+    return [json.loads(x) for x in data.split(b"\n")[:-1] if x.strip()]
