@@ -42,6 +42,17 @@ class ChunkConfig:
 DEFAULT_CONFIG = ChunkConfig()
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """Launch parameters of the decode-step kernel: state rows per block, warps per program."""
+
+    block_r: int = 32
+    num_warps: int = 4
+
+
+DEFAULT_STEP_CONFIG = StepConfig()
+
+
 @triton.jit
 def _chunked_kernel(
     q_ptr,
@@ -511,7 +522,7 @@ def pla_prefill(
     )
 
 
-def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12):
+def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12, config: StepConfig | None = None):
     b, h, f = q.shape
     dv = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -519,6 +530,7 @@ def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12):
     copy_back = not (kv.is_contiguous() and ksum.is_contiguous())
     if copy_back:
         kv, ksum = kv.contiguous(), ksum.contiguous()
+    config = config or DEFAULT_STEP_CONFIG
     out = torch.empty_like(v)
     _step_kernel[(b * h,)](
         q,
@@ -531,9 +543,9 @@ def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12):
         eps,
         f**-0.25,
         F=f,
-        BLOCK_R=32,
+        BLOCK_R=config.block_r,
         BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-        num_warps=4,
+        num_warps=config.num_warps,
     )
     if copy_back:
         state.kv.copy_(kv)

@@ -1,0 +1,239 @@
+"""Prefill benchmark: this project's Based / PLA kernels against FlashAttention-2, cuDNN and fla.
+
+All methods run side by side in one process on the same GPU, on the same shapes: batch B,
+H heads, N tokens; softmax attention with head dim D; linear attention with feature dim f for
+q/k and D for v. "based@2N" is JRT-Prompt's cost (the prompt read twice), compared with FA2 on N.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+
+import torch
+
+from jrt_prompt.errors import JRTError
+
+from .timing import environment, require_cuda, time_ms
+
+METHODS = ("fa2", "cudnn", "fla_fused_chunk_based", "based", "based_2n", "pla")
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise JRTError(f"--dtype {name!r} is not supported; use bfloat16 or float16")
+    return _DTYPES[name]
+
+
+def _sdpa(backend_name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
+
+    def make(b, n, h, d, f, dtype, device, enc_fraction, config):
+        q, k, v = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(3))
+        # [b, n, h, d] viewed as [b, h, n, d]: the layout a model produces, no copies.
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+        def run():
+            with sdpa_kernel([backend]):
+                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+
+        return run
+
+    return make
+
+
+def _fla_based(b, n, h, d, f, dtype, device, enc_fraction, config):
+    from fla.ops.based import fused_chunk_based
+
+    q, k = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(2))
+    v = torch.randn(b, n, h, d, device=device, dtype=dtype)
+    return lambda: fused_chunk_based(q, k, v)
+
+
+def _based(length_factor: int):
+    def make(b, n, h, d, f, dtype, device, enc_fraction, config):
+        from jrt_prompt.kernels import triton_ops
+
+        m = n * length_factor
+        q, k = (torch.randn(b, m, h, f, device=device, dtype=dtype) for _ in range(2))
+        v = torch.randn(b, m, h, d, device=device, dtype=dtype)
+        return lambda: triton_ops.based_prefill(q, k, v, config=config)
+
+    return make
+
+
+def _pla(b, n, h, d, f, dtype, device, enc_fraction, config):
+    from jrt_prompt.kernels import triton_ops
+
+    q, k, ke = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(3))
+    v, ve = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(2))
+    enc = torch.full((b,), int(round(enc_fraction * n)), device=device, dtype=torch.long)
+    return lambda: triton_ops.pla_prefill(q, k, v, ke, ve, enc_lengths=enc, config=config)
+
+
+_MAKERS: dict[str, Callable] = {
+    "fa2": _sdpa("fa2"),
+    "cudnn": _sdpa("cudnn"),
+    "fla_fused_chunk_based": _fla_based,
+    "based": _based(1),
+    "based_2n": _based(2),
+    "pla": _pla,
+}
+
+
+def _free():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def run_prefill_bench(
+    lengths: Sequence[int] = (2048, 8192, 32768, 65536),
+    *,
+    batch: int = 16,
+    heads: int = 16,
+    head_dim: int = 64,
+    feature_dim: int = 16,
+    dtype: str = "bfloat16",
+    enc_fraction: float = 1.0,
+    methods: Sequence[str] = METHODS,
+    warmup: int = 3,
+    reps: int = 10,
+    config=None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Time every method at every length; returns {"env", "shape", "rows"} (ms and speed-up over FA2 at N)."""
+    device = require_cuda()
+    torch_dtype = _dtype(dtype)
+    unknown = [m for m in methods if m not in _MAKERS]
+    if unknown:
+        raise JRTError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if not 0.0 <= enc_fraction <= 1.0:
+        raise JRTError("--enc-fraction must be between 0 and 1 (share of the prompt read as the encoder)")
+    from jrt_prompt.kernels import triton_ops
+
+    config = config or triton_ops.DEFAULT_CONFIG
+    rows = []
+    for n in lengths:
+        results = {}
+        for method in methods:
+            try:
+                fn = _MAKERS[method](
+                    batch, n, heads, head_dim, feature_dim, torch_dtype, device, enc_fraction, config
+                )
+                stats = time_ms(fn, warmup=warmup, reps=reps)
+                results[method] = {"ms": stats["median"], "stats": stats}
+            except ImportError as exc:
+                results[method] = {"ms": None, "note": f"not installed: {exc.name}"}
+            except torch.cuda.OutOfMemoryError:
+                results[method] = {"ms": None, "note": "out of GPU memory"}
+            except RuntimeError as exc:  # e.g. a backend that refuses this shape
+                results[method] = {"ms": None, "note": str(exc).splitlines()[0][:200]}
+            finally:
+                fn = None
+                _free()
+            ms = results[method]["ms"]
+            log(f"N={n:>6} {method:<24} " + (f"{ms:9.3f} ms" if ms is not None else results[method]["note"]))
+        fa2 = results.get("fa2", {}).get("ms")
+        for method, res in results.items():
+            rows.append(
+                {
+                    "n": n,
+                    "tokens_read": 2 * n if method == "based_2n" else n,
+                    "method": method,
+                    "ms": res["ms"],
+                    "speedup_vs_fa2": (fa2 / res["ms"]) if (fa2 and res["ms"]) else None,
+                    **({"note": res["note"]} if "note" in res else {}),
+                }
+            )
+    return {
+        "env": environment(),
+        "shape": {
+            "batch": batch,
+            "heads": heads,
+            "head_dim": head_dim,
+            "feature_dim": feature_dim,
+            "dtype": dtype,
+            "enc_fraction": enc_fraction,
+        },
+        "kernel_config": vars(config) if hasattr(config, "__dict__") else str(config),
+        "timing": {"warmup": warmup, "reps": reps, "statistic": "median of CUDA-event times"},
+        "rows": rows,
+    }
+
+
+def tune_chunked(
+    n: int = 32768,
+    *,
+    batch: int = 16,
+    heads: int = 16,
+    head_dim: int = 64,
+    dtype: str = "bfloat16",
+    configs=None,
+    reps: int = 5,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Time the Based prefill kernel under several launch configurations; fastest first."""
+    from jrt_prompt.kernels import triton_ops
+
+    device = require_cuda()
+    torch_dtype = _dtype(dtype)
+    if configs is None:
+        configs = [
+            triton_ops.ChunkConfig(chunk=bt, block_dv=bdv, num_warps=w, num_stages=st)
+            for bt, bdv, w, st in (
+                (64, 32, 4, 2),
+                (64, 32, 8, 2),
+                (64, 64, 4, 2),
+                (64, 64, 8, 2),
+                (64, 32, 4, 1),
+                (64, 32, 4, 3),
+                (32, 32, 4, 2),
+                (32, 64, 4, 2),
+                (128, 32, 8, 2),
+            )
+        ]
+        with_segments = True
+    else:
+        with_segments = False
+    q, k = (torch.randn(batch, n, heads, 16, device=device, dtype=torch_dtype) for _ in range(2))
+    v = torch.randn(batch, n, heads, head_dim, device=device, dtype=torch_dtype)
+    out = []
+    for cfg in configs:
+        try:
+            stats = time_ms(
+                lambda cfg=cfg: triton_ops.based_prefill(q, k, v, config=cfg), warmup=2, reps=reps
+            )
+            row = {"config": vars(cfg), "ms": stats["median"]}
+        except Exception as exc:  # a config the compiler rejects (e.g. out of shared memory)
+            row = {
+                "config": vars(cfg),
+                "ms": None,
+                "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+            }
+        log(f"tune {row['config']} -> {row['ms'] if row['ms'] is not None else row['note']}")
+        out.append(row)
+    out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
+    if with_segments and out[0]["ms"] is not None:
+        # Segments are a run-time choice: try them on the fastest compiled configuration.
+        best = triton_ops.ChunkConfig(**out[0]["config"])
+        seg_configs = [triton_ops.ChunkConfig(**{**vars(best), "segments": seg}) for seg in (2, 4, 8, 16)]
+        out += tune_chunked(
+            n,
+            batch=batch,
+            heads=heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            configs=seg_configs,
+            reps=reps,
+            log=log,
+        )
+        out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
+    return out

@@ -1,0 +1,104 @@
+"""Kernels == references at full size on a CUDA GPU (marker `gpu`; skipped on CPU)."""
+
+import pytest
+import torch
+
+from jrt_prompt.kernels import (
+    LinearAttentionState,
+    based_linear_attention,
+    linear_attention_step,
+    prefix_linear_attention,
+    triton_ops,
+)
+from jrt_prompt.kernels import reference as ref
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _inputs(b, n, h, dv, dtype, seed=0, scale=1.0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [
+        (torch.randn(b, n, h, d, generator=g, device="cuda") * scale).to(dtype) for d in (16, 16, dv, 16, dv)
+    ]
+
+
+def _chunked_ref(q, k, v, **kw):
+    """fp32 chunked reference on the GPU (big chunks: it is a loop of einsums)."""
+    return ref.based_chunked(q.float(), k.float(), v.float(), chunk_size=512, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_based_full_size(dtype):
+    n = 8000  # not a multiple of any chunk size
+    q, k, v, _, _ = _inputs(4, n, 16, 64, dtype)
+    mask = torch.ones(4, n, dtype=torch.bool, device="cuda")
+    mask[1, :1000] = False  # left padding
+    o, st = based_linear_attention(q, k, v, mask=mask, output_final_state=True)
+    o_ref, st_ref = _chunked_ref(q, k, v, mask=mask, output_final_state=True)
+    assert o.dtype == dtype and torch.isfinite(o).all()
+    assert _rel(o, o_ref) < TOL[dtype]
+    assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_pla_full_size_mixed_encoder_lengths(dtype):
+    n = 4100
+    q, k, v, ke, ve = _inputs(4, n, 16, 64, dtype, seed=1)
+    enc = torch.tensor([0, 1, n, 1024], device="cuda")
+    mask = torch.ones(4, n, dtype=torch.bool, device="cuda")
+    mask[3, :300] = False
+    o, st = prefix_linear_attention(q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True)
+    w_enc = (torch.arange(n, device="cuda")[None] < enc[:, None]).float() * mask.float()
+    enc_state = ref.state_from_tokens(ke.float(), ve.float(), w_enc)
+    o_ref, st_ref = _chunked_ref(q, k, v, mask=mask, initial_state=enc_state, output_final_state=True)
+    assert _rel(o, o_ref) < TOL[dtype]
+    assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
+
+
+@pytest.mark.parametrize("segments", [1, 8])
+def test_segmented_and_single_pass_agree_at_32k(segments):
+    q, k, v, _, _ = _inputs(2, 32768, 4, 64, torch.bfloat16, seed=2)
+    cfg = triton_ops.ChunkConfig(
+        chunk=triton_ops.DEFAULT_CONFIG.chunk,
+        block_dv=triton_ops.DEFAULT_CONFIG.block_dv,
+        num_warps=triton_ops.DEFAULT_CONFIG.num_warps,
+        num_stages=triton_ops.DEFAULT_CONFIG.num_stages,
+        segments=segments,
+    )
+    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
+    o_ref, st_ref = _chunked_ref(q, k, v, output_final_state=True)
+    assert _rel(o, o_ref) < 2e-2 and _rel(st.kv, st_ref.kv) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_64k_tokens_normaliser_does_not_overflow(dtype):
+    """At 64k tokens the normaliser passes 65,504 (fp16's max): it must stay fp32 inside the kernel."""
+    n = 65536
+    q, k, v, _, _ = _inputs(1, n, 2, 64, dtype, seed=3, scale=1.5)
+    o, st = based_linear_attention(q, k, v, output_final_state=True)
+    assert st.ksum[..., 0].min().item() == n  # the constant feature counts every token
+    assert torch.isfinite(o).all()
+    o_ref, _ = _chunked_ref(q, k, v)
+    assert _rel(o, o_ref) < 2e-2
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_decode_step_full_size(batch):
+    q, k, v, _, _ = _inputs(batch, 300, 16, 64, torch.bfloat16, seed=4)
+    _, st = based_linear_attention(q[:, :-4], k[:, :-4], v[:, :-4], output_final_state=True)
+    st64 = LinearAttentionState(st.kv.double(), st.ksum.double())
+    ptr = st.kv.data_ptr()
+    o_full, _ = _chunked_ref(q, k, v)
+    for t in range(296, 300):
+        o_t = linear_attention_step(q[:, t], k[:, t], v[:, t], st)
+        o_t_ref = ref.step_reference(q[:, t].double(), k[:, t].double(), v[:, t].double(), st64)
+        assert _rel(o_t, o_t_ref) < 2e-2
+        assert _rel(o_t, o_full[:, t]) < 2e-2
+    assert st.kv.data_ptr() == ptr
+    assert _rel(st.kv, st64.kv) < 1e-3
