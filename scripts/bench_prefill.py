@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--tune", action="store_true", help="first pick the fastest kernel launch config at 32k")
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--profile", action="store_true", help="also print GPU time per kernel at 32k")
     args = p.parse_args(argv)
 
     config = None
@@ -59,6 +60,15 @@ def main(argv=None) -> int:
     )
     if tuning is not None:
         result["tuning"] = tuning
+    if args.profile:
+        from jrt_prompt.bench.prefill import profile_prefill
+
+        result["profile_32k"] = profile_prefill(
+            32768, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, config=config
+        )
+        for name, kernels in result["profile_32k"].items():
+            for row in kernels[:6]:
+                print(f"profile {name:<6} {row['ms']:9.3f} ms  x{row['calls']}  {row['kernel']}")
     print(json.dumps(result["env"]))
     print(format_prefill_table(result))
     if args.json:

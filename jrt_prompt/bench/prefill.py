@@ -237,3 +237,40 @@ def tune_chunked(
         )
         out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
     return out
+
+
+def profile_prefill(
+    n: int = 32768,
+    *,
+    batch: int = 16,
+    heads: int = 16,
+    head_dim: int = 64,
+    dtype: str = "bfloat16",
+    config=None,
+) -> dict:
+    """GPU time per kernel (torch.profiler) of one Based and one PLA prefill: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from jrt_prompt.kernels import triton_ops
+
+    device = require_cuda()
+    torch_dtype = _dtype(dtype)
+    config = config or triton_ops.DEFAULT_CONFIG
+    out = {}
+    for name, make in (("based", _based(1)), ("pla", _pla)):
+        fn = make(batch, n, heads, head_dim, 16, torch_dtype, device, 1.0, config)
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        kernels = []
+        for evt in prof.key_averages():
+            total_us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if total_us:
+                kernels.append({"kernel": evt.key[:90], "ms": total_us / 1e3, "calls": evt.count})
+        kernels.sort(key=lambda r: -r["ms"])
+        out[name] = kernels
+        fn = None
+        _free()
+    return out
