@@ -451,3 +451,87 @@ def test_state_bytes_recurrent_vs_kv_cache():
     assert hybrid_state_bytes(attn, 4000, 2) == 36 * 2 * 1680 * 4000 * 2
     assert hybrid_state_bytes(attn, 4000, 2) > 10 * large
     assert math.isclose(hybrid_state_bytes(attn, 1000, 2) * 4, hybrid_state_bytes(attn, 4000, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# mode="reference": the published harness's generation
+
+
+def _harness_by_recompute(model, tokenizer, prompt_batch, max_new_tokens, enc_length):
+    """The harness rules applied by hand, decoding by a full forward per token (no cache)."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_batch]
+    width = max(map(len, rows))
+    ids = torch.tensor([[220] * (width - len(r)) + r for r in rows])
+    mask = None
+    if width < enc_length:
+        ids = torch.cat([torch.full((len(rows), enc_length - width), 220), ids], 1)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        mask[:, : enc_length - width] = False
+    model.set_inference_mode("reference")
+    prompt_len = ids.shape[1]
+    for _ in range(max_new_tokens):
+        full_mask = (
+            None
+            if mask is None
+            else torch.cat([mask, torch.ones(len(rows), ids.shape[1] - prompt_len, dtype=torch.bool)], 1)
+        )
+        # The harness mask only reaches prefix linear attention at prefill (l == enc_length).
+        logits = model(ids, harness_pad_mask=full_mask if ids.shape[1] == prompt_len else None).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    model.set_inference_mode("default")
+    return [tokenizer.decode(r[prompt_len:].tolist()).split("\n")[0] for r in ids]
+
+
+def test_harness_generate_pads_jrt_prompts_to_enc_length(tmp_path):
+    from jrt_prompt.models.hazy_reference import harness_generate
+
+    path, _ = hybrid_lookalike(tmp_path / "jrt", "jrt")
+    loaded = load_model(path, device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    prompts = ["ab", "hello"]  # both shorter than enc_length 8: padded to 8 with id 220
+    got = harness_generate(
+        model, tok, prompts, batch_size=2, max_new_tokens=5, enc_length=8, bf16_autocast=False
+    )
+    # Prefill sees the added padding with its keys zeroed; decoding runs from the bf16-rounded state.
+    expected = _harness_by_recompute(model, tok, ["hello", "ab"], 5, 8)
+    assert got == [expected[1], expected[0]]
+    assert model.config.inference_mode == "default"
+
+
+class _RecordingTokenizer:
+    """The checkpoint's tokenizer, remembering the token lists it decodes."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decoded = tokenizer, []
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def decode(self, ids, **kwargs):
+        self.decoded.append((list(ids), kwargs))
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+def test_harness_generate_always_decodes_max_new_tokens_and_cuts_at_newline(tmp_path):
+    from jrt_prompt.models.hazy_reference import harness_generate
+
+    path, _ = hybrid_lookalike(tmp_path / "based", "based")
+    loaded = load_model(path, device="cpu")
+    tok = _RecordingTokenizer(loaded.tokenizer)
+    answers = harness_generate(loaded.model, tok, ["x y z", "q"], batch_size=2, max_new_tokens=12, until="")
+    assert [len(ids) for ids, _ in tok.decoded] == [12, 12]
+    assert all(kwargs == {"skip_special_tokens": False} for _, kwargs in tok.decoded)
+    cut = harness_generate(loaded.model, tok, ["x y z", "q"], batch_size=2, max_new_tokens=12)
+    assert [a.split("\n")[0] for a in answers] == cut
+
+
+def test_harness_generate_for_mamba_ignores_eos(tmp_path):
+    from jrt_prompt.models.hazy_reference import harness_generate
+
+    path, _ = mamba_lookalike(tmp_path / "mamba")
+    loaded = load_model(path, device="cpu")
+    loaded.model.generation_config.eos_token_id = 256
+    tok = _RecordingTokenizer(loaded.tokenizer)
+    harness_generate(loaded.model, tok, ["abc", "de"], batch_size=2, max_new_tokens=7, until="")
+    assert [len(ids) for ids, _ in tok.decoded] == [7, 7]
+    assert loaded.model.generation_config.eos_token_id == 256

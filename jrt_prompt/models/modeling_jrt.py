@@ -266,6 +266,12 @@ class JRTCache:
             self.next_positions = self.next_positions[beam_idx]
 
 
+def _kernel_precision(x: torch.Tensor):
+    """Run a kernel op outside autocast: the ops choose their own accumulation precision and
+    return fp32 states; autocast would silently turn the state einsums into bf16."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def _round_state_to_bf16(state: LinearAttentionState) -> None:
     """Reference mode: the harness stores linear-attention states in bf16."""
     state.kv.copy_(state.kv.to(torch.bfloat16).to(state.kv.dtype))
@@ -398,7 +404,8 @@ class BasedLinearAttention(nn.Module):
         # The harness's prefill kernel (fla parallel_based) normalises with +1e-6.
         eps = 1e-6 if inputs.reference else self.eps
         mask = None if inputs.reference else inputs.mask
-        o, state = based_linear_attention(q, k, v, mask=mask, eps=eps, output_final_state=use_cache)
+        with _kernel_precision(x):
+            o, state = based_linear_attention(q, k, v, mask=mask, eps=eps, output_final_state=use_cache)
         if state is not None and inputs.reference:
             _round_state_to_bf16(state)
         return self.out_proj(o.reshape(b, l, -1)), state
@@ -407,11 +414,12 @@ class BasedLinearAttention(nn.Module):
         b = x.shape[0]
         q, k, v = self._qkv(x)
         q, k, v = q[:, 0], k[:, 0], v[:, 0]
-        if inputs.reference:
-            # The harness's recurrent step adds φ(k)⊗v to the kv sum twice (the k sum once).
-            phi_k = taylor_feature_map(k.float())
-            state.kv.add_(phi_k[..., :, None] * v.float()[..., None, :])
-        o = linear_attention_step(q, k, v, state, eps=self.eps)
+        with _kernel_precision(x):
+            if inputs.reference:
+                # The harness's recurrent step adds φ(k)⊗v to the kv sum twice (the k sum once).
+                phi_k = taylor_feature_map(k.float())
+                state.kv.add_(phi_k[..., :, None] * v.float()[..., None, :])
+            o = linear_attention_step(q, k, v, state, eps=self.eps)
         if inputs.reference:
             _round_state_to_bf16(state)
         return self.out_proj(o.reshape(b, 1, -1))
@@ -457,17 +465,18 @@ class PrefixLinearAttention(BasedLinearAttention):
             keep = inputs.harness_pad_mask[:, :, None, None].to(k.dtype)
             k = k * keep
             k_enc = k_enc * keep
-        o, state = prefix_linear_attention(
-            q,
-            k,
-            v,
-            k_enc,
-            v_enc,
-            enc_lengths=enc_lengths,
-            mask=mask,
-            eps=self.eps,
-            output_final_state=use_cache,
-        )
+        with _kernel_precision(x):
+            o, state = prefix_linear_attention(
+                q,
+                k,
+                v,
+                k_enc,
+                v_enc,
+                enc_lengths=enc_lengths,
+                mask=mask,
+                eps=self.eps,
+                output_final_state=use_cache,
+            )
         if state is not None and inputs.reference:
             _round_state_to_bf16(state)
         return self.out_proj(o.reshape(b, l, -1)), state
@@ -476,7 +485,8 @@ class PrefixLinearAttention(BasedLinearAttention):
         # Generated tokens update only the causal part of the summed state (no encoder keys).
         b = x.shape[0]
         q, k, v = self._qkv(x)
-        o = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state, eps=self.eps)
+        with _kernel_precision(x):
+            o = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state, eps=self.eps)
         if inputs.reference:
             _round_state_to_bf16(state)
         return self.out_proj(o.reshape(b, 1, -1))
