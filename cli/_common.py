@@ -12,7 +12,8 @@ from rich.console import Console
 
 from jrt_prompt.errors import JRTError
 
-console = Console()
+# Output piped to a file or another program keeps long rows (tables, prompts) on one line.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable)

@@ -27,7 +27,7 @@ def models_command(
         title=f"jrt-prompt models (memory per sequence after {prompt_tokens} prompt tokens, 16-bit)"
     )
     for column in ("name", "family", "params", "hub id", "state / KV", "Transformer KV", "local"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column in ("name", "state / KV", "Transformer KV"))
     for row in rows:
         if local_only and not row.local_path:
             continue

@@ -58,9 +58,9 @@ def run_command(
     )
     if show_prompt:
         console.rule("prompt")
-        console.print(result.prompt, markup=False, highlight=False)
+        console.print(result.prompt, markup=False, highlight=False, soft_wrap=True)
         console.rule("answer")
-    console.print(result.answer.text.strip(), markup=False, highlight=False)
+    console.print(result.answer.text.strip(), markup=False, highlight=False, soft_wrap=True)
     cut = (
         f", context cut by {result.fitted.cut_tokens} tokens"
         if result.fitted and result.fitted.truncated
@@ -69,5 +69,6 @@ def run_command(
     console.print(
         f"[dim]{result.model} ({result.family}), repeat={result.repeat}, question_first={result.question_first}, "
         f"{result.answer.prompt_tokens} prompt tokens, {result.answer.answer_tokens} answer tokens, "
-        f"{result.answer.seconds:.2f} s{cut}[/]"
+        f"{result.answer.seconds:.2f} s{cut}[/]",
+        soft_wrap=True,
     )

@@ -76,6 +76,10 @@ def run_prompt(
     dtype: str | None = None,
 ) -> RunResult:
     """Render the JRT prompt for ``context``/``question``, generate the answer greedily, return both."""
+    # Check the options before spending time on loading the model.
+    JRTPrompt(repeat=1 if repeat is None else repeat, separator=separator).render(context, question)
+    if max_new_tokens < 1:
+        raise JRTError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     k = default_repeat(loaded) if repeat is None else repeat
     first = (k > 1) if question_first is None else question_first

@@ -1,0 +1,99 @@
+import pytest
+from jrt_cli.main import app
+from tiny_models import write_tiny_mamba
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return write_tiny_mamba(tmp_path_factory.mktemp("models") / "tiny-mamba")
+
+
+def test_run_end_to_end(tiny_model, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The lease was signed by Alice Moreau in Lyon.", encoding="utf-8")
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            str(tiny_model),
+            "--context",
+            str(doc),
+            "--question",
+            "Who signed the lease?",
+            "--repeat",
+            "2",
+            "--show-prompt",
+            "--max-new-tokens",
+            "5",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    prompt = "Who signed the lease?\nThe lease was signed by Alice Moreau in Lyon.\n" * 1
+    assert prompt + "The lease was signed by Alice Moreau in Lyon.\nWho signed the lease?" in result.output
+    assert "repeat=2, question_first=True" in result.output
+
+
+def test_run_plain_prompt(tiny_model):
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "-m",
+            str(tiny_model),
+            "-c",
+            "Ctx text.",
+            "-q",
+            "Q?",
+            "-k",
+            "1",
+            "--show-prompt",
+            "--max-new-tokens",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Ctx text.\nQ?" in result.output and "question_first=False" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "no-such-model", "-c", "text", "-q", "q"], "unknown model 'no-such-model'"),
+        (["-c", "missing/doc.txt", "-q", "q"], "context file missing/doc.txt does not exist"),
+        (["-c", "text", "-q", "q", "--repeat", "0"], "repeat=0 is invalid"),
+        (["-c", "text", "-q", "   "], "question is empty"),
+        (["-c", "text", "-q", "q", "--dtype", "float8"], "dtype 'float8' is unknown"),
+    ],
+)
+def test_run_errors_are_one_line(tiny_model, args, message):
+    if "-m" not in args:
+        args = ["-m", str(tiny_model), *args]
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_models_lists_the_roster():
+    result = runner.invoke(app, ["models", "--prompt-tokens", "1024"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in (
+        "mamba-1.4b",
+        "mamba2-2.7b",
+        "gla-1.3b",
+        "based-360m",
+        "jrt-rnn-1.3b",
+        "attn-1.3b",
+        "rwkv-4-169m",
+    ):
+        assert name in result.output
+    # attn-1.3b: 241920 bytes/token x 1024 tokens = 236.2 MiB of KV cache
+    assert "236.2 MiB" in result.output
