@@ -1,0 +1,150 @@
+"""`jrt eval` end to end on a tiny random model with local fixture data, and `jrt report`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_tasks_formats import EXPECTED
+from tiny_models import write_tiny_llama, write_tiny_mamba
+from typer.testing import CliRunner
+
+from jrt_prompt.errors import JRTError
+from jrt_prompt.evaluation import EvalConfig, evaluate, resolve_data
+from jrt_prompt.report import load_results, markdown_table
+from jrt_prompt.tasks import contains, exact_match, token_f1
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval-models")
+    return {
+        "mamba": write_tiny_mamba(root / "tiny-mamba"),
+        "llama": write_tiny_llama(root / "tiny-llama"),
+        "llama-b": write_tiny_llama(root / "tiny-llama-b", seed=1),
+    }
+
+
+def test_resolve_data_forms(tmp_path):
+    assert resolve_data(["swde", "fda"], [str(FIXTURES)]) == {
+        "swde": FIXTURES / "swde.jsonl",
+        "fda": FIXTURES / "fda.jsonl",
+    }
+    assert resolve_data(["based_swde"], [f"swde={tmp_path}/x.jsonl"]) == {"swde": tmp_path / "x.jsonl"}
+    assert resolve_data(["drop"], [str(FIXTURES / "drop.jsonl")]) == {"drop": FIXTURES / "drop.jsonl"}
+    with pytest.raises(JRTError, match="one file but 2 tasks"):
+        resolve_data(["swde", "fda"], [str(FIXTURES / "swde.jsonl")])
+    with pytest.raises(JRTError, match="not among"):
+        resolve_data(["swde"], [f"fda={FIXTURES / 'fda.jsonl'}"])
+
+
+def test_eval_cli_two_tasks_both_forms(tmp_path, models):
+    from jrt_cli.main import app
+
+    out = tmp_path / "results.json"
+    args = ["eval", "--model", str(models["mamba"]), "--task", "swde", "--task", "drop", "--repeat", "1",
+            "--repeat", "2", "--limit", "2", "--data", str(FIXTURES), "--out", str(out), "--device", "cpu",
+            "--max-new-tokens", "6", "--save-prompts"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for word in ("swde", "drop", "default", "JRT", "average"):
+        assert word in result.output
+    doc = json.loads(out.read_text())
+    assert [(r["task"], r["form"], r["paper_task"]) for r in doc["results"]] == [
+        ("swde", "default", "based_swde"),
+        ("swde", "jrt", "based_swde_twice"),
+        ("drop", "default", "based_drop"),
+        ("drop", "jrt", "based_drop_twice"),
+    ]
+    for entry in doc["results"]:
+        assert entry["n"] == 2 and entry["skipped"] == 0
+        assert [e["index"] for e in entry["examples"]] == [0, 1]
+        expected = EXPECTED[entry["task"]]
+        for example in entry["examples"]:
+            # the model read exactly the paper's prompt string (no truncation at 1000 tokens here)
+            assert example["prompt"] == expected[example["index"]][entry["repeat"] - 1]
+            assert example["contains"] == contains(example["prediction"], example["answers"])
+            assert example["exact_match"] == exact_match(example["prediction"], example["answers"])
+            assert example["f1"] == token_f1(example["prediction"], example["answers"])
+            assert 1 <= example["answer_tokens"] <= 6
+        mean = 100 * sum(e["contains"] for e in entry["examples"]) / 2
+        assert entry["metrics"]["contains"] == mean
+
+
+def test_eval_truncates_and_skips_like_the_paper(tmp_path, models):
+    from jrt_prompt import load_model
+
+    rows = [
+        {"text": "Product code: X. Rest of the report.", "key": "product code", "value": "X"},
+        {
+            "text": "filler " * 200 + "Product code: DXN. " + "tail " * 200,
+            "key": "product code",
+            "value": "DXN",
+        },
+    ]
+    data = tmp_path / "fda.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = EvalConfig(model="unused", tasks=("fda",), repeats=(1, 2), data={"fda": data}, context_length=250,
+                        max_new_tokens=2, save_prompts=True)  # fmt: skip
+    doc = evaluate(config, load_model(models["llama"], device="cpu"))
+    default, jrt = doc["results"]
+    assert default["skipped"] == 1 and default["skipped_examples"][0]["index"] == 0
+    (example,) = default["examples"]
+    assert example["context_truncated"] and "Product code: DXN" in example["prompt"]
+    assert example["prompt_tokens"] <= 200 + len(" Product code:") + 1
+    body = jrt["examples"][0]["prompt"][len("Information about Product code. ") : -len(" Product code:")]
+    first, second = body.split("\n")
+    assert first == second and first.rstrip(".") + ". Product code:" == example["prompt"].rstrip()
+
+
+def test_eval_fails_fast_on_missing_data(tmp_path):
+    from jrt_cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["eval", "--model", "nowhere", "--task", "swde", "--data", f"swde={tmp_path}/no.jsonl"]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_eval_rejects_rows_without_the_task_fields(tmp_path):
+    data = tmp_path / "drop.jsonl"
+    data.write_text(json.dumps({"context": "c", "question": "q", "answers": ["a"]}) + "\n")
+    with pytest.raises(JRTError, match="orig_question"):
+        evaluate(EvalConfig(model="unused", tasks=("drop",), repeats=(2,), data={"drop": data}))
+
+
+def test_report_markdown_and_png(tmp_path, models):
+    from jrt_cli.main import app
+
+    files = []
+    for name in ("llama", "llama-b"):
+        out = tmp_path / f"{name}.json"
+        args = ["eval", "--model", str(models[name]), "--task", "nq1024", "--task", "triviaqa", "--data", str(FIXTURES),
+                "--out", str(out), "--device", "cpu", "--max-new-tokens", "3", "--limit", "1"]  # fmt: skip
+        assert CliRunner().invoke(app, args).exit_code == 0
+        files.append(out)
+    png, md = tmp_path / "chart.png", tmp_path / "report.md"
+    result = CliRunner().invoke(app, ["report", *map(str, files), "--png", str(png), "--out", str(md)])
+    assert result.exit_code == 0, result.output
+    text = md.read_text()
+    assert text.startswith("| model | task | n | default (contains) | JRT (contains) | Δ |")
+    assert text.count("| nq1024 |") == 2 and text.count("**average**") == 2
+    assert str(models["llama"]) in text and str(models["llama-b"]) in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width > 300 and height > 200
+    assert markdown_table(load_results(files), "f1").startswith("| model | task | n | default (f1)")
+
+
+def test_report_rejects_other_files(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    with pytest.raises(JRTError, match="not a `jrt eval` results file"):
+        load_results([bad])
+    shutil.copy(bad, tmp_path / "y.json")
+    with pytest.raises(JRTError, match="does not exist"):
+        load_results([tmp_path / "missing.json"])
