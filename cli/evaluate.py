@@ -56,7 +56,7 @@ def eval_command(
         typer.Option(
             "--task",
             "-t",
-            help="Task (repeatable): swde, fda, squad, triviaqa, drop, nq512, nq1024, nq2048, kv-docs.",
+            help="Task (repeatable): swde, fda, squad, triviaqa, drop, nq512, nq1024, nq2048, kv-docs; paper = the six of Table 1.",
         ),
     ],
     model: Annotated[

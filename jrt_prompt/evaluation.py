@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JRTError
-from .tasks import TaskSpec, build_examples, get_task, mean_scores, score
+from .tasks import TaskSpec, build_examples, expand_tasks, get_task, mean_scores, score
 from .tasks.data import check_rows, load_task_rows
 
 RESULTS_FORMAT = "jrt-eval-results/1"
@@ -67,7 +67,7 @@ def resolve_data(tasks: Sequence[str], values: Sequence[str]) -> dict[str, Path]
             mapping[get_task(name).name] = Path(path)
         else:
             plain.append(Path(value))
-    names = [get_task(t).name for t in tasks]
+    names = expand_tasks(tasks)
     for path in plain:
         if path.is_dir():
             for name in names:
@@ -113,11 +113,7 @@ def evaluate(
         raise JRTError(f"--repeat values {list(config.repeats)} are invalid: use 1 (default) and/or 2 (JRT)")
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise JRTError("--max-new-tokens and --batch-size must be positive")
-    specs: list[TaskSpec] = []
-    for name in config.tasks:
-        spec = get_task(name)
-        if spec.name not in [s.name for s in specs]:
-            specs.append(spec)
+    specs: list[TaskSpec] = [get_task(name) for name in expand_tasks(config.tasks)]
 
     # Read every task's data before loading the model, so a missing file fails fast.
     loaded_rows = {}

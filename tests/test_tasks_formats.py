@@ -167,3 +167,32 @@ def test_empty_question_does_not_loop_forever():
 def test_repeat_zero_is_an_error():
     with pytest.raises(JRTError, match="repeat=0"):
         get_task("drop").prompt(rows("drop")[0], 0)
+
+
+def test_paper_expands_to_the_six_table_1_tasks():
+    from jrt_prompt.tasks import expand_tasks
+
+    assert expand_tasks(["paper", "swde", "kv-docs"]) == [
+        "swde",
+        "fda",
+        "squad",
+        "triviaqa",
+        "drop",
+        "nq1024",
+        "kv-docs",
+    ]
+
+
+def test_kv_docs_task_uses_the_layout_the_demo_model_was_trained_on():
+    from jrt_prompt.synthetic.forms import PromptForm
+    from jrt_prompt.synthetic.kv_docs import template_for
+    from jrt_prompt.tasks.data import load_task_rows
+
+    spec = get_task("kv_docs")
+    rows, source = load_task_rows(spec, None, 3)
+    assert len(rows) == 3 and source
+    for row in rows:
+        assert spec.prompt(row, 1) == template_for(PromptForm.default).render(row["context"], row["question"])
+        assert spec.prompt(row, 2) == template_for(PromptForm.jrt).render(row["context"], row["question"])
+        assert spec.prompt(row, 1) == f"{row['context']}\n{row['question']}"
+        assert spec.gold(row) == row["answers"] and row["answers"][0] in row["context"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import METRIC_NAMES, contains, exact_match, mean_scores, score, token_f1
-from .registry import PAPER_TASKS, TASKS, TaskSpec, get_task
+from .registry import PAPER_TASKS, TASKS, TaskSpec, expand_tasks, get_task
 from .truncation import Truncation, truncate_context
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "build_examples",
     "contains",
     "exact_match",
+    "expand_tasks",
     "get_task",
     "mean_scores",
     "score",

@@ -48,7 +48,7 @@ def _load_default(limit: int | None) -> tuple[list[dict[str, Any]], str]:
 
         return load_local_rows(path), str(path)
     try:
-        from jrt_prompt.synthetic import kv_docs_examples  # type: ignore[attr-defined]
+        from jrt_prompt.synthetic.kv_docs import kv_docs_examples
     except ImportError:
         raise JRTError(
             "task kv-docs: no held-out file ships with the demo model and the synthetic generator is "

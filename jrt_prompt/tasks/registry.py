@@ -187,6 +187,15 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[key]
 
 
+def expand_tasks(names) -> list[str]:
+    """Task names with ``paper`` expanded to the six tasks of the paper's Table 1, duplicates dropped."""
+    out: list[str] = []
+    for name in names:
+        group = PAPER_TASKS if name.strip().lower() in ("paper", "table1") else (get_task(name).name,)
+        out += [n for n in group if n not in out]
+    return out
+
+
 def register(spec: TaskSpec) -> None:
     """Add a task (used by the synthetic kv-docs task)."""
     _add(spec)
