@@ -62,6 +62,9 @@ def score_command(
     summary: Annotated[
         Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")
     ] = None,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="On resume, score the error rows of OUT again.")
+    ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit with code 1 when any row is an error row.")
     ] = False,
@@ -101,6 +104,7 @@ def score_command(
             limit=limit,
             max_prompt_tokens=max_prompt_tokens,
             summary=summary,
+            retry_errors=retry_errors,
             device=device,
             dtype=None if dtype == "auto" else dtype,
             on_start=on_start,

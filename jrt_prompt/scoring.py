@@ -97,6 +97,7 @@ class ScoreConfig:
     limit: int | None = None
     max_prompt_tokens: int | None = None  # None: the model's own limit minus max_new_tokens
     summary: Path | None = None
+    retry_errors: bool = False  # on resume, score error rows again (e.g. after raising the limit)
     separator: str = "\n"
     answer_prefix: str = ""
 
@@ -357,6 +358,11 @@ def score_jsonl(
 
     config.out.parent.mkdir(parents=True, exist_ok=True)
     done, torn = repair_output(config.out)
+    if config.retry_errors and any(r.get("status") == "error" for r in done.values()):
+        done = {line: r for line, r in done.items() if r.get("status") != "error"}
+        _atomic_write(
+            config.out, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in done.values())
+        )
     by_line = {row.line: row for row in parsed}
     for line, row in done.items():
         if line in by_line and row.get("id") != by_line[line].id and by_line[line].error is None:
@@ -500,6 +506,7 @@ def score_file(
     limit: int | None = None,
     max_prompt_tokens: int | None = None,
     summary: str | os.PathLike | None = None,
+    retry_errors: bool = False,
     device: str = "auto",
     dtype: str | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -526,6 +533,7 @@ def score_file(
         limit=limit,
         max_prompt_tokens=max_prompt_tokens,
         summary=Path(summary) if summary else None,
+        retry_errors=retry_errors,
     )
     return score_jsonl(
         config, engine_for(loaded, batch_size=batch_size), on_start=on_start, on_progress=on_progress

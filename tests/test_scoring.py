@@ -105,6 +105,21 @@ def test_prompt_layout_follows_repeat_and_row_overrides(tmp_path, tiny):
     assert rows["r5"]["repeat"] == 2 and rows["r5"]["question_first"] is False
 
 
+def test_retry_errors_rescores_error_rows_only(tmp_path, tiny):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        good_row(0) + b"\n" + json.dumps({"context": "long " * 60, "question": "q?"}).encode() + b"\n"
+    )
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, model=tiny, max_new_tokens=2, max_prompt_tokens=200)
+    first = read_rows(out)
+    assert [r["status"] for r in first] == ["ok", "error"]
+    again = score_file(src, out, model=tiny, max_new_tokens=2, max_prompt_tokens=1000, retry_errors=True)
+    rows = read_rows(out)
+    assert (again.done_before, again.scored_now) == (1, 1)
+    assert rows[0] == first[0] and rows[1]["status"] == "ok" and len(rows) == 2
+
+
 def test_the_model_limit_applies_without_a_flag(tmp_path):
     # tiny llama has 512 positions: 512 - 8 new tokens = 504 prompt tokens at most
     model = load_model(write_tiny_llama(tmp_path / "llama"), device="cpu")
