@@ -425,6 +425,51 @@ def test_triton_path_matches_reference_path_on_gpu(dtype, monkeypatch):
         fast, fast_cache = _prefill_then_decode(model, ids, 70, attention_mask=mask)
         monkeypatch.setenv("JRT_KERNELS", "reference")
         slow, _ = _prefill_then_decode(model, ids, 70, attention_mask=mask)
-    tol = 2e-3 if dtype == torch.float32 else 6e-2
-    torch.testing.assert_close(fast, slow, atol=tol, rtol=tol)
+    if dtype == torch.float32:
+        torch.testing.assert_close(fast, slow, atol=2e-3, rtol=2e-3)
+    else:  # bf16 outputs of two accumulation orders: compare the distributions
+        assert (fast.float().softmax(-1) - slow.float().softmax(-1)).abs().max() < 5e-2
     assert fast_cache.layers[1].kv.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_jrt_360m_shapes_on_gpu_bf16_triton_vs_reference_and_decode(monkeypatch):
+    """The released JRT-360M layout (26 layers, d 1024, f 16, window 128, enc 1024), random
+    weights, bf16: Triton kernels vs the PyTorch references, prefill+decode vs parallel, a
+    left-padded row vs alone, constant decode memory, and the harness generation path."""
+    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.tokenization import build_byte_tokenizer
+
+    torch.manual_seed(0)
+    config = JRTConfig(vocab_size=50257, hidden_size=1024, num_hidden_layers=26, intermediate_size=2048)
+    model = JRTForCausalLM(config).cuda().to(torch.bfloat16).eval()
+    ids = torch.randint(0, 50257, (2, 1100), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :300] = 0
+    with torch.no_grad():
+        monkeypatch.setenv("JRT_KERNELS", "triton")
+        fast = model(ids, attention_mask=mask).logits
+        parallel_1040 = model(ids[:, :1040], attention_mask=mask[:, :1040]).logits
+        stepped, cache = _prefill_then_decode(model, ids[:, :1040], 1030, attention_mask=mask[:, :1040])
+        sizes = {cache.state_bytes()}
+        for t in range(3):
+            model(
+                ids[:, 1040 + t : 1041 + t],
+                attention_mask=mask[:, : 1041 + t],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            sizes.add(cache.state_bytes())
+        alone = model(ids[1:, 300:]).logits
+        monkeypatch.setenv("JRT_KERNELS", "reference")
+        slow = model(ids, attention_mask=mask).logits
+    assert len(sizes) == 1
+    assert cache.layers[1].kv.dtype == torch.float32
+    # Same math, different accumulation order in bf16: compare the distributions, not the bits.
+    assert (fast.float().softmax(-1) - slow.float().softmax(-1)).abs().max() < 2e-2
+    assert (stepped.float().softmax(-1) - parallel_1040.float().softmax(-1)).abs().max() < 2e-2
+    assert (alone[0].float().softmax(-1) - fast[1, 300:].float().softmax(-1)).abs().max() < 2e-2
+    monkeypatch.delenv("JRT_KERNELS")
+    tok = build_byte_tokenizer()
+    out = harness_generate(model, tok, ["a" * 300, "b" * 1200, "c" * 50], batch_size=2, max_new_tokens=8)
+    assert len(out) == 3 and model.config.inference_mode == "default"

@@ -354,8 +354,9 @@ def build_jrt_model(
         model = JRTForCausalLM(jrt_config)
     check_state_dict(model, state, raw_config)
     if jrt_config.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-        state["lm_head.weight"] = state["transformer.embeddings.word_embeddings.weight"]
+        # The original strict load copies both names into one tied tensor; the head comes last.
+        shared = state.get("lm_head.weight", state["transformer.embeddings.word_embeddings.weight"])
+        state = {**state, "transformer.embeddings.word_embeddings.weight": shared, "lm_head.weight": shared}
     model.load_state_dict(state, strict=True, assign=True)
     if jrt_config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.embeddings.word_embeddings.weight
