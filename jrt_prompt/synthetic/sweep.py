@@ -1,0 +1,180 @@
+"""Run many small trainings side by side on one device and collect their results.
+
+Small recall models are launch-bound on a large GPU: one process leaves it mostly idle, so the
+sweep starts one process per job (up to ``workers`` at a time) and every job trains for the same
+wall-clock budget. Each job writes its checkpoint (``save_pretrained``) and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from pathlib import Path
+
+from .models import ModelSpec
+from .training import TrainConfig
+
+MQAR_OPTIONS = {"num_pairs": 64, "num_queries": 8}
+SD_OPTIONS = {"short_size": 8, "long_size": 48}
+KV_OPTIONS = {"num_queries": 4}
+
+
+def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
+    """Named job lists. ``full``: the quality sweep of docs/quality.md; ``smoke``: tiny, for CPU checks."""
+    jobs: dict[str, TrainConfig] = {}
+
+    def add(job: str, task: str, options: dict, spec: ModelSpec, **kw):
+        jobs[job] = TrainConfig(
+            task=task, task_options=dict(options), model=spec, time_budget_s=time_budget_s, **kw
+        )
+
+    if name == "smoke":
+        small = {"num_pairs": 8, "num_queries": 4, "num_keys": 30, "num_values": 32}
+        add(
+            "mqar-attention",
+            "mqar",
+            small,
+            ModelSpec("attention", 32, 1),
+            max_steps=30,
+            batch_size=16,
+            eval_examples=64,
+        )
+        add(
+            "mqar-based-f2",
+            "mqar",
+            small,
+            ModelSpec("based", 32, 1, {"feature_dim": 2}),
+            max_steps=30,
+            batch_size=16,
+            eval_examples=64,
+        )
+        add(
+            "mqar-jrt_rnn-f2",
+            "mqar",
+            small,
+            ModelSpec("jrt_rnn", 32, 1, {"feature_dim": 2}),
+            max_steps=30,
+            batch_size=16,
+            eval_examples=64,
+        )
+        add(
+            "sd-based-f2",
+            "sd",
+            {"short_size": 2, "long_size": 6, "num_elements": 28},
+            ModelSpec("based", 32, 1, {"feature_dim": 2}),
+            max_steps=30,
+            batch_size=16,
+            eval_examples=64,
+        )
+        add(
+            "kv-mamba2-n4",
+            "kv-docs",
+            KV_OPTIONS,
+            ModelSpec("mamba2", 32, 1, {"state_size": 4}),
+            max_steps=3,
+            batch_size=4,
+            eval_examples=8,
+        )
+        return jobs
+    if name == "full":
+        for n in (4, 16, 64):
+            add(f"mqar-mamba2-n{n}", "mqar", MQAR_OPTIONS, ModelSpec("mamba2", 128, 2, {"state_size": n}))
+        for ek in (0.25, 0.5, 1.0):
+            add(
+                f"mqar-gla-k{int(ek * 128)}", "mqar", MQAR_OPTIONS, ModelSpec("gla", 128, 2, {"expand_k": ek})
+            )
+        for f in (2, 4, 8):
+            add(f"mqar-based-f{f}", "mqar", MQAR_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}))
+            add(f"mqar-jrt_rnn-f{f}", "mqar", MQAR_OPTIONS, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f}))
+        add("mqar-attention", "mqar", MQAR_OPTIONS, ModelSpec("attention", 128, 2))
+        for f in (2, 4, 8):
+            add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}))
+        kv = dict(batch_size=128, lr=1.5e-3, eval_examples=500, data_workers=2)
+        add(
+            "kv-mamba2-d128-n8",
+            "kv-docs",
+            KV_OPTIONS,
+            ModelSpec("mamba2", 128, 4, {"state_size": 8, "eos_token_id": 256}),
+            **kv,
+        )
+        add(
+            "kv-mamba2-d192-n16",
+            "kv-docs",
+            KV_OPTIONS,
+            ModelSpec("mamba2", 192, 4, {"state_size": 16, "eos_token_id": 256}),
+            **kv,
+        )
+        add(
+            "kv-mamba2-d256-n16",
+            "kv-docs",
+            KV_OPTIONS,
+            ModelSpec("mamba2", 256, 4, {"state_size": 16, "eos_token_id": 256}),
+            **kv,
+        )
+        add(
+            "kv-attention", "kv-docs", KV_OPTIONS, ModelSpec("attention", 128, 2, {"eos_token_id": 256}), **kv
+        )
+        return jobs
+    raise ValueError(f"unknown plan {name!r}")
+
+
+def _worker(job: str, config_dict: dict, out_dir: str, device: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from .training import TrainConfig, run_job
+
+    log_path = Path(out_dir) / "logs" / f"{job}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as fh:
+
+        def log(msg: str) -> None:
+            fh.write(msg + "\n")
+            fh.flush()
+
+        try:
+            config = TrainConfig.from_dict(config_dict)
+            result = run_job(config, Path(out_dir) / "ckpt" / job, device=device, log=log)
+            result["job"] = job
+            (Path(out_dir) / "results").mkdir(exist_ok=True)
+            (Path(out_dir) / "results" / f"{job}.json").write_text(json.dumps(result, indent=1))
+            log("done " + json.dumps(result["accuracy"]))
+        except Exception:
+            log(traceback.format_exc())
+            raise
+
+
+def run_sweep(
+    jobs: dict[str, TrainConfig], out_dir: str | Path, *, device: str = "cuda", workers: int = 8
+) -> list[dict]:
+    """Run ``jobs`` in up to ``workers`` processes; returns the results that finished."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    pending = list(jobs.items())
+    running: dict[str, mp.Process] = {}
+    started = time.time()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    while pending or running:
+        while pending and len(running) < workers:
+            job, config = pending.pop(0)
+            p = ctx.Process(target=_worker, args=(job, config.to_dict(), str(out_dir), device), daemon=False)
+            p.start()
+            running[job] = p
+        time.sleep(1.0)
+        for job, p in list(running.items()):
+            if not p.is_alive():
+                p.join()
+                running.pop(job)
+                print(f"[{time.time() - started:6.0f}s] {job} exit={p.exitcode}", flush=True)
+    return collect(out_dir)
+
+
+def collect(out_dir: str | Path) -> list[dict]:
+    results = []
+    for path in sorted((Path(out_dir) / "results").glob("*.json")):
+        results.append(json.loads(path.read_text()))
+    return results
