@@ -33,6 +33,7 @@ from . import evaluate as _evaluate  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
 from . import score as _score  # noqa: E402,F401
+from . import synth as _synth  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console script shim
