@@ -1,7 +1,13 @@
 import os
 
-import pytest
-import torch
+# Triton kernels are checked on CPU through Triton's interpreter. The variable must be set before
+# anything imports triton, so it is set here, before the test modules are collected.
+import torch  # noqa: E402  (importing torch does not import triton)
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 # Tests never reach a model hub: loading must come from local directories.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
