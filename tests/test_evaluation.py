@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from test_tasks_formats import EXPECTED
-from tiny_models import write_tiny_llama, write_tiny_mamba
+from tiny_models import write_tiny_llama
 from typer.testing import CliRunner
 
 from jrt_prompt.errors import JRTError
@@ -21,7 +21,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-models")
     return {
-        "mamba": write_tiny_mamba(root / "tiny-mamba"),
         "llama": write_tiny_llama(root / "tiny-llama"),
         "llama-b": write_tiny_llama(root / "tiny-llama-b", seed=1),
     }
@@ -44,7 +43,7 @@ def test_eval_cli_two_tasks_both_forms(tmp_path, models):
     from jrt_cli.main import app
 
     out = tmp_path / "results.json"
-    args = ["eval", "--model", str(models["mamba"]), "--task", "swde", "--task", "drop", "--repeat", "1",
+    args = ["eval", "--model", str(models["llama"]), "--task", "swde", "--task", "drop", "--repeat", "1",
             "--repeat", "2", "--limit", "2", "--data", str(FIXTURES), "--out", str(out), "--device", "cpu",
             "--max-new-tokens", "6", "--save-prompts"]  # fmt: skip
     result = CliRunner().invoke(app, args)

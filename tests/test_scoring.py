@@ -206,11 +206,17 @@ def _jrt(*args):
 
 
 def test_kill_9_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_dir):
-    n = 40
-    src = write_input(tmp_path / "in.jsonl", n)
+    n = 24
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "context": f"Item {i}: {i * 7}.", "question": f"Item {i}?"}) + "\n"
+            for i in range(n)
+        )
+    )
     out = tmp_path / "out.jsonl"
-    cmd = _jrt("score", src, "--out", out, "--model", tiny_dir, "--device", "cpu", "--batch-size", "2",
-               "--max-new-tokens", "6", "--repeat", "2")  # fmt: skip
+    cmd = _jrt("score", src, "--out", out, "--model", tiny_dir, "--device", "cpu", "--batch-size", "3",
+               "--max-new-tokens", "4", "--repeat", "2")  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
