@@ -650,6 +650,13 @@ class JRTModel(JRTPreTrainedModel):
         b, l = input_ids.shape
         reference = self.config.inference_mode == "reference"
         cache = past_key_values
+        if cache is not None and not isinstance(cache, JRTCache):
+            # generate() of some transformers versions hands every model an empty DynamicCache.
+            if cache.get_seq_length() > 0:
+                raise JRTError(
+                    "JRTForCausalLM continues only from its own JRTCache, not from a transformers Cache"
+                )
+            cache = None
         if use_cache and cache is None:
             cache = JRTCache(self.config.num_hidden_layers)
         prefilled = cache is not None and cache.seen_tokens > 0
@@ -746,7 +753,7 @@ class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
         use_cache: bool = True,
         **kwargs,
     ) -> dict[str, Any]:
-        if past_key_values is not None and past_key_values.seen_tokens > 0:
+        if isinstance(past_key_values, JRTCache) and past_key_values.seen_tokens > 0:
             input_ids = input_ids[:, past_key_values.seen_tokens :]
         inputs = {
             "input_ids": input_ids,
