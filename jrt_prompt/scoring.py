@@ -19,6 +19,7 @@ no row is lost or written twice. When every row is done the file is rewritten in
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import json
 import os
@@ -160,6 +161,8 @@ def read_input(path: Path, limit: int | None = None) -> list[tuple[int, bytes]]:
         raise JRTError(f"input {path} is a directory; pass a JSONL file") from None
     rows = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # files saved by some editors start with a BOM
         if not raw.strip():
             continue
         rows.append((number, raw.rstrip(b"\r")))

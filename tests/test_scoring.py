@@ -255,3 +255,19 @@ def read_rows_lenient(path):
     """Complete lines only (what survives the repair)."""
     data = Path(path).read_bytes()
     return [json.loads(x) for x in data.split(b"\n")[:-1] if x.strip()]
+
+
+def test_input_reading_handles_bom_crlf_blank_lines_and_limit(tmp_path):
+    from jrt_prompt.scoring import ScoreConfig, parse_row, read_input
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        b'\xef\xbb\xbf{"context": "c1", "question": "q1"}\r\n\r\n  \n{"context": "c2", "question": "q2", "id": 7}\r\n'
+    )
+    rows = read_input(src)
+    assert [line for line, _ in rows] == [1, 4]
+    config = ScoreConfig(input=src, out=tmp_path / "o.jsonl", repeat=1)
+    first, second = (parse_row(line, raw, config) for line, raw in rows)
+    assert first.error is None and first.id == 1 and first.context == "c1" and not first.question_first
+    assert second.id == 7 and second.repeat == 1
+    assert read_input(src, limit=1) == rows[:1]

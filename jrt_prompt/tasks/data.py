@@ -71,8 +71,6 @@ def check_rows(spec: TaskSpec, rows: list[dict[str, Any]], repeat: int, source: 
                 raise JRTError(
                     f"{source} row {index + 1}: field {name!r} must be {expected}, got {type(value).__name__}"
                 )
-        if "key" in needed and not row["key"]:
-            raise JRTError(f"{source} row {index + 1}: field 'key' is empty")
 
 
 def load_task_rows(

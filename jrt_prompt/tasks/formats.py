@@ -42,7 +42,7 @@ def _strip_suffix_repeats(text: str, suffix: str) -> str:
 
 
 def _capitalized(key: str) -> str:
-    return key[0].upper() + key[1:]
+    return key[:1].upper() + key[1:]
 
 
 # --- SWDE and FDA: attribute extraction from web pages / FDA reports ---------------------------
