@@ -10,14 +10,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jrt_prompt.evaluation import EvalConfig, evaluate, resolve_data, summary_rows, write_results
-from jrt_prompt.report import bar_chart, load_results, markdown_table
+from jrt_prompt.report import bar_chart, load_results, markdown_table, model_label
 
 from ._common import console, err_console, reports_errors
 from .main import app
 
 
 def results_table(results: dict, metric: str = "contains") -> Table:
-    table = Table(title=f"{results['model']} — {metric} (%)")
+    table = Table(title=f"{model_label(results['model'])} — {metric} (%)")
     table.add_column("task")
     table.add_column("n", justify="right")
     table.add_column("skipped", justify="right")

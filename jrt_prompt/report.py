@@ -40,19 +40,24 @@ def load_results(paths) -> list[dict[str, Any]]:
     return out
 
 
+def model_label(name: str) -> str:
+    """A local checkpoint path is shown by its directory name; roster names and hub ids as they are."""
+    return Path(name).name if name.startswith(("/", ".", "~")) else name
+
+
 def table_rows(docs: list[dict[str, Any]], metric: str = "contains") -> list[dict[str, Any]]:
     """Flat rows (model, task, default, jrt, delta, n), plus one average row per model."""
     if metric not in METRIC_NAMES:
         raise JRTError(f"metric {metric!r} is unknown; use one of {', '.join(METRIC_NAMES)}")
     rows = []
     for doc in docs:
-        model_rows = [dict(r, model=doc["model"]) for r in summary_rows(doc, metric)]
+        model_rows = [dict(r, model=model_label(doc["model"])) for r in summary_rows(doc, metric)]
         rows += model_rows
         both = [r for r in model_rows if "delta" in r]
         if len(both) > 1:
             rows.append(
                 {
-                    "model": doc["model"],
+                    "model": model_label(doc["model"]),
                     "task": "average",
                     "n": sum(r["n"] for r in both),
                     "default": sum(r["default"] for r in both) / len(both),
