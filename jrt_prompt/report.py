@@ -94,8 +94,9 @@ def bar_chart(docs: list[dict[str, Any]], path: str | os.PathLike, metric: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in table_rows(docs, metric) if r["task"] != "average"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    rows = table_rows(docs, metric)  # the "average" group comes last
+    tasks = list(dict.fromkeys(r["task"] for r in rows if r["task"] != "average"))
+    tasks += ["average"] if any(r["task"] == "average" for r in rows) else []
     models = list(dict.fromkeys(r["model"] for r in rows))
     lookup = {(r["model"], r["task"]): r for r in rows}
     bars_per_task = 2 * len(models)
