@@ -43,6 +43,12 @@ def run_command(
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="default, or reference: reproduce the paper's evaluation harness (docs/inference_modes.md)."
+        ),
+    ] = "default",
 ) -> None:
     """Answer QUESTION about CONTEXT with JRT-Prompt: the context is read REPEAT times, the question also up front."""
     result = run_prompt(
@@ -55,6 +61,7 @@ def run_command(
         max_prompt_tokens=max_prompt_tokens,
         device=device,
         dtype=None if dtype == "auto" else dtype,
+        mode=mode,
     )
     if show_prompt:
         console.rule("prompt")

@@ -74,8 +74,15 @@ def run_prompt(
     stop: tuple[str, ...] = ("\n",),
     device: str = "auto",
     dtype: str | None = None,
+    mode: str = "default",
 ) -> RunResult:
-    """Render the JRT prompt for ``context``/``question``, generate the answer greedily, return both."""
+    """Render the JRT prompt for ``context``/``question``, generate the answer greedily, return both.
+
+    mode: ``"default"`` (left padding masked, fp32 states) or ``"reference"`` (the published
+    evaluation harness's behaviour, to match the paper's numbers; see docs/inference_modes.md).
+    """
+    if mode not in ("default", "reference"):
+        raise JRTError(f"mode {mode!r} is unknown: use default or reference")
     # Check the options before spending time on loading the model.
     JRTPrompt(repeat=1 if repeat is None else repeat, separator=separator).render(context, question)
     if max_new_tokens < 1:
@@ -94,5 +101,31 @@ def run_prompt(
         prompt = fitted.text
     else:
         prompt = template.render(context, question)
-    answer = loaded.generate([prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
+    if mode == "reference":
+        answer = generate_like_harness(loaded, [prompt], max_new_tokens=max_new_tokens)[0]
+    else:
+        answer = loaded.generate([prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
     return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted)
+
+
+def generate_like_harness(
+    loaded: LoadedModel, prompts: list[str], *, max_new_tokens: int = 48, batch_size: int = 8
+):
+    """Answers as the paper's evaluation harness produced them (reference inference mode)."""
+    import time
+
+    from .models.hazy_reference import harness_generate
+
+    if hasattr(loaded.model, "set_inference_mode"):
+        loaded.model.set_inference_mode("reference")
+    started = time.perf_counter()
+    texts = harness_generate(
+        loaded.model, loaded.tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    seconds = time.perf_counter() - started
+    out = []
+    for prompt, text in zip(prompts, texts, strict=True):
+        n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        # The harness always decodes max_new_tokens tokens and cuts the text at the first newline.
+        out.append(Generation(text, n_prompt, max_new_tokens, seconds, "reference"))
+    return out

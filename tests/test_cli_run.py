@@ -97,3 +97,34 @@ def test_models_lists_the_roster():
         assert name in result.output
     # attn-1.3b: 241920 bytes/token x 1024 tokens = 236.2 MiB of KV cache
     assert "236.2 MiB" in result.output
+
+
+def test_jrt_rnn_reads_the_prompt_once_and_runs_in_reference_mode(tmp_path, monkeypatch):
+    from test_hazy_checkpoints import hybrid_lookalike
+
+    hybrid_lookalike(tmp_path / "jrt-rnn-360m", "jrt")
+    monkeypatch.setenv("JRT_MODELS_DIR", str(tmp_path))
+    base = [
+        "run",
+        "-m",
+        "jrt-rnn-360m",
+        "-c",
+        "The key is 42.",
+        "-q",
+        "Key?",
+        "--show-prompt",
+        "--max-new-tokens",
+        "4",
+    ]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert "The key is 42.\nKey?" in result.output and "repeat=1, question_first=False" in result.output
+    assert "(jrt-rnn)" in result.output
+    # --repeat still applies when asked for explicitly.
+    result = runner.invoke(app, [*base, "--repeat", "2"])
+    assert result.exit_code == 0 and "Key?\nThe key is 42.\nThe key is 42.\nKey?" in result.output
+    result = runner.invoke(app, [*base, "--mode", "reference"])
+    assert result.exit_code == 0, result.output
+    assert "4 answer tokens" in result.output
+    result = runner.invoke(app, [*base, "--mode", "paper"])
+    assert result.exit_code == 2 and "mode 'paper' is unknown" in result.output

@@ -156,12 +156,15 @@ def test_roster_has_the_papers_models():
     assert get_spec("state-spaces/mamba-1.4b").name == "mamba-1.4b"
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, s in roster().items() if s.adapter in ("mamba", "mamba2", "fla", "rwkv")]
-)
+@pytest.mark.parametrize("name", list(roster()))
 def test_roster_state_bytes_match_adapter_formula(name):
     spec = roster()[name]
-    assert get_adapter(spec.adapter).state_bytes(spec.arch, 2048, 2) == spec.state_bytes
+    adapter = get_adapter(spec.adapter)
+    if spec.kv_bytes_per_token is not None:
+        assert adapter.state_bytes(spec.arch, 1000, 2) == 1000 * spec.kv_bytes_per_token
+    else:
+        assert adapter.state_bytes(spec.arch, 2048, 2) == spec.state_bytes
+        assert adapter.state_bytes(spec.arch, 8192, 2) == spec.state_bytes  # constant in the prompt length
 
 
 def test_fla_models_need_a_gpu(tmp_path):

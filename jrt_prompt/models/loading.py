@@ -25,7 +25,7 @@ from .checkpoint import has_weights, list_files, read_config, resolve_device, re
 from .registry import ModelSpec, get_spec, suggest
 
 # Adapters tried, in order, for a checkpoint not in the roster; "hf" accepts any transformers model.
-DETECTION_ORDER = ("hazy_gpt", "hazy_attention", "hazy_mamba", "mamba", "mamba2", "fla", "rwkv", "hf")
+DETECTION_ORDER = ("hazy_jrt", "hazy_gpt", "hazy_attention", "hazy_mamba", "mamba", "mamba2", "fla", "rwkv", "hf")
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken"]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
