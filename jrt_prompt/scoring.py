@@ -307,18 +307,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class _Appender:
-    """Appends JSON rows; each batch is flushed and fsync'ed before the next one starts."""
+class _OutputLock:
+    """An exclusive lock on ``OUT.lock`` held for the whole run, so two runs never share an output.
 
-    def __init__(self, path: Path):
-        self.file = open(path, "ab")
+    A separate lock file (not the output itself) because repairs replace the output file.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(out.name + ".lock")
+        self.file = open(self.path, "ab")
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
             raise JRTError(
-                f"{path} is being written by another scoring run; wait for it or pick another --out"
+                f"{out} is being written by another scoring run; wait for it or pick another --out"
             ) from None
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.file.close()
+
+
+class _Appender:
+    """Appends JSON rows; each batch is flushed and fsync'ed before the next one starts."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "ab")
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -362,6 +377,14 @@ def score_jsonl(
     _mark_duplicate_ids(parsed)
 
     config.out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _OutputLock(config.out)
+    try:
+        return _score_locked(config, engine, parsed, started, on_start, on_progress)
+    finally:
+        lock.release()
+
+
+def _score_locked(config, engine, parsed, started, on_start, on_progress) -> ScoreSummary:
     done, torn = repair_output(config.out)
     if config.retry_errors and any(r.get("status") == "error" for r in done.values()):
         done = {line: r for line, r in done.items() if r.get("status") != "error"}

@@ -179,10 +179,13 @@ def test_output_from_another_input_is_refused(tmp_path, tiny):
 def test_a_second_writer_is_refused(tmp_path, tiny):
     src = write_input(tmp_path / "in.jsonl", 2)
     out = tmp_path / "out.jsonl"
-    with open(out, "ab") as holder:
+    with open(tmp_path / "out.jsonl.lock", "ab") as holder:  # what a running `jrt score` holds
         fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
         with pytest.raises(JRTError, match="another scoring run"):
             score_file(src, out, model=tiny, max_new_tokens=2)
+    assert not out.exists()
+    score_file(src, out, model=tiny, max_new_tokens=2)
+    assert len(read_rows(out)) == 2 and not (tmp_path / "out.jsonl.lock").exists()
 
 
 def test_cli_strict_exit_code_and_summary(tmp_path, tiny_dir):
