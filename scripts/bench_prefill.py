@@ -34,7 +34,17 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--profile", action="store_true", help="also print GPU time per kernel at 32k")
+    p.add_argument("--tune-only", action="store_true", help="only tune (implies --tune) and write the tuning")
     args = p.parse_args(argv)
+    if args.tune_only:
+        tuning = tune_chunked(
+            32768, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype
+        )
+        for row in tuning:
+            print(f"{row['ms'] if row['ms'] is not None else row.get('note')}  {row['config']}")
+        if args.json:
+            args.json.write_text(json.dumps({"tuning": tuning}, indent=2))
+        return 0
 
     config = None
     tuning = None

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter t
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 SMALL = triton_ops.ChunkConfig(chunk=32, block_dv=16)  # several chunks and value blocks on tiny inputs
+SMALL_FULL = triton_ops.ChunkConfig(chunk=32, block_dv=16, symmetric=False)  # all f*f quadratic features
 
 
 def _rel(a, b):
@@ -42,15 +43,22 @@ def _f64(*ts):
     return [t.double() for t in ts]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n", [1, 77])
-def test_based_prefill_matches_reference(dtype, n):
+@pytest.mark.parametrize(
+    "dtype,n,config",
+    [
+        (torch.float32, 1, SMALL),
+        (torch.float32, 77, SMALL),
+        (torch.bfloat16, 77, SMALL),
+        (torch.float32, 77, SMALL_FULL),
+    ],
+)
+def test_based_prefill_matches_reference(dtype, n, config):
     q, k, v, _, _ = _inputs(2, n, 2, 24, dtype)  # dv=24: partial value block
     g = torch.Generator().manual_seed(5)
     mask = torch.rand(2, n, generator=g) > 0.25
     init = ref.state_from_tokens(*_inputs(2, 9, 2, 24, torch.float32, seed=7)[1:3], torch.ones(2, 9))
     o, st = triton_ops.based_prefill(
-        q, k, v, mask=mask, initial_state=init, output_final_state=True, config=SMALL
+        q, k, v, mask=mask, initial_state=init, output_final_state=True, config=config
     )
     init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
     o_ref, st_ref = ref.based_quadratic(
@@ -107,8 +115,10 @@ def test_encoder_reduction_over_several_splits():
     assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_step_matches_reference_and_updates_in_place(dtype):
+@pytest.mark.parametrize(
+    "dtype,symmetric", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)]
+)
+def test_decode_step_matches_reference_and_updates_in_place(dtype, symmetric):
     g = torch.Generator().manual_seed(6)
     b, h, dv = 3, 2, 40
     state = ref.state_from_tokens(
@@ -121,7 +131,7 @@ def test_decode_step_matches_reference_and_updates_in_place(dtype):
     for _ in range(3):
         q, k = _rand(b, h, 16, gen=g, dtype=dtype), _rand(b, h, 16, gen=g, dtype=dtype)
         v = _rand(b, h, dv, gen=g, dtype=dtype)
-        o = triton_ops.decode_step(q, k, v, state)
+        o = triton_ops.decode_step(q, k, v, state, config=triton_ops.StepConfig(symmetric=symmetric))
         o_ref = ref.step_reference(*_f64(q, k, v), state64)
         assert o.dtype == dtype and _rel(o, o_ref) < TOL[dtype]
     assert state.kv.data_ptr() == kv_ptr
@@ -162,3 +172,32 @@ def test_segmented_prefill_equals_single_pass():
     )
     assert _rel(o, o_ref) < 1e-4
     assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
+
+
+def test_symmetric_prefill_reads_any_initial_state_exactly():
+    """An initial state whose quadratic block is not symmetric still gives the exact output."""
+    q, k, v, _, _ = _inputs(1, 40, 1, 16, torch.float32, seed=11)
+    g = torch.Generator().manual_seed(12)
+    init = ref.LinearAttentionState(
+        torch.randn(1, 1, 273, 16, generator=g), torch.rand(1, 1, 273, generator=g) + 1
+    )
+    o, st = triton_ops.based_prefill(q, k, v, initial_state=init, output_final_state=True, config=SMALL)
+    init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
+    o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), initial_state=init64, output_final_state=True)
+    assert _rel(o, o_ref) < 1e-4
+
+    def sym(kv):  # the quadratic block, symmetrised: what any read-out sees
+        quad = kv[..., 17:, :].reshape(*kv.shape[:2], 16, 16, -1)
+        return (quad + quad.transpose(2, 3)) / 2
+
+    assert _rel(sym(st.kv), sym(st_ref.kv)) < 1e-5
+    assert _rel(st.kv[..., :17, :], st_ref.kv[..., :17, :]) < 1e-5
+
+
+def test_states_of_the_ops_are_symmetric():
+    q, k, v, ke, ve = _inputs(2, 50, 2, 16, torch.float32, seed=13)
+    _, st = triton_ops.pla_prefill(
+        q, k, v, ke, ve, enc_lengths=torch.tensor([20, 50]), output_final_state=True
+    )
+    quad = st.kv[..., 17:, :].reshape(2, 2, 16, 16, 16)
+    assert torch.equal(quad, quad.transpose(2, 3))

@@ -186,19 +186,19 @@ def tune_chunked(
     device = require_cuda()
     torch_dtype = _dtype(dtype)
     if configs is None:
+        cfg = triton_ops.ChunkConfig
         configs = [
-            triton_ops.ChunkConfig(chunk=bt, block_dv=bdv, num_warps=w, num_stages=st)
-            for bt, bdv, w, st in (
-                (64, 32, 4, 2),
-                (64, 32, 8, 2),
-                (64, 64, 4, 2),
-                (64, 64, 8, 2),
-                (64, 32, 4, 1),
-                (64, 32, 4, 3),
-                (32, 32, 4, 2),
-                (32, 64, 4, 2),
-                (128, 32, 8, 2),
-            )
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, symmetric=False),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, maxnreg=128),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=3),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=32, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=32, num_warps=8, num_stages=2),
+            cfg(chunk=128, block_dv=64, num_warps=8, num_stages=2),
+            cfg(chunk=128, block_dv=32, num_warps=8, num_stages=2),
+            cfg(chunk=32, block_dv=64, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=16, num_warps=4, num_stages=2),
         ]
         with_segments = True
     else:
@@ -224,7 +224,7 @@ def tune_chunked(
     if with_segments and out[0]["ms"] is not None:
         # Segments are a run-time choice: try them on the fastest compiled configuration.
         best = triton_ops.ChunkConfig(**out[0]["config"])
-        seg_configs = [triton_ops.ChunkConfig(**{**vars(best), "segments": seg}) for seg in (2, 4, 8, 16)]
+        seg_configs = [triton_ops.ChunkConfig(**{**vars(best), "segments": seg}) for seg in (2, 4, 8)]
         out += tune_chunked(
             n,
             batch=batch,
