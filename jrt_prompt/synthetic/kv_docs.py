@@ -1,10 +1,10 @@
 """Key-value documents: short records of "Field: value" facts, queried by field.
 
 A synthetic stand-in for the paper's information-extraction tasks (FDA, SWDE): each document is a
-handful of facts written in varied phrasing ("Home city: Oslo", "door color = teal", "The start
-year is 1987."), and the question asks for one field ("What is the home city?"). Fields come in
-families that share a value pool (home / birth / work city), so the other members of the family
-are distractors a model can only rule out by reading the field name.
+handful of facts written in varied phrasing ("Hometown: Oslo", "paint = teal", "The founded is
+1987."), and the question asks for one field ("What is the hometown?"). Fields come in families
+that share a value pool (hometown / birthplace / office are all cities), so the other members of
+the family are distractors a model can only rule out by reading the field name.
 
 The answer to a question is the value written next to its field in the document, so answers are
 correct by construction. Text is plain ASCII: with the byte-level tokenizer every character is one
@@ -177,18 +177,20 @@ _ANIMALS = [
 _YEARS = [str(y) for y in range(1950, 2030)]
 _NUMBERS = [str(n) for n in range(2, 100)]
 
-# family name -> (its fields, the value pool they share)
+# family name -> (its fields, the value pool they share). Fields of a family share a value pool,
+# so the others are distractors; each field is one word and siblings end differently, so the
+# field can be told from its last characters (a small byte-level model can learn that).
 FIELD_FAMILIES: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    "city": (("home city", "birth city", "work city"), _CITIES),
-    "color": (("car color", "door color", "hat color"), _COLORS),
-    "name": (("first name", "pet name"), _FIRST),
-    "surname": (("last name", "maiden name"), _LAST),
-    "job": (("job", "second job"), _JOBS),
+    "city": (("hometown", "birthplace", "office"), _CITIES),
+    "color": (("color", "paint", "tint"), _COLORS),
+    "name": (("name", "alias"), _FIRST),
+    "surname": (("surname",), _LAST),
+    "job": (("job", "hobby"), _JOBS),
     "fruit": (("fruit", "snack"), _FRUITS),
     "animal": (("animal", "mascot"), _ANIMALS),
-    "year": (("start year", "end year", "birth year"), _YEARS),
-    "number": (("room number", "gate number", "floor number"), _NUMBERS),
-    "code": (("project code", "access code"), []),  # values generated: two letters, digit, dash, two digits
+    "year": (("year", "founded", "deadline"), _YEARS),
+    "number": (("room", "gate", "floor"), _NUMBERS),
+    "code": (("code", "ticket"), []),  # values generated: two letters, digit, dash, two digits
 }
 FIELD_TO_FAMILY = {field: family for family, (fields, _) in FIELD_FAMILIES.items() for field in fields}
 ALL_FIELDS = tuple(FIELD_TO_FAMILY)
@@ -259,7 +261,7 @@ def template_for(form: PromptForm) -> JRTPrompt:
     return JRTPrompt(repeat=form.repeat, question_first=form.question_first_flag)
 
 
-def kv_docs_examples(n: int, seed: int, *, min_fields: int = 5, max_fields: int = 8) -> list[dict]:
+def kv_docs_examples(n: int, seed: int, *, min_fields: int = 4, max_fields: int = 6) -> list[dict]:
     """``n`` held-out style examples: ``{"context", "question", "answers"}`` (answers: a list of one value).
 
     Deterministic in ``seed``. The prompt to show a model is ``JRTPrompt(...).render(context, question)``;
@@ -320,8 +322,8 @@ class KVDocsTask:
     """
 
     num_queries: int = 4
-    min_fields: int = 5
-    max_fields: int = 8
+    min_fields: int = 4
+    max_fields: int = 6
     name: str = "kv-docs"
 
     vocab_size = 258  # byte-level tokenizer: 256 bytes, EOS, PAD

@@ -17,106 +17,86 @@ from pathlib import Path
 from .models import ModelSpec
 from .training import TrainConfig
 
-MQAR_OPTIONS = {"num_pairs": 64, "num_queries": 8}
-SD_OPTIONS = {"short_size": 8, "long_size": 48}
+# The sizes of docs/quality.md: small enough that a model escapes the recall plateau within a few
+# thousand steps (the budget of one short GPU run), large enough that the smallest states fail.
+MQAR_OPTIONS = {"num_pairs": 16, "num_queries": 4, "num_keys": 32, "num_values": 32}
+SD_OPTIONS = {"short_size": 4, "long_size": 16, "num_elements": 60}
 KV_OPTIONS = {"num_queries": 4}
+BYTE_EOS = 256
 
 
 def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
-    """Named job lists. ``full``: the quality sweep of docs/quality.md; ``smoke``: tiny, for CPU checks."""
+    """Named job lists: ``gpu`` and ``cpu`` (the two halves of docs/quality.md), ``smoke`` (tiny)."""
     jobs: dict[str, TrainConfig] = {}
 
     def add(job: str, task: str, options: dict, spec: ModelSpec, **kw):
+        kw.setdefault("lr", 3e-3)
+        kw.setdefault("batch_size", 128)
         jobs[job] = TrainConfig(
             task=task, task_options=dict(options), model=spec, time_budget_s=time_budget_s, **kw
         )
 
+    mqar = lambda job, spec, **kw: add(job, "mqar", MQAR_OPTIONS, spec, **kw)  # noqa: E731
+    kv = dict(batch_size=64, lr=2e-3, eval_examples=500, data_workers=1)
     if name == "smoke":
         small = {"num_pairs": 8, "num_queries": 4, "num_keys": 30, "num_values": 32}
-        add(
-            "mqar-attention",
-            "mqar",
-            small,
-            ModelSpec("attention", 32, 1),
-            max_steps=30,
-            batch_size=16,
-            eval_examples=64,
-        )
-        add(
-            "mqar-based-f2",
-            "mqar",
-            small,
-            ModelSpec("based", 32, 1, {"feature_dim": 2}),
-            max_steps=30,
-            batch_size=16,
-            eval_examples=64,
-        )
-        add(
-            "mqar-jrt_rnn-f2",
-            "mqar",
-            small,
-            ModelSpec("jrt_rnn", 32, 1, {"feature_dim": 2}),
-            max_steps=30,
-            batch_size=16,
-            eval_examples=64,
-        )
+        few = dict(max_steps=30, batch_size=16, eval_examples=64)
+        add("mqar-attention", "mqar", small, ModelSpec("attention", 32, 1), **few)
+        add("mqar-based-f2", "mqar", small, ModelSpec("based", 32, 1, {"feature_dim": 2}), **few)
+        add("mqar-jrt_rnn-f2", "mqar", small, ModelSpec("jrt_rnn", 32, 1, {"feature_dim": 2}), **few)
+        add("mqar-gla-k16", "mqar", small, ModelSpec("gla", 32, 1, {"expand_k": 0.5}), **few)
         add(
             "sd-based-f2",
             "sd",
             {"short_size": 2, "long_size": 6, "num_elements": 28},
             ModelSpec("based", 32, 1, {"feature_dim": 2}),
-            max_steps=30,
-            batch_size=16,
-            eval_examples=64,
+            **few,
         )
         add(
-            "kv-mamba2-n4",
+            "kv-based-f2",
             "kv-docs",
             KV_OPTIONS,
-            ModelSpec("mamba2", 32, 1, {"state_size": 4}),
+            ModelSpec("based", 32, 1, {"feature_dim": 2, "eos_token_id": BYTE_EOS}),
             max_steps=3,
             batch_size=4,
             eval_examples=8,
         )
         return jobs
-    if name == "full":
-        for n in (4, 16, 64):
-            add(f"mqar-mamba2-n{n}", "mqar", MQAR_OPTIONS, ModelSpec("mamba2", 128, 2, {"state_size": n}))
-        for ek in (0.25, 0.5, 1.0):
-            add(
-                f"mqar-gla-k{int(ek * 128)}", "mqar", MQAR_OPTIONS, ModelSpec("gla", 128, 2, {"expand_k": ek})
-            )
-        for f in (2, 4, 8):
-            add(f"mqar-based-f{f}", "mqar", MQAR_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}))
-            add(f"mqar-jrt_rnn-f{f}", "mqar", MQAR_OPTIONS, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f}))
-        add("mqar-attention", "mqar", MQAR_OPTIONS, ModelSpec("attention", 128, 2))
-        for f in (2, 4, 8):
-            add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}))
-        kv = dict(batch_size=128, lr=1.5e-3, eval_examples=500, data_workers=2)
+    if name == "gpu":
         add(
-            "kv-mamba2-d128-n8",
+            "kv-based-d128-f4",
             "kv-docs",
             KV_OPTIONS,
-            ModelSpec("mamba2", 128, 4, {"state_size": 8, "eos_token_id": 256}),
+            ModelSpec("based", 128, 3, {"feature_dim": 4, "eos_token_id": BYTE_EOS}),
             **kv,
         )
         add(
-            "kv-mamba2-d192-n16",
+            "kv-based-d128-f8",
             "kv-docs",
             KV_OPTIONS,
-            ModelSpec("mamba2", 192, 4, {"state_size": 16, "eos_token_id": 256}),
+            ModelSpec("based", 128, 3, {"feature_dim": 8, "eos_token_id": BYTE_EOS}),
             **kv,
         )
         add(
-            "kv-mamba2-d256-n16",
+            "kv-attention",
             "kv-docs",
             KV_OPTIONS,
-            ModelSpec("mamba2", 256, 4, {"state_size": 16, "eos_token_id": 256}),
+            ModelSpec("attention", 128, 2, {"eos_token_id": BYTE_EOS}),
             **kv,
         )
-        add(
-            "kv-attention", "kv-docs", KV_OPTIONS, ModelSpec("attention", 128, 2, {"eos_token_id": 256}), **kv
-        )
+        mqar("mqar-attention", ModelSpec("attention", 64, 2))
+        mqar("mqar-based-f2", ModelSpec("based", 64, 2, {"feature_dim": 2}))
+        mqar("mqar-jrt_rnn-f2", ModelSpec("jrt_rnn", 64, 2, {"feature_dim": 2}))
+        mqar("mqar-jrt_rnn-f4", ModelSpec("jrt_rnn", 64, 2, {"feature_dim": 4}))
+        mqar("mqar-mamba2-n4", ModelSpec("mamba2", 64, 2, {"state_size": 4, "chunk_size": 16}))
+        mqar("mqar-mamba2-n16", ModelSpec("mamba2", 64, 2, {"state_size": 16, "chunk_size": 16}))
+        mqar("mqar-gla-k16", ModelSpec("gla", 64, 2, {"expand_k": 0.5}))
+        mqar("mqar-gla-k32", ModelSpec("gla", 64, 2, {"expand_k": 1.0}))
+        add("sd-based-f2", "sd", SD_OPTIONS, ModelSpec("based", 64, 2, {"feature_dim": 2}))
+        return jobs
+    if name == "cpu":
+        mqar("mqar-based-f4", ModelSpec("based", 64, 2, {"feature_dim": 4}), batch_size=64)
+        add("sd-based-f4", "sd", SD_OPTIONS, ModelSpec("based", 64, 2, {"feature_dim": 4}), batch_size=64)
         return jobs
     raise ValueError(f"unknown plan {name!r}")
 
