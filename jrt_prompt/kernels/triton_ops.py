@@ -91,6 +91,7 @@ def _chunked_kernel(
     STORE_STATE: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
     SYM: tl.constexpr,
 ):
     """Chunked Based attention over tokens [split * tokens_per_split, ...) of one (batch, head).
@@ -163,7 +164,8 @@ def _chunked_kernel(
         if SYM:
             m = p_ok[:, None] & dv_mask[None, :]
             sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)
-            sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
+            sq = tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0) + sq
+            sq = sq * (R2 / (scale1 * scale1))  # internal: raw sums of k_i k_j v
         else:
             sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
         z0 = tl.load(ks_in)
@@ -211,15 +213,23 @@ def _chunked_kernel(
                 # gathers, and the tiles come out in the accumulator layout the next product takes.
                 ql = tl.dot(q.to(dtype), sel_l_t, input_precision=PRECISION) * scale1  # [BT, NL]
                 ql = tl.where(is_diag[None, :], ql * ql * R2, ql)
-                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION)  # [BT, NQ]: q_i
-                qb = tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION)  # q_j
-                qq = qa * qb * (scale1 * scale1)
+                # raw products q_i q_j in the operand dtype (one rounding); the scale is applied once
+                # to the [BT, dv] result below, as the state keeps the raw sums k_i k_j v
+                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION).to(dtype)  # [BT, NQ]: q_i
+                qq = qa * tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION).to(dtype)
             else:
                 ql = qs
                 qq = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, F * F]) * R2
             num = num + s0[None, :]
-            num = tl.dot(ql.to(dtype), sl.to(dtype), num, input_precision=PRECISION)
-            num = tl.dot(qq.to(dtype), sq.to(dtype), num, input_precision=PRECISION)
+            # the state enters the read-out products as STATE_DTYPE: the input dtype, except fp32
+            # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
+            num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
+            if SYM:
+                num += tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), input_precision=PRECISION) * (
+                    scale1 * scale1 * scale1 * scale1
+                )
+            else:
+                num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
             qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
             den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
             o = num / (den[:, None] + eps) * w[:, None]
@@ -235,9 +245,8 @@ def _chunked_kernel(
             kt = tl.trans(k.to(dtype))  # [F, BT]
             kl = tl.dot(sel_l, kt, input_precision=PRECISION) * scale1  # [NL, BT]
             kl = tl.where(is_diag[:, None], kl * kl * R2, kl)
-            ka = tl.dot(sel_i, kt, input_precision=PRECISION)  # [NQ, BT]: k_i (padding rows 0)
-            kb = tl.dot(sel_j, kt, input_precision=PRECISION)
-            kq = ka * kb * (scale1 * scale1)
+            ka = tl.dot(sel_i, kt, input_precision=PRECISION).to(dtype)  # [NQ, BT]: k_i (padding rows 0)
+            kq = ka * tl.dot(sel_j, kt, input_precision=PRECISION).to(dtype)  # raw k_i k_j
         else:
             kl = kst
             kq = tl.reshape(kst[:, None, :] * kst[None, :, :], [F * F, BT]) * R2
@@ -255,8 +264,9 @@ def _chunked_kernel(
         tl.store(out_kv + row_l[:, None] * DV + offs_dv[None, :], sl, mask=dv_mask[None, :])
         if SYM:
             m = p_ok[:, None] & dv_mask[None, :]
-            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
-            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
+            sq = sq * (scale1 * scale1 * R2)
+            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=m)
+            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq, mask=m)
         else:
             tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
         if pid_dv == 0:
@@ -495,6 +505,7 @@ def _launch_chunked(
         STORE_STATE=kv_out is not None,
         PRECISION=_precision(v.dtype),
         DOT_DTYPE=_dot_dtype(v.dtype),
+        STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
         SYM=config.symmetric,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
