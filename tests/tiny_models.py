@@ -36,21 +36,16 @@ def _save_hf(model, path: Path, tokenizer=True) -> Path:
 def tiny_mamba_model(seed: int = 0):
     from transformers import MambaConfig, MambaForCausalLM
 
-    torch.manual_seed(seed)
-    config = MambaConfig(
-        vocab_size=VOCAB,
+    return _tiny(
+        MambaConfig,
+        MambaForCausalLM,
+        seed,
         hidden_size=32,
         num_hidden_layers=2,
         state_size=8,
         expand=2,
         conv_kernel=4,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = MambaForCausalLM(config).eval()
-    _sharpen(model, seed)
-    return model
 
 
 def write_tiny_mamba(path: Path, seed: int = 0) -> Path:
@@ -163,12 +158,22 @@ def write_tiny_mamba2_original(path: Path, seed: int = 0, vocab_size: int = 258)
     return path, model
 
 
+def _tiny(config_cls, model_cls, seed: int, **fields):
+    """A sharpened random model of ``model_cls`` with the byte tokenizer's special ids."""
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, **fields)
+    model = model_cls(config).eval()
+    _sharpen(model, seed)
+    return model
+
+
 def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    torch.manual_seed(seed)
-    config = Mamba2Config(
-        vocab_size=VOCAB,
+    model = _tiny(
+        Mamba2Config,
+        Mamba2ForCausalLM,
+        seed,
         hidden_size=32,
         num_hidden_layers=2,
         state_size=16,
@@ -178,32 +183,23 @@ def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
         expand=2,
         chunk_size=16,
         tie_word_embeddings=True,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = Mamba2ForCausalLM(config).eval()
-    _sharpen(model, seed)
     return _save_hf(model, Path(path))
 
 
 def write_tiny_rwkv(path: Path, seed: int = 0) -> Path:
     from transformers import RwkvConfig, RwkvForCausalLM
 
-    torch.manual_seed(seed)
-    config = RwkvConfig(
-        vocab_size=VOCAB,
+    model = _tiny(
+        RwkvConfig,
+        RwkvForCausalLM,
+        seed,
         hidden_size=32,
         num_hidden_layers=2,
         attention_hidden_size=32,
         intermediate_size=64,
         context_length=256,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = RwkvForCausalLM(config).eval()
-    _sharpen(model, seed)
     return _save_hf(model, Path(path))
 
 
@@ -211,21 +207,17 @@ def write_tiny_llama(path: Path, seed: int = 0) -> Path:
     """A generic transformers causal LM (softmax attention) with the byte tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
+    model = _tiny(
+        LlamaConfig,
+        LlamaForCausalLM,
+        seed,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = LlamaForCausalLM(config).eval()
-    _sharpen(model, seed)
     return _save_hf(model, Path(path))
 
 
@@ -233,17 +225,13 @@ def write_tiny_gla(path: Path, seed: int = 0) -> Path:
     """fla's GLA (its forward needs a CUDA GPU; writing the files does not)."""
     from fla.models import GLAConfig, GLAForCausalLM
 
-    torch.manual_seed(seed)
-    config = GLAConfig(
-        vocab_size=VOCAB,
+    model = _tiny(
+        GLAConfig,
+        GLAForCausalLM,
+        seed,
         hidden_size=64,
         num_hidden_layers=2,
         num_heads=2,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
         fuse_cross_entropy=False,
     )
-    model = GLAForCausalLM(config).eval()
-    _sharpen(model, seed)
     return _save_hf(model, Path(path))
