@@ -17,6 +17,7 @@ from jrt_prompt.prompts import JRTPrompt
 
 from .registry import TaskSpec, register
 
+# The same draw the demo package writes to demo/kv_docs_heldout.jsonl (jrt_prompt.synthetic.demo).
 HELD_OUT_SEED = 1234
 HELD_OUT_ROWS = 200
 
@@ -34,11 +35,8 @@ def _answers(doc: dict) -> list[str]:
 
 
 def _shipped_held_out() -> Path | None:
-    demo = Path(__file__).resolve().parent.parent / "demo"
-    if not demo.is_dir():
-        return None
-    found = sorted(demo.rglob("*kv*doc*.jsonl"))
-    return found[0] if found else None
+    path = Path(__file__).resolve().parent.parent / "demo" / "kv_docs_heldout.jsonl"
+    return path if path.is_file() else None
 
 
 def _load_default(limit: int | None) -> tuple[list[dict[str, Any]], str]:
