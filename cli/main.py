@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 
 # Each command module registers itself on `app` (run, models, score, eval, report, bench, synth).
+from . import bench as _bench  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401

@@ -33,11 +33,11 @@ class ChunkConfig:
     """Launch parameters of the chunked kernel (tuned on an H200 by `jrt bench prefill --tune`)."""
 
     chunk: int = 64
-    block_dv: int = 32
+    block_dv: int = 64
     num_warps: int = 4
     num_stages: int = 2
     symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
-    segments: int = 1  # >1: cut the sequence into this many segments that run in parallel
+    segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
 
 
@@ -590,7 +590,15 @@ def based_prefill(
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     init = _contig_state(initial_state) if initial_state is not None else None
     out = torch.empty_like(v)
-    segments, seg_tokens = _split_plan(n, config.segments, config.chunk)
+    want = config.segments
+    if want <= 0:
+        # Segments cost one extra reduction pass, so use them only when (value block, batch*head)
+        # programs alone leave most of the GPU idle (small batches), and keep >= 1k tokens each.
+        block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+        programs = triton.cdiv(dv, block_dv) * b * h
+        sms = _num_sms(q.device)
+        want = 1 if programs >= sms else max(1, min(2 * sms // programs, n // 1024))
+    segments, seg_tokens = _split_plan(n, want, config.chunk)
     if segments == 1:
         final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
         _launch_chunked(

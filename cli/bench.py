@@ -1,0 +1,135 @@
+"""`jrt bench prefill|decode|model`: kernel and model benchmarks on a CUDA GPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import console, reports_errors
+from .main import app
+
+bench_app = typer.Typer(
+    help="Benchmarks on a CUDA GPU: prefill and decode kernels against FlashAttention-2, whole models.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    from jrt_prompt.errors import JRTError
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise JRTError(f"{option} takes comma-separated integers, e.g. 2048,8192; got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise JRTError(f"{option} needs at least one positive integer; got {text!r}")
+    return values
+
+
+def _write_json(result: dict, path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {path}")
+
+
+@bench_app.command("prefill")
+@reports_errors
+def prefill_command(
+    lengths: Annotated[
+        str, typer.Option(help="Prompt lengths N, comma-separated.")
+    ] = "2048,8192,32768,65536",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    heads: Annotated[int, typer.Option(help="Heads.")] = 16,
+    head_dim: Annotated[
+        int, typer.Option(help="Head dim (softmax attention; value dim of linear attention).")
+    ] = 64,
+    feature_dim: Annotated[int, typer.Option(help="Linear-attention feature dim f.")] = 16,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    enc_fraction: Annotated[
+        float, typer.Option(help="Share of the prompt that PLA reads as its encoder.")
+    ] = 1.0,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated: fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla.")
+    ] = "fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla",
+    reps: Annotated[int, typer.Option(help="Timed repeats per method (median reported).")] = 10,
+    tune: Annotated[bool, typer.Option(help="First pick the fastest kernel launch configuration.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw ms against N (PNG) here.")] = None,
+) -> None:
+    """Prefill time of FA2, cuDNN, fla and this project's Based (N and 2N) and PLA kernels."""
+    from jrt_prompt.bench import format_prefill_table, plot_prefill, run_prefill_bench
+    from jrt_prompt.bench.prefill import tune_chunked
+
+    config = None
+    if tune:
+        from jrt_prompt.kernels.triton_ops import ChunkConfig
+
+        tuning = tune_chunked(32768, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype)
+        config = ChunkConfig(**tuning[0]["config"])
+        console.print(f"fastest kernel config: {config}")
+    result = run_prefill_bench(
+        _ints(lengths, "--lengths"),
+        batch=batch,
+        heads=heads,
+        head_dim=head_dim,
+        feature_dim=feature_dim,
+        dtype=dtype,
+        enc_fraction=enc_fraction,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        reps=reps,
+        config=config,
+    )
+    console.print(format_prefill_table(result))
+    _write_json(result, json_out)
+    if plot is not None:
+        console.print(f"wrote {plot_prefill(result, plot)}")
+
+
+@bench_app.command("decode")
+@reports_errors
+def decode_command(
+    batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4,16,64",
+    cache_len: Annotated[int, typer.Option(help="KV-cache length of the SDPA baseline.")] = 32768,
+    heads: Annotated[int, typer.Option(help="Heads.")] = 16,
+    head_dim: Annotated[int, typer.Option(help="Head dim.")] = 64,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Tokens/s of the fused recurrent step against SDPA decoding over a KV cache."""
+    from jrt_prompt.bench import format_decode_table, run_decode_bench
+
+    result = run_decode_bench(
+        _ints(batches, "--batches"), cache_len=cache_len, heads=heads, head_dim=head_dim, dtype=dtype
+    )
+    console.print(format_decode_table(result))
+    _write_json(result, json_out)
+
+
+@bench_app.command("model")
+@reports_errors
+def model_command(
+    lengths: Annotated[str, typer.Option(help="Prompt lengths N, comma-separated.")] = "2048,8192,32768",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated: jrt-rnn-1.3b,based-1.3b,mamba2-1.3b,transformer-1.3b.")
+    ] = "jrt-rnn-1.3b,based-1.3b,mamba2-1.3b,transformer-1.3b",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens generated to time decoding.")] = 32,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Prefill and decode throughput of real-size models with random weights (JRT-Prompt ones read 2N)."""
+    from jrt_prompt.bench.model import format_model_table, run_model_bench
+
+    result = run_model_bench(
+        _ints(lengths, "--lengths"),
+        models=[m.strip() for m in models.split(",") if m.strip()],
+        batch=batch,
+        decode_tokens=decode_tokens,
+        dtype=dtype,
+    )
+    console.print(format_model_table(result))
+    _write_json(result, json_out)
