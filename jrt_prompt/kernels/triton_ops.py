@@ -49,7 +49,7 @@ class StepConfig:
     """Launch parameters of the decode-step kernel: state rows per block, warps per program."""
 
     block_r: int = 32
-    num_warps: int = 4
+    num_warps: int = 1
     symmetric: bool = True  # read each symmetric pair of quadratic rows once (_step_sym_kernel)
 
 
@@ -230,7 +230,7 @@ def _chunked_kernel(
                 )
             else:
                 num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
+            qz2 = tl.dot(qs, z2, input_precision=PRECISION) * R2  # [BT, F]
             den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
@@ -256,7 +256,7 @@ def _chunked_kernel(
         kw = kst * w[None, :]
         z0 = z0 + tl.sum(w, 0)
         z1 = z1 + tl.sum(kw, 1)
-        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
+        z2 = tl.dot(kw * R2, ks, z2, input_precision=PRECISION)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
