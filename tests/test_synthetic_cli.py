@@ -1,0 +1,66 @@
+"""`jrt synth train|eval` on CPU with a tiny model, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+TINY = [
+    "--task-option",
+    "num_pairs=4",
+    "--task-option",
+    "num_queries=2",
+    "--task-option",
+    "num_keys=8",
+    "--task-option",
+    "num_values=8",
+]
+
+
+def test_synth_train_then_eval(tmp_path):
+    out = tmp_path / "model"
+    args = [
+        "synth",
+        "train",
+        "--out",
+        str(out),
+        "--family",
+        "based",
+        "--hidden-size",
+        "16",
+        "--layers",
+        "1",
+        "--option",
+        "feature_dim=2",
+        *TINY,
+        "--steps",
+        "5",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--eval-examples",
+        "16",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    saved = json.loads((out / "result.json").read_text())
+    assert set(saved["accuracy"]) == {"default", "question_first", "jrt"}
+    result = runner.invoke(app, ["synth", "eval", str(out), "--examples", "16"])
+    assert result.exit_code == 0, result.output
+    assert "question_first" in result.output
+
+
+def test_synth_errors_are_one_line(tmp_path):
+    result = runner.invoke(
+        app, ["synth", "train", "--out", str(tmp_path / "x"), "--family", "lstm", "--device", "cpu"]
+    )
+    assert result.exit_code == 2
+    assert "model family 'lstm' is unknown" in result.output
+    result = runner.invoke(app, ["synth", "eval", str(tmp_path)])
+    assert result.exit_code == 2 and "result.json" in result.output
