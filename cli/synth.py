@@ -92,13 +92,18 @@ def eval_command(
     path: Path = typer.Argument(..., help="A directory written by `jrt synth train`."),
     examples: int = typer.Option(1000, help="Held-out examples per form."),
     seed: int = typer.Option(10_000, help="Seed of the held-out draw."),
+    task_option: list[str] = typer.Option(
+        [], "--task-option", help="Override a task size KEY=VALUE (e.g. num_pairs=32, min_fields=12)."
+    ),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Held-out accuracy of a trained model in the three prompt forms."""
     from jrt_prompt.synthetic.models import state_floats
     from jrt_prompt.synthetic.training import evaluate_saved
 
-    accuracy, model, lengths = evaluate_saved(path, num_examples=examples, seed=seed, device=device)
+    accuracy, model, lengths = evaluate_saved(
+        path, num_examples=examples, seed=seed, device=device, task_options=_options(task_option)
+    )
     _print_accuracy(accuracy, state_floats(model, lengths["default"]))
 
 

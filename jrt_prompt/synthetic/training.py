@@ -355,16 +355,28 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     return cls.from_pretrained(path).to(device).eval()
 
 
-def evaluate_saved(path: str | Path, *, num_examples: int = 1000, seed: int = 10_000, device: str = "cpu"):
-    """Evaluate a directory written by :func:`run_job`: ``(accuracy, model, prompt lengths)``."""
+def evaluate_saved(
+    path: str | Path,
+    *,
+    num_examples: int = 1000,
+    seed: int = 10_000,
+    device: str = "cpu",
+    task_options: dict[str, Any] | None = None,
+):
+    """Evaluate a directory written by :func:`run_job`: ``(accuracy, model, prompt lengths)``.
+
+    ``task_options`` override the training task's sizes (e.g. more pairs, longer documents) to
+    see how a model copes beyond what it was trained on.
+    """
     path = Path(path)
     result_file = path / "result.json"
     if not result_file.is_file():
         raise JRTError(f"{path} has no result.json: pass a directory written by `jrt synth train`")
     config = TrainConfig.from_dict(json.loads(result_file.read_text())["config"])
-    task = make_task(config.task, **config.task_options)
+    task = make_task(config.task, **{**config.task_options, **(task_options or {})})
     model = load_trained(path, device=device)
-    accuracy = evaluate(
-        model, task, ALL_FORMS, num_examples=num_examples, seed=seed, bf16=str(device).startswith("cuda")
-    )
+    with differentiable_kernels():
+        accuracy = evaluate(
+            model, task, ALL_FORMS, num_examples=num_examples, seed=seed, bf16=str(device).startswith("cuda")
+        )
     return accuracy, model, eval_lengths(task)
