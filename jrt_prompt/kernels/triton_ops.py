@@ -164,8 +164,7 @@ def _chunked_kernel(
         if SYM:
             m = p_ok[:, None] & dv_mask[None, :]
             sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)
-            sq = tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0) + sq
-            sq = sq * (R2 / (scale1 * scale1))  # internal: raw sums of k_i k_j v
+            sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
         else:
             sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
         z0 = tl.load(ks_in)
@@ -213,10 +212,9 @@ def _chunked_kernel(
                 # gathers, and the tiles come out in the accumulator layout the next product takes.
                 ql = tl.dot(q.to(dtype), sel_l_t, input_precision=PRECISION) * scale1  # [BT, NL]
                 ql = tl.where(is_diag[None, :], ql * ql * R2, ql)
-                # raw products q_i q_j in the operand dtype (one rounding); the scale is applied once
-                # to the [BT, dv] result below, as the state keeps the raw sums k_i k_j v
-                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION).to(dtype)  # [BT, NQ]: q_i
-                qq = qa * tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION).to(dtype)
+                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION)  # [BT, NQ]: q_i
+                qb = tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION)  # q_j
+                qq = qa * qb * (scale1 * scale1)
             else:
                 ql = qs
                 qq = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, F * F]) * R2
@@ -224,13 +222,8 @@ def _chunked_kernel(
             # the state enters the read-out products as STATE_DTYPE: the input dtype, except fp32
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
             num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
-            if SYM:
-                num += tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), input_precision=PRECISION) * (
-                    scale1 * scale1 * scale1 * scale1
-                )
-            else:
-                num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            qz2 = tl.dot(qs, z2, input_precision=PRECISION) * R2  # [BT, F]
+            num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
+            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
             den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
@@ -245,8 +238,9 @@ def _chunked_kernel(
             kt = tl.trans(k.to(dtype))  # [F, BT]
             kl = tl.dot(sel_l, kt, input_precision=PRECISION) * scale1  # [NL, BT]
             kl = tl.where(is_diag[:, None], kl * kl * R2, kl)
-            ka = tl.dot(sel_i, kt, input_precision=PRECISION).to(dtype)  # [NQ, BT]: k_i (padding rows 0)
-            kq = ka * tl.dot(sel_j, kt, input_precision=PRECISION).to(dtype)  # raw k_i k_j
+            ka = tl.dot(sel_i, kt, input_precision=PRECISION)  # [NQ, BT]: k_i (padding rows 0)
+            kb = tl.dot(sel_j, kt, input_precision=PRECISION)
+            kq = ka * kb * (scale1 * scale1)
         else:
             kl = kst
             kq = tl.reshape(kst[:, None, :] * kst[None, :, :], [F * F, BT]) * R2
@@ -256,7 +250,7 @@ def _chunked_kernel(
         kw = kst * w[None, :]
         z0 = z0 + tl.sum(w, 0)
         z1 = z1 + tl.sum(kw, 1)
-        z2 = tl.dot(kw * R2, ks, z2, input_precision=PRECISION)
+        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -264,9 +258,8 @@ def _chunked_kernel(
         tl.store(out_kv + row_l[:, None] * DV + offs_dv[None, :], sl, mask=dv_mask[None, :])
         if SYM:
             m = p_ok[:, None] & dv_mask[None, :]
-            sq = sq * (scale1 * scale1 * R2)
-            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=m)
-            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq, mask=m)
+            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
+            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
         else:
             tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
         if pid_dv == 0:
