@@ -9,15 +9,16 @@ import os
 import pytest
 import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernels' decoration
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernels' decoration (GPU machines compile)
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 import jrt_prompt.kernels.triton_ops as triton_ops  # noqa: E402
 from jrt_prompt.kernels import reference as ref  # noqa: E402
 
-if not isinstance(triton_ops._chunked_kernel, InterpretedFunction):  # imported earlier, compiled mode
-    triton_ops = importlib.reload(triton_ops)
+if not torch.cuda.is_available() and not isinstance(triton_ops._chunked_kernel, InterpretedFunction):
+    triton_ops = importlib.reload(triton_ops)  # imported earlier in compiled mode
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tests run on CPU only")
 
