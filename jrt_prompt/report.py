@@ -46,26 +46,32 @@ def model_label(name: str) -> str:
 
 
 def table_rows(docs: list[dict[str, Any]], metric: str = "contains") -> list[dict[str, Any]]:
-    """Flat rows (model, task, default, jrt, delta, n), plus one average row per model."""
+    """Flat rows (model, task, default, jrt, delta, n), plus one average row per model.
+
+    The average is taken over the tasks every model ran in both forms, so models are compared on
+    the same tasks.
+    """
     if metric not in METRIC_NAMES:
         raise JRTError(f"metric {metric!r} is unknown; use one of {', '.join(METRIC_NAMES)}")
-    rows = []
-    for doc in docs:
-        model_rows = [dict(r, model=model_label(doc["model"])) for r in summary_rows(doc, metric)]
-        rows += model_rows
-        both = [r for r in model_rows if "delta" in r]
+    per_model = [[dict(r, model=model_label(d["model"])) for r in summary_rows(d, metric)] for d in docs]
+    common = set.intersection(*({r["task"] for r in rows if "delta" in r} for rows in per_model))
+    out = []
+    for model_rows in per_model:
+        out += model_rows
+        both = [r for r in model_rows if r["task"] in common]
         if len(both) > 1:
-            rows.append(
+            out.append(
                 {
-                    "model": model_label(doc["model"]),
+                    "model": model_rows[0]["model"],
                     "task": "average",
+                    "tasks": len(both),
                     "n": sum(r["n"] for r in both),
                     "default": sum(r["default"] for r in both) / len(both),
                     "jrt": sum(r["jrt"] for r in both) / len(both),
                     "delta": sum(r["delta"] for r in both) / len(both),
                 }
             )
-    return rows
+    return out
 
 
 def _fmt(value) -> str:
@@ -80,7 +86,7 @@ def markdown_table(docs: list[dict[str, Any]], metric: str = "contains") -> str:
     for r in table_rows(docs, metric):
         delta = r.get("delta")
         delta_text = "–" if delta is None else f"{delta:+.1f}"
-        task = f"**{r['task']}**" if r["task"] == "average" else r["task"]
+        task = f"**average** ({r['tasks']} tasks)" if r["task"] == "average" else r["task"]
         lines.append(
             f"| {r['model']} | {task} | {r['n']} | {_fmt(r.get('default'))} | {_fmt(r.get('jrt'))} | {delta_text} |"
         )

@@ -129,7 +129,7 @@ def test_report_markdown_and_png(tmp_path, models):
     assert result.exit_code == 0, result.output
     text = md.read_text()
     assert text.startswith("| model | task | n | default (contains) | JRT (contains) | Δ |")
-    assert text.count("| nq1024 |") == 2 and text.count("**average**") == 2
+    assert text.count("| nq1024 |") == 2 and text.count("**average** (2 tasks)") == 2
     assert "| tiny-llama | nq1024 |" in text and "| tiny-llama-b | nq1024 |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -147,3 +147,27 @@ def test_report_rejects_other_files(tmp_path):
     shutil.copy(bad, tmp_path / "y.json")
     with pytest.raises(JRTError, match="does not exist"):
         load_results([tmp_path / "missing.json"])
+
+
+def _doc(model, scores):
+    results = []
+    for task, (default, jrt) in scores.items():
+        for repeat, value in ((1, default), (2, jrt)):
+            metrics = {"contains": value, "exact_match": 0.0, "f1": 0.0}
+            form = "default" if repeat == 1 else "jrt"
+            results.append(
+                {"task": task, "form": form, "repeat": repeat, "n": 10, "skipped": 0, "metrics": metrics}
+            )
+    return {"format": "jrt-eval-results/1", "model": model, "results": results}
+
+
+def test_report_averages_over_the_tasks_every_model_ran():
+    from jrt_prompt.report import table_rows
+
+    a = _doc("a", {"swde": (10.0, 30.0), "fda": (20.0, 20.0), "kv-docs": (90.0, 95.0)})
+    b = _doc("b", {"swde": (50.0, 60.0), "fda": (40.0, 70.0)})
+    averages = {r["model"]: r for r in table_rows([a, b]) if r["task"] == "average"}
+    assert averages["a"]["tasks"] == 2 and averages["a"]["default"] == 15.0 and averages["a"]["delta"] == 10.0
+    assert averages["b"]["jrt"] == 65.0 and averages["b"]["delta"] == 20.0
+    alone = [r for r in table_rows([a]) if r["task"] == "average"]
+    assert alone[0]["tasks"] == 3
