@@ -51,6 +51,12 @@ def test_synth_train_then_eval(tmp_path):
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     saved = json.loads((out / "result.json").read_text())
     assert set(saved["accuracy"]) == {"default", "question_first", "jrt"}
+    # the checkpoint is an ordinary model folder: the project's loader reads it, tokenizer included
+    from jrt_prompt import load_model
+
+    loaded = load_model(str(out))
+    assert loaded.adapter.family == "based"
+    assert loaded.tokenizer("k3 v1 | k3")["input_ids"] == [5, 11, 1, 5]
     result = runner.invoke(app, ["synth", "eval", str(out), "--examples", "16"])
     assert result.exit_code == 0, result.output
     assert "question_first" in result.output

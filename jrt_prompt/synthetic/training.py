@@ -30,6 +30,7 @@ from .kv_docs import KVDocsTask
 from .models import ModelSpec, build_model, count_parameters, set_encoder_length, state_floats
 from .mqar import MQARTask
 from .set_disjointness import SetDisjointnessTask
+from .vocab import task_tokenizer
 
 TASKS = ("mqar", "sd", "kv-docs")
 
@@ -148,6 +149,12 @@ def _lr_factor(progress: float, warmup: float) -> float:
 def train(config: TrainConfig, device: str | torch.device = "cpu", log=print) -> tuple[torch.nn.Module, dict]:
     """Train one model from scratch; returns (model, history)."""
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise JRTError("device 'cuda' is not available on this machine: train with --device cpu")
+    if config.model.family == "gla" and device.type != "cuda":
+        raise JRTError(
+            "GLA (flash-linear-attention) runs on a CUDA GPU only: use --device cuda or another family"
+        )
     forms = parse_forms(config.forms)
     task = make_task(config.task, **config.task_options)
     torch.manual_seed(config.seed)
@@ -331,6 +338,7 @@ def _run_job(config: TrainConfig, out_dir, device, log) -> dict:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
+        task_tokenizer(task).save_pretrained(out_dir)
         (out_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
