@@ -184,7 +184,7 @@ def test_gla_loads_and_generates_on_gpu(tmp_path):
     batched = loaded.generate(PROMPTS, max_new_tokens=8, stop=(), batch_size=3)
     single = [loaded.generate([p], max_new_tokens=8, stop=())[0] for p in PROMPTS]
     assert all(g.answer_tokens == 8 for g in batched)
-    print("gla batched:", [g.text for g in batched], "single:", [g.text for g in single])
+    assert [g.text for g in batched] == [g.text for g in single]
 
 
 def test_generate_on_a_model_loaded_with_transformers(tmp_path):
