@@ -1,15 +1,21 @@
 """Triton kernels for Based (Taylor) linear attention, prefix linear attention and the decode step.
 
-Algorithm of the prefill kernel (one program per (batch*head, block of value columns)):
+Algorithm of the prefill kernel (one program per (block of value columns, batch*head[, segment])):
 walk the sequence in chunks of BT tokens while holding the running state in registers, split by
-feature order — s0 [dv] (constant feature), s1 [f, dv] (linear), s2 [f*f, dv] (quadratic) and the
-normaliser z0, z1 [f], z2 [f*f] — all fp32. Inside a chunk the scores are the polynomial
-1 + s + s^2/2 of s = q·k/sqrt(f) (a [BT, BT] tile; the 273 features are never built for pairs of
-tokens); across chunks the query features meet the state. Only the state is ever expanded.
+feature order — s0 [dv] (constant feature), the linear and diagonal-square rows [2f, dv], the
+f(f-1)/2 pair rows i < j [128 for f=16, dv] (the quadratic features are symmetric, so the
+256 products k_i k_j collapse to 136 distinct ones) and the normaliser z0, z1 [f], Z2 [f, f] —
+all fp32. Inside a chunk the scores are the polynomial 1 + s + s^2/2 of s = q·k/sqrt(f) (a
+[BT, BT] tile; the 273 features are never built for pairs of tokens); across chunks the query
+features meet the state. Only the state is ever expanded; the 273-row layout of
+:class:`LinearAttentionState` is read and written at the ends.
 
 Prefix linear attention runs the same kernel twice: first as a pure reduction over the encoder
 tokens (parallel over token splits, partial states summed), then as the causal pass starting
 from that encoder state — which is exactly the cross term of PLA with its shared normaliser.
+For small batch x heads the causal pass is cut into sequence segments that run in parallel from
+prefix-summed segment states. The decode step is one fused kernel per token (see
+_step_sym_kernel). Measured figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
