@@ -716,6 +716,9 @@ def pla_prefill(
 def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12, config: StepConfig | None = None):
     b, h, f = q.shape
     dv = v.shape[-1]
+    if f & (f - 1) or q.dtype == torch.float64 or state.kv.dtype != torch.float32:
+        # the kernel tiles the feature dim by powers of two and keeps fp32 states
+        return reference.step_reference(q, k, v, state, eps=eps)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     kv, ksum = state.kv, state.ksum
     copy_back = not (kv.is_contiguous() and ksum.is_contiguous())
