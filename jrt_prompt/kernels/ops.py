@@ -175,7 +175,12 @@ def prefix_linear_attention(
 def linear_attention_step(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LinearAttentionState, *, eps: float = 1e-12
 ) -> torch.Tensor:
-    """One decode step for [b, h, f] q/k and [b, h, dv] v; updates ``state`` in place, returns [b, h, dv]."""
+    """One decode step for [b, h, f] q/k and [b, h, dv] v; updates ``state`` in place, returns [b, h, dv].
+
+    The CUDA kernel reads each pair of quadratic rows (i, j), (j, i) of ``state.kv`` once: they are
+    equal in every state built by these ops or by sums of phi(k) ⊗ v (the Taylor map is
+    symmetric); a hand-made state whose quadratic block is not symmetric gets it symmetrised.
+    """
     if q.dim() != 3 or q.shape != k.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
         raise JRTError(
             f"step inputs must be q, k [batch, heads, f] and v [batch, heads, dv]; got "
