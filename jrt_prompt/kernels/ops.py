@@ -179,7 +179,7 @@ def linear_attention_step(
 
     The CUDA kernel reads each pair of quadratic rows (i, j), (j, i) of ``state.kv`` once: they are
     equal in every state built by these ops or by sums of phi(k) ⊗ v (the Taylor map is
-    symmetric); a hand-made state whose quadratic block is not symmetric gets it symmetrised.
+    symmetric); for a hand-made state whose quadratic block is not, row (i, j) wins (i < j).
     """
     if q.dim() != 3 or q.shape != k.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
         raise JRTError(
