@@ -88,6 +88,12 @@ def eval_command(
     save_prompts: Annotated[
         bool, typer.Option("--save-prompts", help="Store each prompt in the results.")
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="default, or reference: generate as the paper's harness did (to match its numbers)."
+        ),
+    ] = "default",
     metric: Annotated[
         str, typer.Option(help="Metric shown in the table: contains, exact_match or f1.")
     ] = "contains",
@@ -107,6 +113,7 @@ def eval_command(
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
         save_prompts=save_prompts,
+        mode=mode,
         device=device,
         dtype=None if dtype == "auto" else dtype,
     )

@@ -53,6 +53,7 @@ class EvalConfig:
     batch_size: int = 8
     max_prompt_tokens: int | None = None
     save_prompts: bool = False
+    mode: str = "default"  # "reference": generate as the paper's harness did (docs/inference_modes.md)
     device: str = "auto"
     dtype: str | None = None
 
@@ -111,6 +112,8 @@ def evaluate(
         raise JRTError("no task given: pass --task NAME (e.g. --task swde --task fda)")
     if not config.repeats or any(r < 1 for r in config.repeats):
         raise JRTError(f"--repeat values {list(config.repeats)} are invalid: use 1 (default) and/or 2 (JRT)")
+    if config.mode not in ("default", "reference"):
+        raise JRTError(f"--mode {config.mode!r} is unknown: use default or reference")
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise JRTError("--max-new-tokens and --batch-size must be positive")
     specs: list[TaskSpec] = [get_task(name) for name in expand_tasks(config.tasks)]
@@ -168,6 +171,7 @@ def evaluate(
             "batch_size": config.batch_size,
             "stop": ["\n"],
             "decoding": "greedy",
+            "mode": config.mode,
             "device": str(getattr(loaded, "device", config.device)),
             "python": platform.python_version(),
         },
@@ -178,6 +182,8 @@ def evaluate(
 def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     kept = [e for e in examples if e.skip_reason is None]
+    if config.mode == "reference":
+        return _run_reference(spec, repeat, source, examples, kept, loaded, config, on_progress)
     prepared = []
     for example in kept:
         prompt, n_tokens, cut = _left_truncate(tokenizer, example.prompt, limit)
@@ -212,7 +218,10 @@ def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress)
             records[i] = record
         if on_progress:
             on_progress(len(batch))
-    done = [r for r in records if r is not None]
+    return _entry(spec, repeat, source, examples, [r for r in records if r is not None], started)
+
+
+def _entry(spec, repeat, source, examples, done, started) -> dict[str, Any]:
     skipped = [{"index": e.index, "reason": e.skip_reason} for e in examples if e.skip_reason is not None]
     return {
         "task": spec.name,
@@ -227,6 +236,43 @@ def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress)
         "examples": done,
         "skipped_examples": skipped,
     }
+
+
+def _run_reference(spec, repeat, source, examples, kept, loaded, config, on_progress) -> dict[str, Any]:
+    """All prompts of one (task, form) through the harness-faithful generator, which batches them
+    itself (longest first, unmasked padding, left truncation to 2000 tokens)."""
+    from .models.hazy_reference import HARNESS_MAX_LENGTH
+    from .run import generate_like_harness
+
+    started = time.perf_counter()
+    prompts = [e.prompt for e in kept]
+    gens = (
+        generate_like_harness(
+            loaded, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+        )
+        if prompts
+        else []
+    )
+    budget = HARNESS_MAX_LENGTH - config.max_new_tokens
+    records = []
+    for example, prompt, gen in zip(kept, prompts, gens, strict=True):
+        record = {
+            "index": example.index,
+            "prediction": gen.text,
+            "answers": example.answers,
+            **score(gen.text, example.answers),
+            "prompt_tokens": min(int(gen.prompt_tokens), budget),
+            "answer_tokens": int(gen.answer_tokens),
+            "finish_reason": gen.finish_reason,
+            "context_truncated": example.truncated,
+            "prompt_left_truncated": int(gen.prompt_tokens) > budget,
+        }
+        if config.save_prompts:
+            record["prompt"] = prompt
+        records.append(record)
+    if on_progress and kept:
+        on_progress(len(kept))
+    return _entry(spec, repeat, source, examples, records, started)
 
 
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -171,3 +171,22 @@ def test_report_averages_over_the_tasks_every_model_ran():
     assert averages["b"]["jrt"] == 65.0 and averages["b"]["delta"] == 20.0
     alone = [r for r in table_rows([a]) if r["task"] == "average"]
     assert alone[0]["tasks"] == 3
+
+
+def test_reference_mode_uses_the_harness_generator(tmp_path, models):
+    from jrt_prompt import load_model
+    from jrt_prompt.models.hazy_reference import harness_generate
+
+    loaded = load_model(models["llama"], device="cpu")
+    config = EvalConfig(model="unused", tasks=("drop",), repeats=(2,), data={"drop": FIXTURES / "drop.jsonl"},
+                        max_new_tokens=5, batch_size=2, mode="reference", save_prompts=True)  # fmt: skip
+    (entry,) = evaluate(config, loaded)["results"]
+    prompts = [e["prompt"] for e in entry["examples"]]
+    assert prompts == [pair[1] for pair in EXPECTED["drop"]]
+    expected = harness_generate(loaded.model, loaded.tokenizer, prompts, batch_size=2, max_new_tokens=5)
+    assert [e["prediction"] for e in entry["examples"]] == expected
+    assert all(e["finish_reason"] == "reference" for e in entry["examples"])
+    with pytest.raises(JRTError, match="--mode"):
+        evaluate(
+            EvalConfig(model="unused", tasks=("drop",), mode="fast", data={"drop": FIXTURES / "drop.jsonl"})
+        )
