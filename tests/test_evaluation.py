@@ -190,3 +190,19 @@ def test_reference_mode_uses_the_harness_generator(tmp_path, models):
         evaluate(
             EvalConfig(model="unused", tasks=("drop",), mode="fast", data={"drop": FIXTURES / "drop.jsonl"})
         )
+
+
+DEMO = Path(__file__).resolve().parent.parent / "jrt_prompt" / "demo"
+
+
+@pytest.mark.skipif(
+    not (DEMO / "model.safetensors").is_file(), reason="the demo model is not in this checkout"
+)
+def test_demo_model_recalls_kv_docs_in_both_forms(tmp_path):
+    from jrt_prompt import load_model
+
+    config = EvalConfig(model="unused", tasks=("kv-docs",), repeats=(1, 2), limit=8, batch_size=8)
+    doc = evaluate(config, load_model(DEMO, device="cpu"))
+    for entry in doc["results"]:
+        assert entry["n"] == 8 and entry["source"].endswith("kv_docs_heldout.jsonl")
+        assert entry["metrics"]["contains"] >= 75.0, entry["examples"]
