@@ -14,6 +14,7 @@ from jrt_prompt.report import bar_chart, load_results, markdown_table, model_lab
 
 from ._common import console, err_console, reports_errors
 from .main import app
+from .score import RowsPerSecond
 
 
 def results_table(results: dict, metric: str = "contains") -> Table:
@@ -121,6 +122,8 @@ def eval_command(
         TextColumn("[bold]evaluating"),
         BarColumn(),
         MofNCompleteColumn(),
+        RowsPerSecond(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err_console,
     )
