@@ -62,6 +62,12 @@ def score_command(
     summary: Annotated[
         Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")
     ] = None,
+    fit_context: Annotated[
+        bool,
+        typer.Option(
+            "--fit-context", help="Cut a too-long context (every copy alike) instead of an error row."
+        ),
+    ] = False,
     retry_errors: Annotated[
         bool, typer.Option("--retry-errors", help="On resume, score the error rows of OUT again.")
     ] = False,
@@ -105,6 +111,7 @@ def score_command(
             max_prompt_tokens=max_prompt_tokens,
             summary=summary,
             retry_errors=retry_errors,
+            fit_context=fit_context,
             device=device,
             dtype=None if dtype == "auto" else dtype,
             on_start=on_start,

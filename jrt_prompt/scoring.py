@@ -52,6 +52,7 @@ class Engine:
     count_tokens: Callable[[str], int]
     generate: Callable[[list[str], int], list[Any]]
     max_prompt_tokens: int | None = None
+    tokenizer: Any = None  # needed only to cut contexts to the budget (--fit-context)
 
 
 def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) -> Engine:
@@ -67,7 +68,11 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
         )
 
     return Engine(
-        name=loaded.name, count_tokens=count, generate=gen, max_prompt_tokens=model_token_limit(loaded)
+        name=loaded.name,
+        count_tokens=count,
+        generate=gen,
+        max_prompt_tokens=model_token_limit(loaded),
+        tokenizer=tokenizer,
     )
 
 
@@ -101,6 +106,7 @@ class ScoreConfig:
     max_prompt_tokens: int | None = None  # None: the model's own limit minus max_new_tokens
     summary: Path | None = None
     retry_errors: bool = False  # on resume, score error rows again (e.g. after raising the limit)
+    fit_context: bool = False  # cut a too-long context to the budget instead of an error row
     separator: str = "\n"
     answer_prefix: str = ""
 
@@ -122,6 +128,7 @@ class ParsedRow:
     kind: str | None = None
     prompt: str = ""
     prompt_tokens: int = 0
+    context_cut_tokens: int = 0
 
 
 @dataclass
@@ -415,7 +422,9 @@ def _score_locked(config, engine, parsed, started, on_start, on_progress) -> Sco
             )
             row.prompt = template.render(row.context, row.question)
             row.prompt_tokens = engine.count_tokens(row.prompt)
-            if limit is not None and row.prompt_tokens > limit:
+            if limit is not None and row.prompt_tokens > limit and config.fit_context:
+                _fit(row, template, engine, limit)
+            elif limit is not None and row.prompt_tokens > limit:
                 row.kind, row.error = (
                     "too_long",
                     f"context too long: the prompt is {row.prompt_tokens} tokens, over the limit of {limit} "
@@ -469,6 +478,22 @@ def _mark_duplicate_ids(rows: list[ParsedRow]) -> None:
             first[key] = row.line
 
 
+def _fit(row: ParsedRow, template: JRTPrompt, engine: Engine, limit: int) -> None:
+    """Cut the row's context (every copy the same) so its prompt fits ``limit`` tokens."""
+    if engine.tokenizer is None:
+        raise JRTError("cutting contexts to the budget needs the model's tokenizer")
+    try:
+        fitted = template.fit(row.context, row.question, engine.tokenizer, limit)
+    except JRTError as exc:
+        row.kind, row.error = "too_long", f"context too long: {exc}"
+        return
+    row.prompt, row.prompt_tokens, row.context_cut_tokens = (
+        fitted.text,
+        fitted.prompt_tokens,
+        fitted.cut_tokens,
+    )
+
+
 def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
     out = {
         "line": row.line,
@@ -482,6 +507,8 @@ def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
         "finish_reason": gen.finish_reason,
         "latency_s": round(float(gen.seconds), 6),
     }
+    if row.context_cut_tokens:
+        out["context_cut_tokens"] = row.context_cut_tokens
     if row.answers is not None:
         out["answers"] = row.answers
         out.update(score_prediction(gen.text, row.answers))
@@ -518,6 +545,7 @@ def _summarize(config, engine, parsed, final, done_before, scored_now, torn, ela
             "max_new_tokens": config.max_new_tokens,
             "limit": config.limit,
             "max_prompt_tokens": config.max_prompt_tokens,
+            "fit_context": config.fit_context,
         },
     )
 
@@ -535,6 +563,7 @@ def score_file(
     max_prompt_tokens: int | None = None,
     summary: str | os.PathLike | None = None,
     retry_errors: bool = False,
+    fit_context: bool = False,
     device: str = "auto",
     dtype: str | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -562,6 +591,7 @@ def score_file(
         max_prompt_tokens=max_prompt_tokens,
         summary=Path(summary) if summary else None,
         retry_errors=retry_errors,
+        fit_context=fit_context,
     )
     return score_jsonl(
         config, engine_for(loaded, batch_size=batch_size), on_start=on_start, on_progress=on_progress

@@ -120,6 +120,21 @@ def test_retry_errors_rescores_error_rows_only(tmp_path, tiny):
     assert rows[0] == first[0] and rows[1]["status"] == "ok" and len(rows) == 2
 
 
+def test_fit_context_cuts_instead_of_failing(tmp_path, tiny):
+    src = tmp_path / "in.jsonl"
+    long_context = " ".join(f"Fact {i}: code {i * 3}." for i in range(60))
+    src.write_bytes(
+        json.dumps({"context": long_context, "question": "What is the code of fact 2?"}).encode() + b"\n"
+    )
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, model=tiny, max_new_tokens=2, max_prompt_tokens=300, fit_context=True)
+    (row,) = read_rows(out)
+    assert row["status"] == "ok" and row["prompt_tokens"] <= 300 and row["context_cut_tokens"] > 0
+    # both copies are cut alike: prompt = question + 2 copies + question + 3 separators
+    kept = (300 - 2 * len("What is the code of fact 2?") - 3) // 2
+    assert row["context_cut_tokens"] >= len(long_context) - kept
+
+
 def test_the_model_limit_applies_without_a_flag(tmp_path):
     # tiny llama has 512 positions: 512 - 8 new tokens = 504 prompt tokens at most
     model = load_model(write_tiny_llama(tmp_path / "llama"), device="cpu")
