@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from jrt_prompt.errors import JRTError
 from jrt_prompt.scoring import score_file
 
 from ._common import console, err_console, reports_errors
@@ -29,6 +31,24 @@ class RowsPerSecond(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f} rows/s" if speed else "-- rows/s", style="cyan")
+
+
+def _shard_and_device(shard: str | None, device: str) -> tuple[tuple[int, int] | None, str]:
+    """``--shard I/N``, else torchrun's RANK/WORLD_SIZE; each torchrun process takes its own GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if shard is None and world > 1:
+        shard = f"{os.environ.get('RANK', '0')}/{world}"
+        if device == "auto" and os.environ.get("LOCAL_RANK") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if shard is None:
+        return None, device
+    index, sep, count = shard.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise JRTError(f"--shard {shard!r} is invalid: use I/N, e.g. 0/4")
+    return (int(index), int(count)), device
 
 
 @app.command("score")
@@ -61,6 +81,13 @@ def score_command(
     ] = None,
     summary: Annotated[
         Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: score every N-th row from row I into OUT.shard-I-of-N; the last shard to finish "
+            "merges into OUT. Under torchrun the default is RANK/WORLD_SIZE, on GPU LOCAL_RANK."
+        ),
     ] = None,
     fit_context: Annotated[
         bool,
@@ -98,6 +125,7 @@ def score_command(
     def on_progress(n: int) -> None:
         progress.advance(state["task"], n)
 
+    shard_spec, device = _shard_and_device(shard, device)
     with progress:
         result = score_file(
             input,
@@ -112,6 +140,7 @@ def score_command(
             summary=summary,
             retry_errors=retry_errors,
             fit_context=fit_context,
+            shard=shard_spec,
             device=device,
             dtype=None if dtype == "auto" else dtype,
             on_start=on_start,

@@ -23,6 +23,7 @@ import codecs
 import fcntl
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -107,6 +108,7 @@ class ScoreConfig:
     summary: Path | None = None
     retry_errors: bool = False  # on resume, score error rows again (e.g. after raising the limit)
     fit_context: bool = False  # cut a too-long context to the budget instead of an error row
+    shard: tuple[int, int] | None = None  # (index, count): score every count-th row, from index
     separator: str = "\n"
     answer_prefix: str = ""
 
@@ -320,11 +322,11 @@ class _OutputLock:
     A separate lock file (not the output itself) because repairs replace the output file.
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, *, wait: bool = False):
         self.path = out.with_name(out.name + ".lock")
         self.file = open(self.path, "ab")
         try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
             raise JRTError(
@@ -384,20 +386,126 @@ def score_jsonl(
     _mark_duplicate_ids(parsed)
 
     config.out.parent.mkdir(parents=True, exist_ok=True)
+    if config.shard is not None:
+        return _score_shard(config, engine, parsed, started, on_start, on_progress)
+    leftovers = _shard_files(config.out)
+    if leftovers:
+        raise JRTError(
+            f"{leftovers[0]} holds rows of an unfinished sharded run: rerun it with the same --shard "
+            "options (or delete the shard files to start over)"
+        )
     lock = _OutputLock(config.out)
     try:
-        return _score_locked(config, engine, parsed, started, on_start, on_progress)
+        return _score_locked(
+            config, engine, parsed, config.out, {}, config.summary_path, started, on_start, on_progress
+        )
     finally:
         lock.release()
 
 
-def _score_locked(config, engine, parsed, started, on_start, on_progress) -> ScoreSummary:
-    done, torn = repair_output(config.out)
+def _shard_path(out: Path, index: int, count: int) -> Path:
+    return out.with_name(f"{out.name}.shard-{index}-of-{count}")
+
+
+def _shard_files(out: Path) -> list[Path]:
+    pattern = re.compile(re.escape(out.name) + r"\.shard-\d+-of-\d+$")
+    return sorted(p for p in out.parent.glob(out.name + ".shard-*") if pattern.fullmatch(p.name))
+
+
+def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """Complete rows of an output another process may be writing (read only, never repaired)."""
+    if not path.exists():
+        return {}
+    rows: dict[int, dict[str, Any]] = {}
+    for raw in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("line"), int):
+            rows.setdefault(row["line"], row)
+    return rows
+
+
+def _score_shard(config, engine, parsed, started, on_start, on_progress) -> ScoreSummary:
+    """One of ``count`` processes (e.g. one per GPU under torchrun) scoring every count-th row.
+
+    Each shard appends to its own file ``OUT.shard-I-of-N`` (same crash safety as a plain run);
+    the shard that finishes last merges all of them into OUT, in input order.
+    """
+    index, count = config.shard
+    if count < 1 or not 0 <= index < count:
+        raise JRTError(f"--shard {index}/{count} is invalid: use I/N with 0 <= I < N")
+    shard = _shard_path(config.out, index, count)
+    lock = _OutputLock(shard)
+    try:
+        summary = _score_locked(
+            config,
+            engine,
+            parsed[index::count],
+            shard,
+            _read_rows(config.out),  # rows an earlier merge already moved to OUT
+            shard.with_name(shard.name + ".summary.json"),
+            started,
+            on_start,
+            on_progress,
+        )
+    finally:
+        lock.release()
+    merged = _merge_shards(config, parsed, count)
+    if merged is not None:
+        whole = _summarize(
+            config, engine, parsed, merged, 0, summary.scored_now, 0, time.perf_counter() - started
+        )
+        whole.settings.update(shard=None, shards=count)
+        _atomic_write(config.summary_path, (json.dumps(whole.to_json(), indent=2) + "\n").encode())
+    return summary
+
+
+def _merge_shards(
+    config: ScoreConfig, parsed: list[ParsedRow], count: int
+) -> dict[int, dict[str, Any]] | None:
+    """Merge the shard files into OUT once every row is in one of them; None while a shard still runs."""
+    main = _OutputLock(config.out, wait=True)
+    held: list[_OutputLock] = []
+    try:
+        rows = _read_rows(config.out)
+        files = [_shard_path(config.out, k, count) for k in range(count)]
+        for path in files:
+            if not path.exists():
+                continue
+            try:
+                held.append(_OutputLock(path))  # a shard still scoring holds its lock; it merges later
+            except JRTError:
+                return None
+            for line, row in _read_rows(path).items():
+                rows.setdefault(line, row)
+        if not all(row.line in rows for row in parsed):
+            return None
+        ordered = [rows[line] for line in sorted(rows)]
+        _atomic_write(
+            config.out, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ordered)
+        )
+        for path in files:
+            path.unlink(missing_ok=True)
+        return rows
+    finally:
+        for lock in held:
+            lock.release()
+        main.release()
+
+
+def _score_locked(
+    config, engine, parsed, write_path, earlier, summary_path, started, on_start, on_progress
+) -> ScoreSummary:
+    """Score ``parsed`` rows not yet done, appending to ``write_path`` (rows in ``earlier`` count as done)."""
+    done, torn = repair_output(write_path)
     if config.retry_errors and any(r.get("status") == "error" for r in done.values()):
         done = {line: r for line, r in done.items() if r.get("status") != "error"}
         _atomic_write(
-            config.out, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in done.values())
+            write_path, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in done.values())
         )
+    done = {**earlier, **done}
     by_line = {row.line: row for row in parsed}
     for line, row in done.items():
         if line in by_line and row.get("id") != by_line[line].id and by_line[line].error is None:
@@ -431,7 +539,7 @@ def _score_locked(config, engine, parsed, started, on_start, on_progress) -> Sco
                     "prompt tokens; shorten the context or lower the repeat",
                 )
 
-    appender = _Appender(config.out)
+    appender = _Appender(write_path)
     scored_now = 0
     try:
         bad = [row for row in pending if row.error is not None]
@@ -450,16 +558,18 @@ def _score_locked(config, engine, parsed, started, on_start, on_progress) -> Sco
     finally:
         appender.close()
 
-    final, _ = repair_output(config.out)
-    lines = [row.line for row in parsed]
-    if all(line in final for line in lines):
+    final, _ = repair_output(write_path)
+    if all(row.line in final for row in parsed):
         ordered = [final[line] for line in sorted(final)]
         _atomic_write(
-            config.out, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ordered)
+            write_path, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ordered)
         )
     elapsed = time.perf_counter() - started
-    summary = _summarize(config, engine, parsed, final, len(parsed) - len(pending), scored_now, torn, elapsed)
-    _atomic_write(config.summary_path, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    everything = {**earlier, **final}
+    summary = _summarize(
+        config, engine, parsed, everything, len(parsed) - len(pending), scored_now, torn, elapsed
+    )
+    _atomic_write(summary_path, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return summary
 
 
@@ -546,6 +656,7 @@ def _summarize(config, engine, parsed, final, done_before, scored_now, torn, ela
             "limit": config.limit,
             "max_prompt_tokens": config.max_prompt_tokens,
             "fit_context": config.fit_context,
+            "shard": list(config.shard) if config.shard else None,
         },
     )
 
@@ -564,6 +675,7 @@ def score_file(
     summary: str | os.PathLike | None = None,
     retry_errors: bool = False,
     fit_context: bool = False,
+    shard: tuple[int, int] | None = None,
     device: str = "auto",
     dtype: str | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -592,6 +704,7 @@ def score_file(
         summary=Path(summary) if summary else None,
         retry_errors=retry_errors,
         fit_context=fit_context,
+        shard=shard,
     )
     return score_jsonl(
         config, engine_for(loaded, batch_size=batch_size), on_start=on_start, on_progress=on_progress

@@ -289,3 +289,71 @@ def test_input_reading_handles_bom_crlf_blank_lines_and_limit(tmp_path):
     assert first.error is None and first.id == 1 and first.context == "c1" and not first.question_first
     assert second.id == 7 and second.repeat == 1
     assert read_input(src, limit=1) == rows[:1]
+
+
+def test_shards_merge_into_one_output_when_the_last_one_finishes(tmp_path, tiny):
+    src = write_input(tmp_path / "in.jsonl", 7)
+    out = tmp_path / "out.jsonl"
+    first = score_file(src, out, model=tiny, max_new_tokens=2, shard=(1, 3))
+    assert first.rows == 2 and not out.exists()  # rows 2 and 5 (0-based 1, 4)
+    assert [r["line"] for r in read_rows(tmp_path / "out.jsonl.shard-1-of-3")] == [2, 5]
+    with pytest.raises(JRTError, match="unfinished sharded run"):
+        score_file(src, out, model=tiny, max_new_tokens=2)
+    score_file(src, out, model=tiny, max_new_tokens=2, shard=(0, 3))
+    assert not out.exists()
+    score_file(src, out, model=tiny, max_new_tokens=2, shard=(2, 3))
+    rows = read_rows(out)
+    assert [r["line"] for r in rows] == list(range(1, 8)) and all(r["status"] == "ok" for r in rows)
+    assert sorted(p.name for p in tmp_path.glob("out.jsonl*")) == [
+        "out.jsonl",
+        "out.jsonl.shard-0-of-3.summary.json",
+        "out.jsonl.shard-1-of-3.summary.json",
+        "out.jsonl.shard-2-of-3.summary.json",
+        "out.jsonl.summary.json",
+    ]
+    assert json.loads((tmp_path / "out.jsonl.summary.json").read_text())["ok"] == 7
+    again = score_file(src, out, model=tiny, max_new_tokens=2)  # a plain rerun finds everything done
+    assert again.scored_now == 0 and again.done_before == 7
+
+
+def test_two_shard_processes_at_once(tmp_path, tiny_dir):
+    n = 10
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "context": f"Item {i}: {i}.", "question": "?"}) + "\n"
+            for i in range(n)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    procs = [
+        subprocess.Popen(
+            _jrt(
+                "score",
+                src,
+                "--out",
+                out,
+                "--model",
+                tiny_dir,
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "2",
+                "--batch-size",
+                "2",
+                "--shard",
+                f"{k}/2",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        for k in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    rows = read_rows(out)
+    assert [r["line"] for r in rows] == list(range(1, n + 1))
+    assert not list(tmp_path.glob("out.jsonl.shard-*-of-2")) and not list(tmp_path.glob("*.lock"))
