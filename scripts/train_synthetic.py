@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--time-budget", type=float, default=300.0)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument(
+        "--job-timeout", type=float, default=None, help="kill a job still running after this many seconds"
+    )
     ap.add_argument("--pack", action="store_true")
     ap.add_argument("--pack-mb", type=float, default=15.0)
     args = ap.parse_args()
@@ -68,7 +71,7 @@ def main() -> None:
     out = Path(args.out)
     start = time.time()
     print(f"{len(jobs)} jobs: {', '.join(jobs)}", flush=True)
-    results = run_sweep(jobs, out, device=args.device, workers=args.workers)
+    results = run_sweep(jobs, out, device=args.device, workers=args.workers, job_timeout_s=args.job_timeout)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(results)
     (out / "table.md").write_text(table + "\n")

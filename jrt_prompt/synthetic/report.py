@@ -54,6 +54,9 @@ def plot_accuracy_vs_state(results: list[dict], path: str | Path, task: str = "m
                 )
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", label=family)
+            options = rows[0]["config"]["task_options"]
+            if task == "mqar" and "num_values" in options:
+                ax.axhline(100 / options["num_values"], color="gray", ls="--", lw=1, label="chance")
             ax.set_xscale("log")
             ax.set_title(f"{task} {variant + ' ' if variant != 'all' else ''}— {form}")
             ax.set_xlabel("state (floats per sequence; attention: KV cache)")

@@ -94,9 +94,32 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         mqar("mqar-gla-k32", ModelSpec("gla", 64, 2, {"expand_k": 1.0}))
         add("sd-based-f2", "sd", SD_OPTIONS, ModelSpec("based", 64, 2, {"feature_dim": 2}))
         return jobs
+    if name == "gpu-next":
+        # Fewer jobs at a time, >= 5000 steps each, MQAR large enough to pressure the small states.
+        big = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        long = dict(batch_size=256, lr=2e-3, max_steps=6000)
+        for f in (2, 4, 8):
+            add(f"mqar64-based-f{f}", "mqar", big, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
+            add(f"mqar64-jrt_rnn-f{f}", "mqar", big, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f}), **long)
+        for n in (4, 16):
+            add(
+                f"mqar64-mamba2-n{n}",
+                "mqar",
+                big,
+                ModelSpec("mamba2", 128, 2, {"state_size": n, "chunk_size": 16}),
+                **long,
+            )
+        add("mqar64-attention", "mqar", big, ModelSpec("attention", 128, 2), **long)
+        for f in (2, 4, 8):
+            add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
+        return jobs
     if name == "cpu":
-        mqar("mqar-based-f4", ModelSpec("based", 64, 2, {"feature_dim": 4}), batch_size=64)
-        add("sd-based-f4", "sd", SD_OPTIONS, ModelSpec("based", 64, 2, {"feature_dim": 4}), batch_size=64)
+        # A smaller copy of the MQAR sweep that trains on two CPU cores in minutes.
+        tiny = {"num_pairs": 8, "num_queries": 2, "num_keys": 16, "num_values": 16}
+        small = dict(batch_size=64, max_steps=2000, eval_examples=1000)
+        for f in (1, 2, 4):
+            add(f"mqar8-based-f{f}", "mqar", tiny, ModelSpec("based", 32, 2, {"feature_dim": f}), **small)
+        add("mqar8-attention", "mqar", tiny, ModelSpec("attention", 32, 2), **small)
         return jobs
     raise ValueError(f"unknown plan {name!r}")
 
@@ -128,14 +151,24 @@ def _worker(job: str, config_dict: dict, out_dir: str, device: str) -> None:
 
 
 def run_sweep(
-    jobs: dict[str, TrainConfig], out_dir: str | Path, *, device: str = "cuda", workers: int = 8
+    jobs: dict[str, TrainConfig],
+    out_dir: str | Path,
+    *,
+    device: str = "cuda",
+    workers: int = 8,
+    job_timeout_s: float | None = None,
 ) -> list[dict]:
-    """Run ``jobs`` in up to ``workers`` processes; returns the results that finished."""
+    """Run ``jobs`` in up to ``workers`` processes; returns the results that finished.
+
+    A job still running ``job_timeout_s`` after it started is killed (a hung job must not keep
+    the others' results from being written). ``results.json`` is rewritten after every job, so a
+    sweep cut short still leaves what finished.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     pending = list(jobs.items())
-    running: dict[str, mp.Process] = {}
+    running: dict[str, tuple[mp.Process, float]] = {}
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     while pending or running:
@@ -143,13 +176,19 @@ def run_sweep(
             job, config = pending.pop(0)
             p = ctx.Process(target=_worker, args=(job, config.to_dict(), str(out_dir), device), daemon=False)
             p.start()
-            running[job] = p
+            running[job] = (p, time.time())
         time.sleep(1.0)
-        for job, p in list(running.items()):
-            if not p.is_alive():
+        for job, (p, t0) in list(running.items()):
+            if p.is_alive() and job_timeout_s is not None and time.time() - t0 > job_timeout_s:
+                p.kill()
+                p.join()
+                running.pop(job)
+                print(f"[{time.time() - started:6.0f}s] {job} killed after {job_timeout_s:.0f}s", flush=True)
+            elif not p.is_alive():
                 p.join()
                 running.pop(job)
                 print(f"[{time.time() - started:6.0f}s] {job} exit={p.exitcode}", flush=True)
+                (out_dir / "results.json").write_text(json.dumps(collect(out_dir), indent=1))
     return collect(out_dir)
 
 
