@@ -156,7 +156,7 @@ def test_roster_has_the_papers_models():
     assert get_spec("state-spaces/mamba-1.4b").name == "mamba-1.4b"
 
 
-@pytest.mark.parametrize("name", list(roster()))
+@pytest.mark.parametrize("name", [n for n, s in roster().items() if not s.package])
 def test_roster_state_bytes_match_adapter_formula(name):
     spec = roster()[name]
     adapter = get_adapter(spec.adapter)
@@ -195,3 +195,13 @@ def test_generate_on_a_model_loaded_with_transformers(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     out = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4, stop=())
     assert [g.answer_tokens for g in out] == [4, 4]
+
+
+def test_shipped_demo_model_loads_by_name():
+    loaded = load_model("demo", device="cpu")
+    assert loaded.family == "based" and loaded.path.name == "demo"
+    assert loaded.tokenizer.eos_token_id == 256
+    from jrt_prompt.models.catalog import memory_bytes
+
+    size = memory_bytes(roster()["demo"], 4096)
+    assert size == memory_bytes(roster()["demo"], 64) and size > 0  # recurrent: constant in the prompt length

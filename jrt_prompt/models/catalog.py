@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loading import find_local
-from .registry import roster
+from ..errors import JRTError
+from .checkpoint import read_config
+from .loading import find_local, get_adapter, package_dir
+from .registry import ModelSpec, roster
 
 
 @dataclass(frozen=True)
@@ -29,17 +31,34 @@ def transformer_kv_bytes(arch: dict, prompt_tokens: int, dtype_bytes: int = 2) -
     return 2 * int(layers) * int(width) * prompt_tokens * dtype_bytes
 
 
+def memory_bytes(spec: ModelSpec, prompt_tokens: int) -> int | None:
+    """State or KV-cache bytes of one sequence; shipped models are sized from their config.json."""
+    if spec.package:
+        try:
+            config = read_config(package_dir(spec.package))
+            return get_adapter(spec.adapter).state_bytes(config, prompt_tokens, 2)
+        except JRTError:
+            return None
+    return spec.memory_bytes(prompt_tokens)
+
+
 def model_table(prompt_tokens: int = 2048) -> list[ModelRow]:
     rows = []
     for spec in roster().values():
+        arch = spec.arch
+        if spec.package and not arch:
+            try:
+                arch = read_config(package_dir(spec.package))
+            except JRTError:
+                arch = {}
         rows.append(
             ModelRow(
                 spec.name,
                 spec.family,
                 spec.params,
                 spec.hub_id,
-                spec.memory_bytes(prompt_tokens),
-                transformer_kv_bytes(spec.arch, prompt_tokens),
+                memory_bytes(spec, prompt_tokens),
+                transformer_kv_bytes(arch, prompt_tokens),
                 find_local(spec),
             )
         )
