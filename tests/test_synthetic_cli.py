@@ -57,6 +57,18 @@ def test_synth_train_then_eval(tmp_path):
     loaded = load_model(str(out))
     assert loaded.adapter.family == "based"
     assert loaded.tokenizer("k3 v1 | k3")["input_ids"] == [5, 11, 1, 5]
+    # continuing from the checkpoint starts from its weights (lr 0: nothing moves)
+    import torch
+
+    from jrt_prompt.synthetic.training import TrainConfig, load_trained, train
+
+    config = TrainConfig.from_dict(saved["config"])
+    config.init_from, config.lr, config.max_steps = str(out), 0.0, 1
+    continued, _ = train(config, log=lambda _: None)
+    reference = load_trained(out).state_dict()
+    for name, tensor in continued.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
     result = runner.invoke(app, ["synth", "eval", str(out), "--examples", "16"])
     assert result.exit_code == 0, result.output
     assert "question_first" in result.output

@@ -63,6 +63,7 @@ class TrainConfig:
     bf16: bool = True
     log_every: int = 100
     data_workers: int = 0  # processes drawing training batches (kv-docs text is drawn in Python)
+    init_from: str | None = None  # continue from a checkpoint of the same model (a run_job folder)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -161,7 +162,16 @@ def train(config: TrainConfig, device: str | torch.device = "cpu", log=print) ->
     per_form = config.model.family == "jrt_rnn"
     # Start the data workers before CUDA is touched in this process.
     stream = _step_stream(task, config, forms, per_form)
-    model = build_model(config.model, task.vocab_size, task.pad_id).to(device)
+    model = build_model(config.model, task.vocab_size, task.pad_id)
+    if config.init_from:
+        # Continue training: the same architecture, weights from an earlier run.
+        start_weights = load_trained(config.init_from).state_dict()
+        missing, unexpected = model.load_state_dict(start_weights, strict=False)
+        if [k for k in missing if "lm_head" not in k] or unexpected:
+            raise JRTError(
+                f"init_from {config.init_from} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+    model = model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW(
