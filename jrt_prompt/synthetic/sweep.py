@@ -94,6 +94,30 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         mqar("mqar-gla-k32", ModelSpec("gla", 64, 2, {"expand_k": 1.0}))
         add("sd-based-f2", "sd", SD_OPTIONS, ModelSpec("based", 64, 2, {"feature_dim": 2}))
         return jobs
+    if name == "gpu-jrt":
+        # One short GPU call: the setting measured to learn (width 128, 2 blocks, batch 256, ~5 000
+        # steps) at 64 pairs, where the small states cannot hold every pair; plus a kv-docs model
+        # with a small state and long records, a candidate demo that needs the second read.
+        big = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        long = dict(batch_size=256, lr=2e-3, max_steps=5000)
+        for f in (2, 4):
+            add(f"mqar64-based-f{f}", "mqar", big, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
+        add(
+            "mqar64-mamba2-n4",
+            "mqar",
+            big,
+            ModelSpec("mamba2", 128, 2, {"state_size": 4, "chunk_size": 16}),
+            **long,
+        )
+        add("mqar64-attention", "mqar", big, ModelSpec("attention", 128, 2), **long)
+        add(
+            "kv-long-based-d128-f2",
+            "kv-docs",
+            {"num_queries": 4, "min_fields": 10, "max_fields": 16},
+            ModelSpec("based", 128, 3, {"feature_dim": 2, "eos_token_id": BYTE_EOS}),
+            **kv,
+        )
+        return jobs
     if name == "gpu-next":
         # Fewer jobs at a time, >= 5000 steps each, MQAR large enough to pressure the small states.
         big = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
