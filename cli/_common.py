@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,3 +35,21 @@ def reports_errors(fn: F) -> F:
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# Options shared by the commands that load a model and render JRT prompts.
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Roster name (see `jrt models`), hub id or local directory.")
+]
+RepeatOption = Annotated[
+    int | None, typer.Option("--repeat", "-k", help="Copies of the context (default 2; 1 for JRT-RNN).")
+]
+QuestionFirstOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--question-first/--no-question-first",
+        help="Also put the question before the context (default: on when repeat > 1).",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]

@@ -12,7 +12,7 @@ from rich.table import Table
 from jrt_prompt.evaluation import EvalConfig, evaluate, resolve_data, summary_rows, write_results
 from jrt_prompt.report import bar_chart, load_results, markdown_table, model_label
 
-from ._common import console, err_console, reports_errors
+from ._common import DeviceOption, DtypeOption, ModelOption, console, err_console, reports_errors
 from .main import app
 from .score import RowsPerSecond
 
@@ -60,9 +60,7 @@ def eval_command(
             help="Task (repeatable): swde, fda, squad, triviaqa, drop, nq512, nq1024, nq2048, kv-docs; paper = the six of Table 1.",
         ),
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Roster name, hub id or local directory.")
-    ] = "demo",
+    model: ModelOption = "demo",
     repeat: Annotated[
         list[int] | None,
         typer.Option("--repeat", "-k", help="Prompt form (repeatable): 1 = default, 2 = JRT."),
@@ -98,8 +96,8 @@ def eval_command(
     metric: Annotated[
         str, typer.Option(help="Metric shown in the table: contains, exact_match or f1.")
     ] = "contains",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Run the paper's recall tasks with MODEL in the default and JRT prompt forms."""
     config = EvalConfig(

@@ -8,7 +8,15 @@ import typer
 
 from jrt_prompt.run import DEFAULT_MODEL, read_context, run_prompt
 
-from ._common import console, reports_errors
+from ._common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    QuestionFirstOption,
+    RepeatOption,
+    console,
+    reports_errors,
+)
 from .main import app
 
 
@@ -21,19 +29,9 @@ def run_command(
     context: Annotated[
         str, typer.Option("--context", "-c", help="The context text, or a path to a UTF-8 text file.")
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Roster name (see `jrt models`), hub id or local directory.")
-    ] = DEFAULT_MODEL,
-    repeat: Annotated[
-        int | None, typer.Option("--repeat", "-k", help="Copies of the context (default 2; 1 for JRT-RNN).")
-    ] = None,
-    question_first: Annotated[
-        bool | None,
-        typer.Option(
-            "--question-first/--no-question-first",
-            help="Also put the question before the context (default: on when repeat > 1).",
-        ),
-    ] = None,
+    model: ModelOption = DEFAULT_MODEL,
+    repeat: RepeatOption = None,
+    question_first: QuestionFirstOption = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 48,
     max_prompt_tokens: Annotated[
         int | None, typer.Option(help="Cut the context so the prompt fits this many tokens.")
@@ -41,8 +39,8 @@ def run_command(
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the prompt before the answer.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     mode: Annotated[
         str,
         typer.Option(

@@ -21,7 +21,16 @@ from rich.text import Text
 from jrt_prompt.errors import JRTError
 from jrt_prompt.scoring import score_file
 
-from ._common import console, err_console, reports_errors
+from ._common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    QuestionFirstOption,
+    RepeatOption,
+    console,
+    err_console,
+    reports_errors,
+)
 from .main import app
 
 
@@ -59,19 +68,9 @@ def score_command(
         Path,
         typer.Option("--out", "-o", help="Output JSONL (appended to; rerun the same command to resume)."),
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Roster name, hub id or local directory.")
-    ] = "demo",
-    repeat: Annotated[
-        int | None, typer.Option("--repeat", "-k", help="Copies of the context (default 2; 1 for JRT-RNN).")
-    ] = None,
-    question_first: Annotated[
-        bool | None,
-        typer.Option(
-            "--question-first/--no-question-first",
-            help="Also put the question first (default: when repeat > 1).",
-        ),
-    ] = None,
+    model: ModelOption = "demo",
+    repeat: RepeatOption = None,
+    question_first: QuestionFirstOption = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per batch (batches are length-sorted).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row.")] = 48,
     limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
@@ -101,8 +100,8 @@ def score_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit with code 1 when any row is an error row.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Score every row of INPUT with MODEL into OUT; safe to kill and rerun."""
     progress = Progress(
