@@ -106,7 +106,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every (task, repeat) pair; returns the results document (see ``RESULTS_FORMAT``)."""
     from .models.loading import load_model
-    from .scoring import model_token_limit
 
     if not config.tasks:
         raise JRTError("no task given: pass --task NAME (e.g. --task swde --task fda)")
@@ -131,7 +130,7 @@ def evaluate(
     tokenizer = loaded.tokenizer
     limit = config.max_prompt_tokens
     if limit is None:
-        model_limit = model_token_limit(loaded)
+        model_limit = loaded.token_limit()
         limit = None if model_limit is None else model_limit - config.max_new_tokens
 
     plans = []
@@ -241,8 +240,8 @@ def _entry(spec, repeat, source, examples, done, started) -> dict[str, Any]:
 def _run_reference(spec, repeat, source, examples, kept, loaded, config, on_progress) -> dict[str, Any]:
     """All prompts of one (task, form) through the harness-faithful generator, which batches them
     itself (longest first, unmasked padding, left truncation to 2000 tokens)."""
+    from .generation import generate_like_harness
     from .models.hazy_reference import HARNESS_MAX_LENGTH
-    from .run import generate_like_harness
 
     started = time.perf_counter()
     prompts = [e.prompt for e in kept]

@@ -190,3 +190,25 @@ def _batches(encoded: list[list[int]], batch_size: int, mixed_lengths: bool) -> 
         else:
             batches.append([i])
     return batches
+
+
+def generate_like_harness(loaded, prompts: list[str], *, max_new_tokens: int = 48, batch_size: int = 8):
+    """Answers as the paper's evaluation harness produced them (reference inference mode).
+
+    ``loaded`` is a :class:`~jrt_prompt.models.loading.LoadedModel`; see docs/inference_modes.md.
+    """
+    from .models.hazy_reference import harness_generate
+
+    if hasattr(loaded.model, "set_inference_mode"):
+        loaded.model.set_inference_mode("reference")
+    started = time.perf_counter()
+    texts = harness_generate(
+        loaded.model, loaded.tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    seconds = time.perf_counter() - started
+    out = []
+    for prompt, text in zip(prompts, texts, strict=True):
+        n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        # The harness always decodes max_new_tokens tokens and cuts the text at the first newline.
+        out.append(Generation(text, n_prompt, max_new_tokens, seconds, "reference"))
+    return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JRTError
-from .generation import Generation
+from .generation import Generation, generate_like_harness
 from .models.loading import LoadedModel, load_model
 from .prompts import FittedPrompt, JRTPrompt
 
@@ -93,8 +93,8 @@ def run_prompt(
     template = JRTPrompt(repeat=k, question_first=first, separator=separator)
     limit = max_prompt_tokens
     if limit is None:
-        positions = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
-        limit = positions - max_new_tokens if positions > max_new_tokens else None
+        positions = loaded.token_limit()
+        limit = positions - max_new_tokens if positions and positions > max_new_tokens else None
     fitted = None
     if limit is not None:
         fitted = template.fit(context, question, loaded.tokenizer, limit)
@@ -106,26 +106,3 @@ def run_prompt(
     else:
         answer = loaded.generate([prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
     return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted)
-
-
-def generate_like_harness(
-    loaded: LoadedModel, prompts: list[str], *, max_new_tokens: int = 48, batch_size: int = 8
-):
-    """Answers as the paper's evaluation harness produced them (reference inference mode)."""
-    import time
-
-    from .models.hazy_reference import harness_generate
-
-    if hasattr(loaded.model, "set_inference_mode"):
-        loaded.model.set_inference_mode("reference")
-    started = time.perf_counter()
-    texts = harness_generate(
-        loaded.model, loaded.tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
-    seconds = time.perf_counter() - started
-    out = []
-    for prompt, text in zip(prompts, texts, strict=True):
-        n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        # The harness always decodes max_new_tokens tokens and cuts the text at the first newline.
-        out.append(Generation(text, n_prompt, max_new_tokens, seconds, "reference"))
-    return out

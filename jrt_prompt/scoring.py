@@ -72,25 +72,9 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
         name=loaded.name,
         count_tokens=count,
         generate=gen,
-        max_prompt_tokens=model_token_limit(loaded),
+        max_prompt_tokens=loaded.token_limit(),
         tokenizer=tokenizer,
     )
-
-
-def model_token_limit(loaded) -> int | None:
-    """Positions the model can read, from its config (None when it declares none, as recurrent models).
-
-    The tokenizer's ``model_max_length`` is not used: it describes the model the tokenizer came
-    with (GPT-2's says 1024 for checkpoints trained on 2048 tokens and recurrent models without a
-    limit).
-    """
-    config = getattr(loaded, "config", None) or {}
-    limits = []
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        value = config.get(key) if isinstance(config, dict) else None
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
-    return min(limits) if limits else None
 
 
 @dataclass(frozen=True)

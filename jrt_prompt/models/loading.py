@@ -25,7 +25,17 @@ from .checkpoint import has_weights, list_files, read_config, resolve_device, re
 from .registry import ModelSpec, get_spec, suggest
 
 # Adapters tried, in order, for a checkpoint not in the roster; "hf" accepts any transformers model.
-DETECTION_ORDER = ("hazy_jrt", "hazy_gpt", "hazy_attention", "hazy_mamba", "mamba", "mamba2", "fla", "rwkv", "hf")
+DETECTION_ORDER = (
+    "hazy_jrt",
+    "hazy_gpt",
+    "hazy_attention",
+    "hazy_mamba",
+    "mamba",
+    "mamba2",
+    "fla",
+    "rwkv",
+    "hf",
+)
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken"]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -51,6 +61,19 @@ class LoadedModel:
     def state_bytes(self, prompt_tokens: int, dtype_bytes: int = 2) -> int:
         """Bytes of recurrent state (or KV cache) one sequence holds after ``prompt_tokens`` tokens."""
         return self.adapter.state_bytes(self.config, prompt_tokens, dtype_bytes)
+
+    def token_limit(self) -> int | None:
+        """Positions the model can read, from its config (None when it declares none, as recurrent models).
+
+        The tokenizer's ``model_max_length`` is not used: it describes the model the tokenizer came
+        with (GPT-2's says 1024 for checkpoints trained on 2048 tokens and for recurrent models).
+        """
+        limits = [
+            value
+            for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+            if isinstance(value := self.config.get(key), int) and value > 0
+        ]
+        return min(limits) if limits else None
 
     def generate(self, prompts, **kwargs):
         from ..generation import generate
@@ -163,31 +186,39 @@ def _hub_allowed() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
 
 
-def _from_hf_cache(repo: str) -> Path | None:
+def _has_any(path: Path, names: tuple[str, ...]) -> bool:
+    return any((path / name).is_file() for name in names)
+
+
+def _from_hf_cache(repo: str, wanted: tuple[str, ...] = ("config.json",)) -> Path | None:
+    """The cached snapshot of ``repo`` if it holds one of the ``wanted`` files (never downloads)."""
     try:
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(repo, local_files_only=True))
     except Exception:
         return None
-    return path if (path / "config.json").is_file() else None
+    return path if _has_any(path, wanted) else None
 
 
-def _from_hub(repo: str) -> tuple[Path | None, str]:
+def _from_hub(
+    repo: str, patterns: list[str] = _WEIGHT_PATTERNS, wanted: tuple[str, ...] = ("config.json",)
+) -> tuple[Path | None, str]:
+    """Download ``repo``'s files matching ``patterns``; (path, "") or (None, why not)."""
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo, allow_patterns=_WEIGHT_PATTERNS))
+        path = Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as exc:
         return None, type(exc).__name__
-    return (path, "") if (path / "config.json").is_file() else (None, "no config.json")
+    return (path, "") if _has_any(path, wanted) else (None, f"no {wanted[0]}")
 
 
 def load_tokenizer(path: Path, fallback: str | None):
     """The tokenizer saved with the checkpoint, else the family's tokenizer (found like a model)."""
     from transformers import AutoTokenizer
 
-    if any(f in list_files(path) for f in _TOKENIZER_FILES):
+    if _has_any(path, _TOKENIZER_FILES):
         source = path
     elif fallback:
         source = _locate_tokenizer(fallback)
@@ -202,29 +233,23 @@ def load_tokenizer(path: Path, fallback: str | None):
 
 
 def _locate_tokenizer(repo: str) -> Path:
+    """A tokenizer repo, looked for like a model: JRT_MODELS_DIR, the HF cache, then the hub."""
     searched = []
     for candidate in _models_dir_candidates(None, (repo,)):
         searched.append(str(candidate))
-        if any((candidate / f).is_file() for f in _TOKENIZER_FILES):
+        if _has_any(candidate, _TOKENIZER_FILES):
             return candidate
-    try:
-        from huggingface_hub import snapshot_download
-
-        searched.append(f"HF cache ({repo})")
-        return Path(
-            snapshot_download(
-                repo, local_files_only=True, allow_patterns=_WEIGHT_PATTERNS[:1] + ["*.txt", "*.model"]
-            )
-        )
-    except Exception:
-        pass
+    searched.append(f"HF cache ({repo})")
+    path = _from_hf_cache(repo, _TOKENIZER_FILES)
+    if path is not None:
+        return path
     if _hub_allowed():
-        try:
-            return Path(snapshot_download(repo, allow_patterns=["*.json", "*.txt", "*.model"]))
-        except Exception as exc:
-            searched.append(f"hub ({type(exc).__name__})")
+        path, why = _from_hub(repo, ["*.json", "*.txt", "*.model"], _TOKENIZER_FILES)
+        if path is not None:
+            return path
+        searched.append(f"hub ({why})")
     raise ModelNotFoundError(
-        f"no local copy of tokenizer {repo!r}; searched {'; '.join(searched) or 'HF cache'}. "
+        f"no local copy of tokenizer {repo!r}; searched {'; '.join(searched)}. "
         "Save it with AutoTokenizer.save_pretrained into the model directory or under JRT_MODELS_DIR"
     )
 
