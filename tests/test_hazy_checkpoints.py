@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_modeling_jrt import naive_forward
+from tiny_models import to_mamba_ssm_keys
 
 from jrt_prompt.errors import JRTError
 from jrt_prompt.models.hazy_checkpoints import (
@@ -215,11 +216,7 @@ def mamba_lookalike(path: Path, seed: int = 0):
 
     class Renamed(torch.nn.Module):
         def state_dict(self):
-            out = {}
-            for key, value in hf.state_dict().items():
-                out[key.replace("backbone.embeddings.", "backbone.embedding.")] = value
-            out["lm_head.weight"] = out["backbone.embedding.weight"]
-            return out
+            return to_mamba_ssm_keys(hf.state_dict())
 
     return write_checkpoint(path, config, Renamed()), hf
 

@@ -53,6 +53,32 @@ def write_tiny_mamba(path: Path, seed: int = 0) -> Path:
     return _save_hf(tiny_mamba_model(seed), Path(path))
 
 
+def _tiny(config_cls, model_cls, seed: int, vocab_size: int = VOCAB, **fields):
+    """A sharpened random model of ``model_cls`` with the byte tokenizer's special ids."""
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=vocab_size, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, **fields)
+    model = model_cls(config).eval()
+    _sharpen(model, seed)
+    return model
+
+
+def to_mamba_ssm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' Mamba/Mamba-2 keys as mamba_ssm names them (embedding, tied head written out)."""
+    out = {k.replace("backbone.embeddings.", "backbone.embedding."): v.clone() for k, v in state.items()}
+    out["lm_head.weight"] = out["backbone.embedding.weight"]
+    return out
+
+
+def _save_mamba_ssm(path: Path, model, config: dict) -> Path:
+    """Write ``model`` in mamba_ssm's original layout: config.json + pytorch_model.bin (+ tokenizer)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    torch.save(to_mamba_ssm_keys(model.state_dict()), path / "pytorch_model.bin")
+    build_byte_tokenizer().save_pretrained(path)
+    return path
+
+
 def write_tiny_mamba_original(path: Path, seed: int = 0, vocab_size: int = 258, pad_multiple: int = 16):
     """mamba_ssm's original format (config d_model/n_layer + pytorch_model.bin with backbone.embedding).
 
@@ -62,8 +88,10 @@ def write_tiny_mamba_original(path: Path, seed: int = 0, vocab_size: int = 258, 
     from transformers import MambaConfig, MambaForCausalLM
 
     padded = -(-vocab_size // pad_multiple) * pad_multiple
-    torch.manual_seed(seed)
-    config = MambaConfig(
+    model = _tiny(
+        MambaConfig,
+        MambaForCausalLM,
+        seed,
         vocab_size=padded,
         hidden_size=32,
         num_hidden_layers=2,
@@ -71,37 +99,18 @@ def write_tiny_mamba_original(path: Path, seed: int = 0, vocab_size: int = 258, 
         expand=2,
         conv_kernel=4,
         time_step_rank=2,
-        pad_token_id=EOS,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = MambaForCausalLM(config).eval()
-    _sharpen(model, seed)
-    state = {}
-    for key, value in model.state_dict().items():
-        if key == "backbone.embeddings.weight":
-            key = "backbone.embedding.weight"
-        state[key] = value.clone()
-    state["lm_head.weight"] = state["backbone.embedding.weight"]
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(
-        json.dumps(
-            {
-                "d_model": 32,
-                "n_layer": 2,
-                "vocab_size": vocab_size,
-                "ssm_cfg": {},
-                "rms_norm": True,
-                "residual_in_fp32": True,
-                "fused_add_norm": True,
-                "pad_vocab_size_multiple": pad_multiple,
-            }
-        )
-    )
-    torch.save(state, path / "pytorch_model.bin")
-    build_byte_tokenizer().save_pretrained(path)
-    return path, model
+    config = {
+        "d_model": 32,
+        "n_layer": 2,
+        "vocab_size": vocab_size,
+        "ssm_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": pad_multiple,
+    }
+    return _save_mamba_ssm(path, model, config), model
 
 
 def write_tiny_mamba2_original(path: Path, seed: int = 0, vocab_size: int = 258):
@@ -109,8 +118,10 @@ def write_tiny_mamba2_original(path: Path, seed: int = 0, vocab_size: int = 258)
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
     padded = -(-vocab_size // 16) * 16
-    torch.manual_seed(seed)
-    config = Mamba2Config(
+    model = _tiny(
+        Mamba2Config,
+        Mamba2ForCausalLM,
+        seed,
         vocab_size=padded,
         hidden_size=32,
         num_hidden_layers=2,
@@ -122,49 +133,22 @@ def write_tiny_mamba2_original(path: Path, seed: int = 0, vocab_size: int = 258)
         conv_kernel=4,
         chunk_size=16,
         tie_word_embeddings=True,
-        pad_token_id=EOS,
-        eos_token_id=EOS,
-        bos_token_id=EOS,
     )
-    model = Mamba2ForCausalLM(config).eval()
-    _sharpen(model, seed)
-    state = {
-        ("backbone.embedding.weight" if k == "backbone.embeddings.weight" else k): v.clone()
-        for k, v in model.state_dict().items()
+    config = {
+        "d_model": 32,
+        "d_intermediate": 0,
+        "n_layer": 2,
+        "vocab_size": vocab_size,
+        "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "chunk_size": 16},
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 16,
+        "tie_embeddings": True,
     }
-    state["lm_head.weight"] = state["backbone.embedding.weight"]
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(
-        json.dumps(
-            {
-                "d_model": 32,
-                "d_intermediate": 0,
-                "n_layer": 2,
-                "vocab_size": vocab_size,
-                "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "chunk_size": 16},
-                "attn_layer_idx": [],
-                "attn_cfg": {},
-                "rms_norm": True,
-                "residual_in_fp32": True,
-                "fused_add_norm": True,
-                "pad_vocab_size_multiple": 16,
-                "tie_embeddings": True,
-            }
-        )
-    )
-    torch.save(state, path / "pytorch_model.bin")
-    build_byte_tokenizer().save_pretrained(path)
-    return path, model
-
-
-def _tiny(config_cls, model_cls, seed: int, **fields):
-    """A sharpened random model of ``model_cls`` with the byte tokenizer's special ids."""
-    torch.manual_seed(seed)
-    config = config_cls(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, **fields)
-    model = model_cls(config).eval()
-    _sharpen(model, seed)
-    return model
+    return _save_mamba_ssm(path, model, config), model
 
 
 def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
