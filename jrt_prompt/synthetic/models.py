@@ -9,6 +9,8 @@ Families (all real model classes, saved with ``save_pretrained`` so ``load_model
   knob: ``feature_dim`` (f; the Taylor map expands it to 1 + f + f²).
 - ``jrt_rnn``: the same stack with prefix linear attention instead of Based (JRT-RNN).
 - ``attention``: transformers ``LlamaForCausalLM`` (softmax attention, the ceiling).
+- ``conv_attention``: the Based stack with softmax attention in place of linear attention (the
+  same short convolutions and MLPs: the ceiling that differs from Based/JRT-RNN only in the mixer).
 
 ``state_floats`` counts the numbers one sequence keeps between tokens at inference (all layers):
 the recurrent state for the recurrent families, the KV cache at a given length for attention.
@@ -23,7 +25,7 @@ import torch
 
 from ..errors import JRTError
 
-FAMILIES = ("mamba2", "gla", "based", "jrt_rnn", "attention")
+FAMILIES = ("mamba2", "gla", "based", "jrt_rnn", "attention", "conv_attention")
 
 
 @dataclass
@@ -155,6 +157,7 @@ _BUILDERS = {
     "based": lambda s, v, p: _jrt_stack(s, v, p, "based"),
     "jrt_rnn": lambda s, v, p: _jrt_stack(s, v, p, "prefix_linear"),
     "attention": _attention,
+    "conv_attention": lambda s, v, p: _jrt_stack(s, v, p, "attention"),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 FORMS = ("default", "question_first", "jrt")
 TASK_ORDER = {"mqar": 0, "sd": 1, "kv-docs": 2}
-FAMILY_ORDER = {"mamba2": 0, "gla": 1, "based": 2, "jrt_rnn": 3, "attention": 4}
+FAMILY_ORDER = {"mamba2": 0, "gla": 1, "based": 2, "jrt_rnn": 3, "conv_attention": 4, "attention": 5}
 
 
 def _key(r: dict):

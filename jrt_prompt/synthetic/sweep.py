@@ -137,6 +137,30 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         for f in (2, 4, 8):
             add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
         return jobs
+    if name == "gpu-final":
+        # Two halves, one per GPU (``--only mqar`` / ``--only kv sd``), 4 jobs at a time each:
+        # MQAR at 64 and 128 pairs with the Based state at its smallest learning size (f=4), JRT-RNN
+        # at the same state, and the conv + softmax-attention ceiling; kv-docs with records long
+        # enough that a small state must choose what to keep (demo candidates); set disjointness.
+        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        m128 = {"num_pairs": 128, "num_queries": 16, "num_keys": 254, "num_values": 256}
+        add("mqar64-based-f4", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 4}), **long)
+        add("mqar128-based-f4", "mqar", m128, ModelSpec("based", 128, 2, {"feature_dim": 4}), **long)
+        add("mqar64-jrt_rnn-f4", "mqar", m64, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}), **long)
+        add("mqar64-conv_attention", "mqar", m64, ModelSpec("conv_attention", 128, 2), **long)
+        kv_long = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
+        for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
+            add(
+                f"kv{lo}-{hi}-based-f{f}",
+                "kv-docs",
+                {"num_queries": 4, "min_fields": lo, "max_fields": hi},
+                ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS}),
+                **kv_long,
+            )
+        for f in (2, 4):
+            add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
+        return jobs
     if name == "cpu":
         # A smaller copy of the MQAR sweep that trains on two CPU cores in minutes.
         tiny = {"num_pairs": 8, "num_queries": 2, "num_keys": 16, "num_values": 16}
