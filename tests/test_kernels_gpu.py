@@ -61,10 +61,16 @@ def test_pla_full_size_mixed_encoder_lengths(dtype):
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
 
 
-@pytest.mark.parametrize("chunk", [128, 256, 512])
-def test_stored_state_spacing_agrees_at_32k(chunk):
+@pytest.mark.parametrize("segments", [1, 8])
+def test_segmented_and_single_pass_agree_at_32k(segments):
     q, k, v, _, _ = _inputs(2, 32768, 4, 64, torch.bfloat16, seed=2)
-    cfg = triton_ops.ChunkConfig(chunk=chunk)
+    cfg = triton_ops.ChunkConfig(
+        chunk=triton_ops.DEFAULT_CONFIG.chunk,
+        block_dv=triton_ops.DEFAULT_CONFIG.block_dv,
+        num_warps=triton_ops.DEFAULT_CONFIG.num_warps,
+        num_stages=triton_ops.DEFAULT_CONFIG.num_stages,
+        segments=segments,
+    )
     o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
     o_ref, st_ref = _chunked_ref(q, k, v, output_final_state=True)
     assert _rel(o, o_ref) < 2e-2 and _rel(st.kv, st_ref.kv) < 2e-2

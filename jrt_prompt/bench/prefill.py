@@ -188,15 +188,16 @@ def tune_chunked(
     if configs is None:
         cfg = triton_ops.ChunkConfig
         configs = [
-            cfg(),
-            cfg(chunk=128),
-            cfg(chunk=512),
-            cfg(scan_block_dv=16),
-            cfg(scan_block_dv=64),
-            cfg(num_warps=8),
-            cfg(block_t=128, num_warps=8),
-            cfg(scan_warps=8),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=3),
+            cfg(chunk=32, block_dv=64, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2),
+            cfg(chunk=128, block_dv=64, num_warps=4, num_stages=2),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, symmetric=False),
         ]
+        with_segments = False  # measured slower at batch 16 x 16 heads (an extra reduction pass)
+    else:
+        with_segments = False
     q, k = (torch.randn(batch, n, heads, 16, device=device, dtype=torch_dtype) for _ in range(2))
     v = torch.randn(batch, n, heads, head_dim, device=device, dtype=torch_dtype)
     out = []
@@ -215,6 +216,21 @@ def tune_chunked(
         log(f"tune {row['config']} -> {row['ms'] if row['ms'] is not None else row['note']}")
         out.append(row)
     out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
+    if with_segments and out[0]["ms"] is not None:
+        # Segments are a run-time choice: try them on the fastest compiled configuration.
+        best = triton_ops.ChunkConfig(**out[0]["config"])
+        seg_configs = [triton_ops.ChunkConfig(**{**vars(best), "segments": seg}) for seg in (2, 4, 8)]
+        out += tune_chunked(
+            n,
+            batch=batch,
+            heads=heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            configs=seg_configs,
+            reps=reps,
+            log=log,
+        )
+        out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
     return out
 
 

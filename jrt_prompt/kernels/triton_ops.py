@@ -1,26 +1,21 @@
 """Triton kernels for Based (Taylor) linear attention, prefix linear attention and the decode step.
 
-Prefill runs in two launches, neither of which holds the whole state of a head in registers:
+Algorithm of the prefill kernel (one program per (block of value columns, batch*head[, segment])):
+walk the sequence in chunks of BT tokens while holding the running state in registers, split by
+feature order — s0 [dv] (constant feature), the linear and diagonal-square rows [2f, dv], the
+f(f-1)/2 pair rows i < j [128 for f=16, dv] (the quadratic features are symmetric, so the
+256 products k_i k_j collapse to 136 distinct ones) and the normaliser z0, z1 [f], Z2 [f, f] —
+all fp32. Inside a chunk the scores are the polynomial 1 + s + s^2/2 of s = q·k/sqrt(f) (a
+[BT, BT] tile; the 273 features are never built for pairs of tokens); across chunks the query
+features meet the state. Only the state is ever expanded; the 273-row layout of
+:class:`LinearAttentionState` is read and written at the ends.
 
-1. ``_scan_kernel`` (one program per (value block, batch*head)) walks the sequence in chunks of
-   ``chunk`` tokens, keeps the fp32 running state and stores it at the start of every chunk — the
-   state of all earlier tokens, in the dtype of the read-out (bf16 for bf16 inputs).
-2. ``_output_kernel`` (one program per (query tile, batch*head, value block), all independent)
-   reads the stored state of its chunk with the query features and adds the causal part inside
-   the chunk as the polynomial 1 + s + s^2/2 of s = q·k/sqrt(f) on [tile, tile] score blocks.
-
-The Taylor features are never expanded for pairs of tokens, and the state uses the pair symmetry
-of the quadratic features in a *cyclic* layout (``psi``): for f = 16 the 256 products k_i k_j
-are the diagonal k_i^2 plus, for each distance d = 1..8, the 16 products k_i k_{(i+d) mod 16}
-(each unordered pair once for d < 8, twice at half weight for d = 8) — 161 rows instead of 273,
-and every group is a [tokens, 16] tile built from two loads of the same row with no gathers.
-``psi(q)·psi(k) = phi(q)·phi(k)`` exactly; the 273-row layout of :class:`LinearAttentionState`
-is converted at the ends only (:func:`to_cyclic`, :func:`from_cyclic`).
-
-Prefix linear attention runs the scan over the encoder tokens first (split into parallel token
-ranges, partial states summed), and starts the causal scan from that state: the encoder term and
-its shared normaliser come out of the same read-out. The decode step is one fused kernel per
-token (_step_sym_kernel). Measured figures: docs/benchmarks.md.
+Prefix linear attention runs the same kernel twice: first as a pure reduction over the encoder
+tokens (parallel over token splits, partial states summed), then as the causal pass starting
+from that encoder state — which is exactly the cross term of PLA with its shared normaliser.
+For small batch x heads the causal pass is cut into sequence segments that run in parallel from
+prefix-summed segment states. The decode step is one fused kernel per token (see
+_step_sym_kernel). Measured figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -41,15 +36,15 @@ INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """Launch parameters of the prefill kernels (tuned on an H200 by `jrt bench prefill --tune`)."""
+    """Launch parameters of the chunked kernel (tuned on an H200 by `jrt bench prefill --tune`)."""
 
-    chunk: int = 256  # tokens between stored states (a multiple of block_t)
-    block_t: int = 64  # query / key tile of the output kernel, token tile of the scan
-    block_dv: int = 64  # value columns per output program
-    scan_block_dv: int = 32  # value columns per scan program
-    num_warps: int = 4  # output kernel
-    scan_warps: int = 4
+    chunk: int = 64
+    block_dv: int = 64
+    num_warps: int = 4
     num_stages: int = 2
+    symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
+    segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
+    maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
 
 
 DEFAULT_CONFIG = ChunkConfig()
@@ -67,347 +62,217 @@ class StepConfig:
 DEFAULT_STEP_CONFIG = StepConfig()
 
 
-def cyclic_rows(f: int) -> int:
-    """Rows of the cyclic feature layout: constant, f linear, f diagonal, f/2 groups of f pairs."""
-    return 1 + 2 * f + f * (f // 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefill kernels
-# ---------------------------------------------------------------------------------------------
-
-
 @triton.jit
-def _group_feature(x_ptr, tok, offs_f, xs, scale1, ok, D: tl.constexpr, F: tl.constexpr):
-    """Features of pair group D (distance D) of a [tokens, F] tile: x_i x_{(i+D) mod F} / sqrt(f),
-    at half weight (1/sqrt2 on each side) for D = F/2, where every pair appears twice."""
-    partner = (offs_f + D) % F
-    xp = tl.load(x_ptr + tok[:, None] + partner[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-    feat = xs * xp * scale1
-    if D == F // 2:
-        feat = feat * 0.7071067811865476
-    return feat
-
-
-@triton.jit
-def _store_rows(base, row0: tl.constexpr, offs_f, offs_dv, dv_ok, rows, DV):
-    tl.store(
-        base + (row0 + offs_f)[:, None] * DV + offs_dv[None, :],
-        rows.to(base.dtype.element_ty),
-        mask=dv_ok[None, :],
-    )
-
-
-@triton.jit
-def _load_rows(base, row0: tl.constexpr, offs_f, offs_dv, dv_ok, DV):
-    return tl.load(base + (row0 + offs_f)[:, None] * DV + offs_dv[None, :], mask=dv_ok[None, :], other=0.0)
-
-
-@triton.jit
-def _scan_kernel(
-    k_ptr,
-    v_ptr,
-    mask_ptr,
-    enc_len_ptr,
-    init_kv_ptr,
-    init_z_ptr,
-    chunk_kv_ptr,
-    chunk_z_ptr,
-    final_kv_ptr,
-    final_z_ptr,
-    N,
-    H,
-    DV,
-    NC,
-    tokens_per_split,
-    scale1,
-    F: tl.constexpr,
-    CS: tl.constexpr,
-    BT: tl.constexpr,
-    BLOCK_DV: tl.constexpr,
-    HAS_MASK: tl.constexpr,
-    HAS_ENC_LEN: tl.constexpr,
-    HAS_INIT: tl.constexpr,
-    STORE_CHUNKS: tl.constexpr,
-    PRECISION: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-):
-    """Running state of one (value block, batch*head[, token split]) in the cyclic layout.
-
-    STORE_CHUNKS: store the state before every chunk of CS tokens (chunk_kv [bh, NC, R, DV] in
-    the read-out dtype, chunk_z [bh, NC, R] fp32) and the final state (fp32). Otherwise the
-    program sums tokens [split * tokens_per_split, ...) (up to the row's encoder length with
-    HAS_ENC_LEN) into final_kv[split] — the encoder reduction.
-
-    The state is ten [F, BLOCK_DV] fp32 tiles for F = 16 (constant row aside): linear, diagonal
-    and the eight pair groups, each updated by one [F, BT] x [BT, BLOCK_DV] product per tile.
-    """
-    tl.static_assert(F == 16, "the scan kernel is written out for feature dim 16")
-    pid_dv = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_split = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    R: tl.constexpr = 1 + 2 * F + F * (F // 2)
-    R2: tl.constexpr = 0.7071067811865476
-    offs_f = tl.arange(0, F)
-    offs_t = tl.arange(0, BT)
-    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    dv_ok = offs_dv < DV
-    qk_base = b.to(tl.int64) * N * H * F + h * F
-    v_base = b.to(tl.int64) * N * H * DV + h * DV
-    dt = DOT_DTYPE
-
-    if HAS_INIT:
-        ikv = init_kv_ptr + pid_bh.to(tl.int64) * R * DV
-        iz = init_z_ptr + pid_bh.to(tl.int64) * R
-        s0 = tl.load(ikv + offs_dv, mask=dv_ok, other=0.0)
-        z0 = tl.load(iz)
-        s_lin = _load_rows(ikv, 1, offs_f, offs_dv, dv_ok, DV)
-        s_dia = _load_rows(ikv, 1 + F, offs_f, offs_dv, dv_ok, DV)
-        s_p1 = _load_rows(ikv, 1 + 2 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p2 = _load_rows(ikv, 1 + 3 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p3 = _load_rows(ikv, 1 + 4 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p4 = _load_rows(ikv, 1 + 5 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p5 = _load_rows(ikv, 1 + 6 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p6 = _load_rows(ikv, 1 + 7 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p7 = _load_rows(ikv, 1 + 8 * F, offs_f, offs_dv, dv_ok, DV)
-        s_p8 = _load_rows(ikv, 1 + 9 * F, offs_f, offs_dv, dv_ok, DV)
-        z_lin = tl.load(iz + 1 + offs_f)
-        z_dia = tl.load(iz + 1 + F + offs_f)
-        z_p1 = tl.load(iz + 1 + 2 * F + offs_f)
-        z_p2 = tl.load(iz + 1 + 3 * F + offs_f)
-        z_p3 = tl.load(iz + 1 + 4 * F + offs_f)
-        z_p4 = tl.load(iz + 1 + 5 * F + offs_f)
-        z_p5 = tl.load(iz + 1 + 6 * F + offs_f)
-        z_p6 = tl.load(iz + 1 + 7 * F + offs_f)
-        z_p7 = tl.load(iz + 1 + 8 * F + offs_f)
-        z_p8 = tl.load(iz + 1 + 9 * F + offs_f)
-    else:
-        s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
-        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
-        s_lin = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_dia = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p1 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p2 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p3 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p4 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p5 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p6 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p7 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        s_p8 = tl.zeros([F, BLOCK_DV], dtype=tl.float32)
-        z_lin = tl.zeros([F], dtype=tl.float32)
-        z_dia = tl.zeros([F], dtype=tl.float32)
-        z_p1 = tl.zeros([F], dtype=tl.float32)
-        z_p2 = tl.zeros([F], dtype=tl.float32)
-        z_p3 = tl.zeros([F], dtype=tl.float32)
-        z_p4 = tl.zeros([F], dtype=tl.float32)
-        z_p5 = tl.zeros([F], dtype=tl.float32)
-        z_p6 = tl.zeros([F], dtype=tl.float32)
-        z_p7 = tl.zeros([F], dtype=tl.float32)
-        z_p8 = tl.zeros([F], dtype=tl.float32)
-
-    t_begin = pid_split * tokens_per_split
-    t_end = tl.minimum(N, t_begin + tokens_per_split)
-    if HAS_ENC_LEN:
-        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
-    for t0 in range(t_begin, t_end, BT):
-        if STORE_CHUNKS:
-            if t0 % CS == 0:
-                ckv = chunk_kv_ptr + (pid_bh.to(tl.int64) * NC + t0 // CS) * R * DV
-                tl.store(ckv + offs_dv, s0.to(ckv.dtype.element_ty), mask=dv_ok)
-                _store_rows(ckv, 1, offs_f, offs_dv, dv_ok, s_lin, DV)
-                _store_rows(ckv, 1 + F, offs_f, offs_dv, dv_ok, s_dia, DV)
-                _store_rows(ckv, 1 + 2 * F, offs_f, offs_dv, dv_ok, s_p1, DV)
-                _store_rows(ckv, 1 + 3 * F, offs_f, offs_dv, dv_ok, s_p2, DV)
-                _store_rows(ckv, 1 + 4 * F, offs_f, offs_dv, dv_ok, s_p3, DV)
-                _store_rows(ckv, 1 + 5 * F, offs_f, offs_dv, dv_ok, s_p4, DV)
-                _store_rows(ckv, 1 + 6 * F, offs_f, offs_dv, dv_ok, s_p5, DV)
-                _store_rows(ckv, 1 + 7 * F, offs_f, offs_dv, dv_ok, s_p6, DV)
-                _store_rows(ckv, 1 + 8 * F, offs_f, offs_dv, dv_ok, s_p7, DV)
-                _store_rows(ckv, 1 + 9 * F, offs_f, offs_dv, dv_ok, s_p8, DV)
-                if pid_dv == 0:
-                    cz = chunk_z_ptr + (pid_bh.to(tl.int64) * NC + t0 // CS) * R
-                    tl.store(cz, z0)
-                    tl.store(cz + 1 + offs_f, z_lin)
-                    tl.store(cz + 1 + F + offs_f, z_dia)
-                    tl.store(cz + 1 + 2 * F + offs_f, z_p1)
-                    tl.store(cz + 1 + 3 * F + offs_f, z_p2)
-                    tl.store(cz + 1 + 4 * F + offs_f, z_p3)
-                    tl.store(cz + 1 + 5 * F + offs_f, z_p4)
-                    tl.store(cz + 1 + 6 * F + offs_f, z_p5)
-                    tl.store(cz + 1 + 7 * F + offs_f, z_p6)
-                    tl.store(cz + 1 + 8 * F + offs_f, z_p7)
-                    tl.store(cz + 1 + 9 * F + offs_f, z_p8)
-        t = t0 + offs_t
-        ok = t < t_end
-        w = ok.to(tl.float32)
-        if HAS_MASK:
-            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=ok, other=0).to(tl.float32)
-        tok = qk_base + t * (H * F)
-        k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        v = tl.load(
-            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :], mask=ok[:, None] & dv_ok[None, :], other=0.0
-        )
-        vd = v.to(dt)
-        # the token weights (padding, encoder end) go on the key side: w * phi(k)
-        ks = k * scale1 * w[:, None]  # [BT, F]; each feature below is ks times an unweighted factor
-        s0 = s0 + tl.sum(v.to(tl.float32) * w[:, None], 0)
-        z0 = z0 + tl.sum(w, 0)
-        f_lin = ks
-        f_dia = ks * k * (scale1 * R2)
-        s_lin = tl.dot(tl.trans(f_lin.to(dt)), vd, s_lin, input_precision=PRECISION)
-        s_dia = tl.dot(tl.trans(f_dia.to(dt)), vd, s_dia, input_precision=PRECISION)
-        z_lin += tl.sum(f_lin, 0)
-        z_dia += tl.sum(f_dia, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 1, F)
-        s_p1 = tl.dot(tl.trans(f.to(dt)), vd, s_p1, input_precision=PRECISION)
-        z_p1 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 2, F)
-        s_p2 = tl.dot(tl.trans(f.to(dt)), vd, s_p2, input_precision=PRECISION)
-        z_p2 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 3, F)
-        s_p3 = tl.dot(tl.trans(f.to(dt)), vd, s_p3, input_precision=PRECISION)
-        z_p3 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 4, F)
-        s_p4 = tl.dot(tl.trans(f.to(dt)), vd, s_p4, input_precision=PRECISION)
-        z_p4 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 5, F)
-        s_p5 = tl.dot(tl.trans(f.to(dt)), vd, s_p5, input_precision=PRECISION)
-        z_p5 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 6, F)
-        s_p6 = tl.dot(tl.trans(f.to(dt)), vd, s_p6, input_precision=PRECISION)
-        z_p6 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 7, F)
-        s_p7 = tl.dot(tl.trans(f.to(dt)), vd, s_p7, input_precision=PRECISION)
-        z_p7 += tl.sum(f, 0)
-        f = _group_feature(k_ptr, tok, offs_f, ks, scale1, ok, 8, F)
-        s_p8 = tl.dot(tl.trans(f.to(dt)), vd, s_p8, input_precision=PRECISION)
-        z_p8 += tl.sum(f, 0)
-
-    fkv = final_kv_ptr + (pid_split.to(tl.int64) * tl.num_programs(1) + pid_bh) * R * DV
-    tl.store(fkv + offs_dv, s0, mask=dv_ok)
-    _store_rows(fkv, 1, offs_f, offs_dv, dv_ok, s_lin, DV)
-    _store_rows(fkv, 1 + F, offs_f, offs_dv, dv_ok, s_dia, DV)
-    _store_rows(fkv, 1 + 2 * F, offs_f, offs_dv, dv_ok, s_p1, DV)
-    _store_rows(fkv, 1 + 3 * F, offs_f, offs_dv, dv_ok, s_p2, DV)
-    _store_rows(fkv, 1 + 4 * F, offs_f, offs_dv, dv_ok, s_p3, DV)
-    _store_rows(fkv, 1 + 5 * F, offs_f, offs_dv, dv_ok, s_p4, DV)
-    _store_rows(fkv, 1 + 6 * F, offs_f, offs_dv, dv_ok, s_p5, DV)
-    _store_rows(fkv, 1 + 7 * F, offs_f, offs_dv, dv_ok, s_p6, DV)
-    _store_rows(fkv, 1 + 8 * F, offs_f, offs_dv, dv_ok, s_p7, DV)
-    _store_rows(fkv, 1 + 9 * F, offs_f, offs_dv, dv_ok, s_p8, DV)
-    if pid_dv == 0:
-        fz = final_z_ptr + (pid_split.to(tl.int64) * tl.num_programs(1) + pid_bh) * R
-        tl.store(fz, z0)
-        tl.store(fz + 1 + offs_f, z_lin)
-        tl.store(fz + 1 + F + offs_f, z_dia)
-        tl.store(fz + 1 + 2 * F + offs_f, z_p1)
-        tl.store(fz + 1 + 3 * F + offs_f, z_p2)
-        tl.store(fz + 1 + 4 * F + offs_f, z_p3)
-        tl.store(fz + 1 + 5 * F + offs_f, z_p4)
-        tl.store(fz + 1 + 6 * F + offs_f, z_p5)
-        tl.store(fz + 1 + 7 * F + offs_f, z_p6)
-        tl.store(fz + 1 + 8 * F + offs_f, z_p7)
-        tl.store(fz + 1 + 9 * F + offs_f, z_p8)
-
-
-@triton.jit
-def _output_kernel(
+def _chunked_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
     o_ptr,
     mask_ptr,
-    chunk_kv_ptr,
-    chunk_z_ptr,
+    enc_len_ptr,
+    kv_in_ptr,
+    ks_in_ptr,
+    kv_out_ptr,
+    ks_out_ptr,
+    pair_i_ptr,
+    pair_j_ptr,
     N,
     H,
     DV,
-    NC,
+    tokens_per_split,
+    in_split_stride_kv,
+    in_split_stride_ks,
+    out_split_stride_kv,
+    out_split_stride_ks,
     eps,
     scale1,
     F: tl.constexpr,
-    CS: tl.constexpr,
     BT: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    NP: tl.constexpr,
+    WRITE_OUTPUT: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    HAS_ENC_LEN: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_STATE: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
+    SYM: tl.constexpr,
 ):
-    """Outputs of one query tile: its chunk's stored state read with the query features, plus
-    the causal scores against the keys of the same chunk up to the tile."""
-    pid_t = tl.program_id(0)
+    """Chunked Based attention over tokens [split * tokens_per_split, ...) of one (batch, head).
+
+    WRITE_OUTPUT=False turns it into a pure state reduction (encoder pass, segment pass).
+
+    SYM=True uses that the quadratic features are symmetric: q_i q_j k_i k_j appears twice for
+    i != j, so the kernel works on the f diagonal terms plus the f(f-1)/2 pairs i < j (120 for
+    f=16, padded to NP=128) instead of all f*f = 256 products — 40% fewer products and a smaller
+    state. Reading a state in, pair (i, j) takes S_ij + S_ji, which is exact for any state;
+    writing it out gives both rows the same value, the form every state of these ops has.
+    """
+    pid_dv = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    pid_dv = tl.program_id(2)
+    pid_split = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
-    R: tl.constexpr = 1 + 2 * F + F * (F // 2)
-    R2: tl.constexpr = 0.7071067811865476
+    FEAT: tl.constexpr = 1 + F + F * F
+    R2: tl.constexpr = 0.7071067811865476  # 1/sqrt(2) of the quadratic features
+    if SYM:
+        NL: tl.constexpr = 2 * F  # linear features, then the diagonal squares
+        NQ: tl.constexpr = NP  # pairs i < j (padded)
+    else:
+        NL: tl.constexpr = F
+        NQ: tl.constexpr = F * F
+
     offs_f = tl.arange(0, F)
+    offs_l = tl.arange(0, NL)
+    offs_q = tl.arange(0, NQ)
     offs_t = tl.arange(0, BT)
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    dv_ok = offs_dv < DV
+    dv_mask = offs_dv < DV
+    # int64 bases: b * N * H * DV overflows int32 at 64k tokens x batch 16 x 16 heads x 64.
     qk_base = b.to(tl.int64) * N * H * F + h * F
     v_base = b.to(tl.int64) * N * H * DV + h * DV
-    dt = DOT_DTYPE
-    sdt = STATE_DTYPE
+    st_base = pid_bh.to(tl.int64) * FEAT * DV
+    zs_base = pid_bh.to(tl.int64) * FEAT
+    dtype = DOT_DTYPE  # operand type of the tensor-core products (the input dtype on a GPU)
 
-    t0 = pid_t * BT
-    t = t0 + offs_t
-    t_ok = t < N
-    tok = qk_base + t * (H * F)
-    q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-    qs = q * scale1
-    c = t0 // CS
-    ckv = chunk_kv_ptr + (pid_bh.to(tl.int64) * NC + c) * R * DV
-    cz = chunk_z_ptr + (pid_bh.to(tl.int64) * NC + c) * R
+    # Row of the 273-feature layout for each internal state row.
+    if SYM:
+        feat_l = offs_l % F  # which input component a linear/diagonal row uses
+        is_diag = offs_l >= F
+        row_l = tl.where(is_diag, 1 + F + feat_l * (F + 1), 1 + feat_l)
+        pi = tl.load(pair_i_ptr + offs_q)
+        pj = tl.load(pair_j_ptr + offs_q)
+        p_ok = pi != pj  # padding pairs are (0, 0)
+        row_q = 1 + F + pi * F + pj
+        row_q_mirror = 1 + F + pj * F + pi
+        # one-hot selection matrices; padding pairs select nothing, so their features are 0
+        sel_l = (feat_l[:, None] == offs_f[None, :]).to(dtype)  # [NL, F]
+        sel_i = ((pi[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)  # [NQ, F]
+        sel_j = ((pj[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)
+        sel_l_t = tl.trans(sel_l)
+        sel_i_t = tl.trans(sel_i)
+        sel_j_t = tl.trans(sel_j)
+    else:
+        feat_l = offs_l
+        row_l = 1 + offs_l
+        row_q = 1 + F + offs_q
 
-    # Earlier chunks: psi(q) against the stored state, group by group.
-    s0 = tl.load(ckv + offs_dv, mask=dv_ok, other=0.0).to(tl.float32)
-    num = tl.zeros([BT, BLOCK_DV], dtype=tl.float32) + s0[None, :]
-    den = tl.zeros([BT], dtype=tl.float32) + tl.load(cz)
-    num = tl.dot(qs.to(sdt), _load_rows(ckv, 1, offs_f, offs_dv, dv_ok, DV).to(sdt), num, input_precision=PRECISION)
-    den += tl.sum(qs * tl.load(cz + 1 + offs_f)[None, :], 1)
-    fq = qs * q * (scale1 * R2)
-    num = tl.dot(fq.to(sdt), _load_rows(ckv, 1 + F, offs_f, offs_dv, dv_ok, DV).to(sdt), num, input_precision=PRECISION)
-    den += tl.sum(fq * tl.load(cz + 1 + F + offs_f)[None, :], 1)
-    for d in tl.static_range(1, F // 2 + 1):
-        fq = _group_feature(q_ptr, tok, offs_f, qs, scale1, t_ok, d, F)
-        rows = _load_rows(ckv, 1 + (d + 1) * F, offs_f, offs_dv, dv_ok, DV)
-        num = tl.dot(fq.to(sdt), rows.to(sdt), num, input_precision=PRECISION)
-        den += tl.sum(fq * tl.load(cz + 1 + (d + 1) * F + offs_f)[None, :], 1)
+    # Running state (fp32): s0 [dv] constant feature, sl [NL, dv] linear (+ diagonal) rows,
+    # sq [NQ, dv] quadratic rows. The quadratic part of the normaliser is kept as an f x f
+    # matrix Z2 (Z2[i, j] = sum_t k_i k_j / sqrt2): its read-out q^T Z2 q is two tiny products.
+    if HAS_INIT:
+        kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
+        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
+        s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0)
+        sl = tl.load(kv_in + row_l[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
+        if SYM:
+            m = p_ok[:, None] & dv_mask[None, :]
+            sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)
+            sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
+        else:
+            sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
+        z0 = tl.load(ks_in)
+        z1 = tl.load(ks_in + 1 + offs_f)
+        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
+    else:
+        s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
+        sq = tl.zeros([NQ, BLOCK_DV], dtype=tl.float32)
+        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+        z1 = tl.zeros([F], dtype=tl.float32)
+        z2 = tl.zeros([F, F], dtype=tl.float32)
 
-    # This chunk, causal: scores 1 + s + s^2/2 of s = q·k / sqrt(f).
-    qd = qs.to(dt)
-    for k0 in range(c * CS, t0 + BT, BT):
-        tk = k0 + offs_t
-        k_ok = tk < N
-        wk = k_ok.to(tl.float32)
+    t_begin = pid_split * tokens_per_split
+    t_end = tl.minimum(N, t_begin + tokens_per_split)
+    if HAS_ENC_LEN:
+        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+
+    for t0 in range(t_begin, t_end, BT):
+        t = t0 + offs_t
+        t_ok = t < t_end
+        w = t_ok.to(tl.float32)
         if HAS_MASK:
-            wk = wk * tl.load(mask_ptr + b.to(tl.int64) * N + tk, mask=k_ok, other=0).to(tl.float32)
-        k = tl.load(k_ptr + qk_base + tk[:, None] * (H * F) + offs_f[None, :], mask=k_ok[:, None], other=0.0)
+            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+        tok = qk_base + t * (H * F)
+        k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
         v = tl.load(
-            v_ptr + v_base + tk[:, None] * (H * DV) + offs_dv[None, :],
-            mask=k_ok[:, None] & dv_ok[None, :],
+            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+            mask=t_ok[:, None] & dv_mask[None, :],
             other=0.0,
         )
-        s = tl.dot(qd, tl.trans((k.to(tl.float32) * scale1).to(dt)), input_precision=PRECISION)
-        a = 1.0 + s + 0.5 * s * s
-        a = tl.where(t[:, None] >= tk[None, :], a, 0.0) * wk[None, :]
-        num = tl.dot(a.to(dt), v.to(dt), num, input_precision=PRECISION)
-        den += tl.sum(a, 1)
+        ks = k.to(tl.float32) * scale1  # phi's linear part: k / f^(1/4)
+        if WRITE_OUTPUT:
+            q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+            qs = q.to(tl.float32) * scale1
+            # Intra-chunk: scores 1 + s + s^2/2, causal, masked keys removed.
+            s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
+            a = 1.0 + s + 0.5 * s * s
+            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
+            num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
+            den = tl.sum(a, 1)
+            # Inter-chunk: query features against the state of all earlier tokens.
+            if SYM:
+                # Expand q by one-hot selection products on the tensor cores: no reshapes, no
+                # gathers, and the tiles come out in the accumulator layout the next product takes.
+                ql = tl.dot(q.to(dtype), sel_l_t, input_precision=PRECISION) * scale1  # [BT, NL]
+                ql = tl.where(is_diag[None, :], ql * ql * R2, ql)
+                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION)  # [BT, NQ]: q_i
+                qb = tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION)  # q_j
+                qq = qa * qb * (scale1 * scale1)
+            else:
+                ql = qs
+                qq = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, F * F]) * R2
+            num = num + s0[None, :]
+            # the state enters the read-out products as STATE_DTYPE: the input dtype, except fp32
+            # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
+            num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
+            num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
+            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
+            den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
+            o = num / (den[:, None] + eps) * w[:, None]
+            tl.store(
+                o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+                o.to(o_ptr.dtype.element_ty),
+                mask=t_ok[:, None] & dv_mask[None, :],
+            )
+        # State update with this chunk's (weighted) keys and values.
+        vw = (v.to(tl.float32) * w[:, None]).to(dtype)
+        kst = tl.trans(ks)  # [F, BT]
+        if SYM:
+            kt = tl.trans(k.to(dtype))  # [F, BT]
+            kl = tl.dot(sel_l, kt, input_precision=PRECISION) * scale1  # [NL, BT]
+            kl = tl.where(is_diag[:, None], kl * kl * R2, kl)
+            ka = tl.dot(sel_i, kt, input_precision=PRECISION)  # [NQ, BT]: k_i (padding rows 0)
+            kb = tl.dot(sel_j, kt, input_precision=PRECISION)
+            kq = ka * kb * (scale1 * scale1)
+        else:
+            kl = kst
+            kq = tl.reshape(kst[:, None, :] * kst[None, :, :], [F * F, BT]) * R2
+        s0 = s0 + tl.sum(vw.to(tl.float32), 0)
+        sl = tl.dot(kl.to(dtype), vw, sl, input_precision=PRECISION)
+        sq = tl.dot(kq.to(dtype), vw, sq, input_precision=PRECISION)
+        kw = kst * w[None, :]
+        z0 = z0 + tl.sum(w, 0)
+        z1 = z1 + tl.sum(kw, 1)
+        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
 
-    wq = t_ok.to(tl.float32)
-    if HAS_MASK:
-        wq = wq * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
-    o = num / (den[:, None] + eps) * wq[:, None]
-    tl.store(
-        o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
-        o.to(o_ptr.dtype.element_ty),
-        mask=t_ok[:, None] & dv_ok[None, :],
-    )
+    if STORE_STATE:
+        out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
+        tl.store(out_kv + offs_dv, s0, mask=dv_mask)
+        tl.store(out_kv + row_l[:, None] * DV + offs_dv[None, :], sl, mask=dv_mask[None, :])
+        if SYM:
+            m = p_ok[:, None] & dv_mask[None, :]
+            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
+            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
+        else:
+            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
+        if pid_dv == 0:
+            out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
+            tl.store(out_ks, z0)
+            tl.store(out_ks + 1 + offs_f, z1)
+            tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
 
 
 @triton.jit
@@ -555,7 +420,7 @@ def _step_sym_kernel(
 
 
 def supports(q: torch.Tensor) -> bool:
-    """Shapes the prefill kernels handle; others run the chunked reference on the same device."""
+    """Shapes the chunked kernel handles; others run the chunked reference on the same device."""
     return q.shape[-1] == 16 and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -575,297 +440,76 @@ def _dot_dtype(dtype: torch.dtype):
     return _TL_DTYPES[dtype]
 
 
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    # The stored per-chunk states enter the read-out products in the input dtype, except for fp16
-    # inputs (fp32 states, tf32 products): a long sequence's sums can exceed fp16's range.
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
 
 
-_LAYOUTS: dict = {}
-
-
-def _cyclic_maps(f: int, device):
-    """Index maps between the 273-row layout (phi) and the cyclic one (psi).
-
-    psi[r] = wa[r] * phi[a[r]] + wb[r] * phi[b[r]] reads any state exactly (a pair's two rows are
-    summed), and phi[r] = w[r] * psi[src[r]] writes a state back (the pair's rows get equal values,
-    as in every state built from tokens).
-    """
-    key = (f, str(device))
-    if key in _LAYOUTS:
-        return _LAYOUTS[key]
-    half = f // 2
-    quad = lambda i, j: 1 + f + i * f + j  # noqa: E731
-    a, b, wa, wb = [0], [0], [1.0], [0.0]
-    for i in range(f):
-        a.append(1 + i), b.append(0), wa.append(1.0), wb.append(0.0)
-    for i in range(f):
-        a.append(quad(i, i)), b.append(0), wa.append(1.0), wb.append(0.0)
-    for d in range(1, half + 1):
-        for i in range(f):
-            j = (i + d) % f
-            if 2 * d == f:
-                a.append(quad(i, j)), b.append(0), wa.append(1.0), wb.append(0.0)
-            else:
-                a.append(quad(i, j)), b.append(quad(j, i)), wa.append(INV_SQRT2), wb.append(INV_SQRT2)
-    src, w = [0] + [1 + i for i in range(f)], [1.0] * (1 + f)
-    for i in range(f):
-        for j in range(f):
-            d = (j - i) % f
-            if d == 0:
-                src.append(1 + f + i), w.append(1.0)
-            elif 2 * d == f:
-                src.append(1 + (d + 1) * f + i), w.append(1.0)
-            elif d < half:
-                src.append(1 + (d + 1) * f + i), w.append(INV_SQRT2)
-            else:  # the pair (j, i) at distance f - d
-                src.append(1 + (f - d + 1) * f + j), w.append(INV_SQRT2)
-    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
-    maps = (t(a), t(b), t(wa, torch.float32), t(wb, torch.float32), t(src), t(w, torch.float32))
-    _LAYOUTS[key] = maps
-    return maps
-
-
-def to_cyclic(state: LinearAttentionState) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kv [B*H, R, dv], z [B*H, R]) in the cyclic layout, fp32, from a 273-row state."""
-    b, h, feats, dv = state.kv.shape
-    f = int(round((math.sqrt(4 * feats - 3) - 1) / 2))
-    a, bb, wa, wb, _, _ = _cyclic_maps(f, state.kv.device)
-    kv = state.kv.float().reshape(b * h, feats, dv)
-    z = state.ksum.float().reshape(b * h, feats)
-    kv = kv[:, a] * wa[:, None] + kv[:, bb] * wb[:, None]
-    z = z[:, a] * wa + z[:, bb] * wb
-    return kv.contiguous(), z.contiguous()
-
-
-def from_cyclic(kv: torch.Tensor, z: torch.Tensor, b: int, h: int, f: int) -> LinearAttentionState:
-    """The 273-row state of cyclic-layout sums (inverse of :func:`to_cyclic` on token-built states)."""
-    *_, src, w = _cyclic_maps(f, kv.device)
-    dv = kv.shape[-1]
-    return LinearAttentionState(
-        (kv[:, src] * w[:, None]).reshape(b, h, -1, dv).contiguous(),
-        (z[:, src] * w).reshape(b, h, -1).contiguous(),
-    )
-
-
-def _split_plan(n: int, splits: int, block: int) -> tuple[int, int]:
-    """(splits, tokens per split), the latter a multiple of the tile so tiles never straddle."""
-    tokens = triton.cdiv(triton.cdiv(max(n, 1), max(splits, 1)), block) * block
-    return triton.cdiv(max(n, 1), tokens), tokens
-
-
-def _scan(
+def _launch_chunked(
+    q,
     k,
     v,
     *,
+    out,
     mask_u8,
     enc_len,
-    init,
-    store_chunks: bool,
+    init: LinearAttentionState | None,
+    init_per_split: bool,
+    kv_out,
+    ks_out,
     splits: int,
     tokens_per_split: int,
+    write_output: bool,
+    eps: float,
     config: ChunkConfig,
 ):
-    """Launch the scan; returns (chunk_kv, chunk_z, final_kv [splits, B*H, R, dv], final_z)."""
-    b, n, h, f = k.shape
+    b, n, h, f = q.shape
     dv = v.shape[-1]
-    rows = cyclic_rows(f)
-    bh = b * h
-    nc = triton.cdiv(max(n, 1), config.chunk)
-    block_dv = min(config.scan_block_dv, max(16, triton.next_power_of_2(dv)))
-    final_kv = torch.empty(splits, bh, rows, dv, device=k.device, dtype=torch.float32)
-    final_z = torch.empty(splits, bh, rows, device=k.device, dtype=torch.float32)
-    if store_chunks:
-        chunk_kv = torch.empty(bh, nc, rows, dv, device=k.device, dtype=_state_dtype(v.dtype))
-        chunk_z = torch.empty(bh, nc, rows, device=k.device, dtype=torch.float32)
-    else:
-        chunk_kv = chunk_z = final_kv
-    grid = (triton.cdiv(dv, block_dv), bh, splits)
-    _scan_kernel[grid](
+    block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+    dummy = q
+    grid = (triton.cdiv(dv, block_dv), b * h, splits)
+    feats = 1 + f + f * f
+    state_kv, state_ks = b * h * feats * dv, b * h * feats
+    return _chunked_kernel[grid](
+        q,
         k,
         v,
-        mask_u8 if mask_u8 is not None else k,
-        enc_len if enc_len is not None else k,
-        init[0] if init is not None else final_kv,
-        init[1] if init is not None else final_z,
-        chunk_kv,
-        chunk_z,
-        final_kv,
-        final_z,
+        out if out is not None else dummy,
+        mask_u8 if mask_u8 is not None else dummy,
+        enc_len if enc_len is not None else dummy,
+        init.kv if init is not None else dummy,
+        init.ksum if init is not None else dummy,
+        kv_out if kv_out is not None else dummy,
+        ks_out if ks_out is not None else dummy,
+        *_pair_tables(f, q.device),
         n,
         h,
         dv,
-        nc,
         tokens_per_split,
+        state_kv if init_per_split else 0,
+        state_ks if init_per_split else 0,
+        state_kv,
+        state_ks,
+        eps,
         f**-0.25,
         F=f,
-        CS=config.chunk,
-        BT=config.block_t,
+        BT=config.chunk,
         BLOCK_DV=block_dv,
+        NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
+        WRITE_OUTPUT=write_output,
         HAS_MASK=mask_u8 is not None,
         HAS_ENC_LEN=enc_len is not None,
         HAS_INIT=init is not None,
-        STORE_CHUNKS=store_chunks,
+        STORE_STATE=kv_out is not None,
         PRECISION=_precision(v.dtype),
         DOT_DTYPE=_dot_dtype(v.dtype),
-        num_warps=config.scan_warps,
+        STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
+        SYM=config.symmetric,
+        num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
     )
-    return chunk_kv, chunk_z, final_kv, final_z
-
-
-def _check_config(config: ChunkConfig) -> None:
-    if config.chunk % config.block_t:
-        raise ValueError(f"chunk={config.chunk} must be a multiple of block_t={config.block_t}")
-
-
-def _prefill_cyclic(q, k, v, *, mask=None, eps=1e-12, init=None, config: ChunkConfig):
-    """Causal prefill from an initial cyclic-layout state; returns (out, final kv, final z)."""
-    _check_config(config)
-    b, n, h, f = q.shape
-    dv = v.shape[-1]
-    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
-    chunk_kv, chunk_z, final_kv, final_z = _scan(
-        k,
-        v,
-        mask_u8=mask_u8,
-        enc_len=None,
-        init=init,
-        store_chunks=True,
-        splits=1,
-        tokens_per_split=max(n, 1),
-        config=config,
-    )
-    out = torch.empty_like(v)
-    if n:
-        block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
-        grid = (triton.cdiv(n, config.block_t), b * h, triton.cdiv(dv, block_dv))
-        _output_kernel[grid](
-            q,
-            k,
-            v,
-            out,
-            mask_u8 if mask_u8 is not None else q,
-            chunk_kv,
-            chunk_z,
-            n,
-            h,
-            dv,
-            chunk_kv.shape[1],
-            eps,
-            f**-0.25,
-            F=f,
-            CS=config.chunk,
-            BT=config.block_t,
-            BLOCK_DV=block_dv,
-            HAS_MASK=mask_u8 is not None,
-            PRECISION=_precision(v.dtype),
-            DOT_DTYPE=_dot_dtype(v.dtype),
-            STATE_DTYPE=_dot_dtype(_state_dtype(v.dtype)) if v.dtype == torch.bfloat16 else tl.float32,
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )
-    return out, final_kv[0], final_z[0]
-
-
-def based_prefill(
-    q,
-    k,
-    v,
-    *,
-    mask=None,
-    eps=1e-12,
-    initial_state=None,
-    output_final_state=False,
-    config: ChunkConfig | None = None,
-):
-    """Causal Based prefill (scan + output launches); returns (out, final state or None)."""
-    if not supports(q):
-        return reference.based_chunked(
-            q, k, v, mask=mask, eps=eps, initial_state=initial_state, output_final_state=output_final_state
-        )
-    config = config or DEFAULT_CONFIG
-    b, n, h, f = q.shape
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    init = to_cyclic(initial_state) if initial_state is not None else None
-    out, kv, z = _prefill_cyclic(q, k, v, mask=mask, eps=eps, init=init, config=config)
-    return out, (from_cyclic(kv, z, b, h, f) if output_final_state else None)
-
-
-def _encoder_cyclic(k_enc, v_enc, *, enc_lengths, mask=None, config: ChunkConfig):
-    """Sum of psi(k_enc) ⊗ v_enc over encoder positions, parallel over token splits."""
-    _check_config(config)
-    b, n, h, f = k_enc.shape
-    dv = v_enc.shape[-1]
-    k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
-    block_dv = min(config.scan_block_dv, max(16, triton.next_power_of_2(dv)))
-    programs = triton.cdiv(dv, block_dv) * b * h
-    # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
-    want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
-    splits, tokens_per_split = _split_plan(n, want, config.block_t)
-    _, _, kv, z = _scan(
-        k_enc,
-        v_enc,
-        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
-        enc_len=enc_lengths.to(device=k_enc.device, dtype=torch.int32).contiguous(),
-        init=None,
-        store_chunks=False,
-        splits=splits,
-        tokens_per_split=tokens_per_split,
-        config=config,
-    )
-    if splits == 1:
-        return kv[0], z[0]
-    return kv.sum(0), z.sum(0)
-
-
-def encoder_state(
-    k_enc, v_enc, *, enc_lengths, mask=None, config: ChunkConfig | None = None
-) -> LinearAttentionState:
-    """Sum of phi(k_enc) ⊗ v_enc over encoder positions (the 273-row layout)."""
-    b, _, h, f = k_enc.shape
-    kv, z = _encoder_cyclic(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=config or DEFAULT_CONFIG)
-    return from_cyclic(kv, z, b, h, f)
-
-
-def pla_prefill(
-    q,
-    k,
-    v,
-    k_enc,
-    v_enc,
-    *,
-    enc_lengths,
-    mask=None,
-    eps=1e-12,
-    output_final_state=False,
-    config: ChunkConfig | None = None,
-):
-    """Prefix linear attention: the encoder reduction, then the causal prefill started from it."""
-    if not supports(q):
-        return reference.pla_chunked(
-            q,
-            k,
-            v,
-            k_enc,
-            v_enc,
-            enc_lengths=enc_lengths,
-            mask=mask,
-            eps=eps,
-            output_final_state=output_final_state,
-        )
-    config = config or DEFAULT_CONFIG
-    b, n, h, f = q.shape
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    enc = _encoder_cyclic(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=config)
-    out, kv, z = _prefill_cyclic(q, k, v, mask=mask, eps=eps, init=enc, config=config)
-    return out, (from_cyclic(kv, z, b, h, f) if output_final_state else None)
 
 
 _PAIRS: dict = {}
@@ -881,6 +525,192 @@ def _pair_tables(f: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.tensor(pairs, dtype=torch.int32, device=device)
         _PAIRS[key] = (idx[:, 0].contiguous(), idx[:, 1].contiguous())
     return _PAIRS[key]
+
+
+def _contig_state(state: LinearAttentionState) -> LinearAttentionState:
+    return LinearAttentionState(state.kv.contiguous(), state.ksum.contiguous())
+
+
+def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
+    """(splits, tokens per split), the latter a multiple of the chunk so chunks never straddle."""
+    tokens = triton.cdiv(triton.cdiv(max(n, 1), max(splits, 1)), chunk) * chunk
+    return triton.cdiv(max(n, 1), tokens), tokens
+
+
+def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config):
+    """Per-split sums of phi(k) ⊗ v (fp32), one launch parallel over (value block, batch*head, split)."""
+    b, n, h, f = k.shape
+    dv = v.shape[-1]
+    feats = 1 + f + f * f
+    kv_parts = torch.empty(splits, b, h, feats, dv, device=k.device, dtype=torch.float32)
+    ks_parts = torch.empty(splits, b, h, feats, device=k.device, dtype=torch.float32)
+    _launch_chunked(
+        k,
+        k,
+        v,
+        out=None,
+        mask_u8=mask_u8,
+        enc_len=enc_len,
+        init=None,
+        init_per_split=False,
+        kv_out=kv_parts,
+        ks_out=ks_parts,
+        splits=splits,
+        tokens_per_split=tokens_per_split,
+        write_output=False,
+        eps=0.0,
+        config=config,
+    )
+    return kv_parts, ks_parts
+
+
+def based_prefill(
+    q,
+    k,
+    v,
+    *,
+    mask=None,
+    eps=1e-12,
+    initial_state=None,
+    output_final_state=False,
+    config: ChunkConfig | None = None,
+):
+    """Causal Based prefill. With ``config.segments > 1`` the sequence is cut into segments that run in
+    parallel: one reduction launch gives each segment's state sum, an exclusive prefix sum gives each
+    segment its starting state, then the causal launch runs all segments at once."""
+    if not supports(q):
+        return reference.based_chunked(
+            q, k, v, mask=mask, eps=eps, initial_state=initial_state, output_final_state=output_final_state
+        )
+    config = config or DEFAULT_CONFIG
+    b, n, h, f = q.shape
+    dv = v.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    init = _contig_state(initial_state) if initial_state is not None else None
+    out = torch.empty_like(v)
+    want = config.segments
+    if want <= 0:
+        # Segments cost one extra reduction pass, so use them only when (value block, batch*head)
+        # programs alone leave most of the GPU idle (small batches), and keep >= 1k tokens each.
+        block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+        programs = triton.cdiv(dv, block_dv) * b * h
+        sms = _num_sms(q.device)
+        want = 1 if programs >= sms else max(1, min(2 * sms // programs, n // 1024))
+    segments, seg_tokens = _split_plan(n, want, config.chunk)
+    if segments == 1:
+        final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
+        _launch_chunked(
+            q,
+            k,
+            v,
+            out=out,
+            mask_u8=mask_u8,
+            enc_len=None,
+            init=init,
+            init_per_split=False,
+            kv_out=final.kv if final is not None else None,
+            ks_out=final.ksum if final is not None else None,
+            splits=1,
+            tokens_per_split=max(n, 1),
+            write_output=True,
+            eps=eps,
+            config=config,
+        )
+        return out, final
+    kv_parts, ks_parts = _partial_states(
+        k, v, mask_u8=mask_u8, enc_len=None, splits=segments, tokens_per_split=seg_tokens, config=config
+    )
+    # starts[s] = initial + sum of segments before s
+    kv_starts = torch.cumsum(kv_parts, 0).roll(1, 0)
+    ks_starts = torch.cumsum(ks_parts, 0).roll(1, 0)
+    final = None
+    if output_final_state:
+        final = LinearAttentionState(kv_starts[0].clone(), ks_starts[0].clone())  # the total
+    kv_starts[0].zero_()
+    ks_starts[0].zero_()
+    if init is not None:
+        kv_starts += init.kv
+        ks_starts += init.ksum
+        if final is not None:
+            final.kv += init.kv
+            final.ksum += init.ksum
+    _launch_chunked(
+        q,
+        k,
+        v,
+        out=out,
+        mask_u8=mask_u8,
+        enc_len=None,
+        init=LinearAttentionState(kv_starts, ks_starts),
+        init_per_split=True,
+        kv_out=None,
+        ks_out=None,
+        splits=segments,
+        tokens_per_split=seg_tokens,
+        write_output=True,
+        eps=eps,
+        config=config,
+    )
+    return out, final
+
+
+def encoder_state(
+    k_enc, v_enc, *, enc_lengths, mask=None, config: ChunkConfig | None = None
+) -> LinearAttentionState:
+    """Sum of phi(k_enc) ⊗ v_enc over encoder positions, parallel over token splits."""
+    config = config or DEFAULT_CONFIG
+    b, n, h, f = k_enc.shape
+    dv = v_enc.shape[-1]
+    k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
+    block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
+    programs = triton.cdiv(dv, block_dv) * b * h
+    # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
+    want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
+    splits, tokens_per_split = _split_plan(n, want, config.chunk)
+    kv_parts, ks_parts = _partial_states(
+        k_enc,
+        v_enc,
+        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
+        enc_len=enc_lengths.to(torch.int32).contiguous(),
+        splits=splits,
+        tokens_per_split=tokens_per_split,
+        config=config,
+    )
+    if splits == 1:
+        return LinearAttentionState(kv_parts[0], ks_parts[0])
+    return LinearAttentionState(kv_parts.sum(0), ks_parts.sum(0))
+
+
+def pla_prefill(
+    q,
+    k,
+    v,
+    k_enc,
+    v_enc,
+    *,
+    enc_lengths,
+    mask=None,
+    eps=1e-12,
+    output_final_state=False,
+    config: ChunkConfig | None = None,
+):
+    if not supports(q):
+        return reference.pla_chunked(
+            q,
+            k,
+            v,
+            k_enc,
+            v_enc,
+            enc_lengths=enc_lengths,
+            mask=mask,
+            eps=eps,
+            output_final_state=output_final_state,
+        )
+    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=config)
+    return based_prefill(
+        q, k, v, mask=mask, eps=eps, initial_state=enc, output_final_state=output_final_state, config=config
+    )
 
 
 def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12, config: StepConfig | None = None):
