@@ -161,6 +161,53 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         for f in (2, 4):
             add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
         return jobs
+    if name == "gpu-final-2":
+        # Second half: Based trained on the default and JRT forms only (half the batch each), a
+        # smaller Based state (f=3), Mamba-2 at 64 pairs, JRT-RNN trained on the default form (it
+        # reads the prompt non-causally, so that form is its use) at f=4 and f=5 (state <= 1/8 of the
+        # ceiling's KV cache), and the kv-docs models of gpu-final fine-tuned with one question per
+        # row, the layout of `jrt run` (with more, the first question up front tells little about
+        # what to keep). Start folders: runs/init/<job of gpu-final>.
+        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        two = ("default", "jrt")
+        add("mqar64-based-f4-2forms", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 4}), forms=two, **long)
+        add("mqar64-based-f3-2forms", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 3}), forms=two, **long)
+        add(
+            "mqar64-mamba2-n8",
+            "mqar",
+            m64,
+            ModelSpec("mamba2", 128, 2, {"state_size": 8, "chunk_size": 32}),
+            **long,
+        )
+        add(
+            "mqar64-jrt_rnn-f4-default",
+            "mqar",
+            m64,
+            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
+            forms=("default",),
+            init_from="runs/init/mqar64-jrt_rnn-f4",
+            **long,
+        )
+        add(
+            "mqar64-jrt_rnn-f5-default",
+            "mqar",
+            m64,
+            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 5}),
+            forms=("default",),
+            **long,
+        )
+        one = dict(kv, batch_size=128, max_steps=8000, data_workers=2, lr=1e-3)
+        for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
+            add(
+                f"kv{lo}-{hi}-based-f{f}-q1",
+                "kv-docs",
+                {"num_queries": 1, "min_fields": lo, "max_fields": hi},
+                ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS}),
+                init_from=f"runs/init/kv{lo}-{hi}-based-f{f}",
+                **one,
+            )
+        return jobs
     if name == "cpu":
         # A smaller copy of the MQAR sweep that trains on two CPU cores in minutes.
         tiny = {"num_pairs": 8, "num_queries": 2, "num_keys": 16, "num_values": 16}
