@@ -189,3 +189,45 @@ def test_tiny_attention_model_learns_mqar_on_cpu():
     accuracy = evaluate(model, task, [PromptForm.default], num_examples=256, bf16=False)
     chance = 1 / task.num_values
     assert accuracy["default"]["all"] > 2 * chance, accuracy
+
+
+class _SetOracle(torch.nn.Module):
+    """Says YES at the shared element (or, with ``wrong``, at the first element of the second set)."""
+
+    def __init__(self, task, wrong: bool = False):
+        super().__init__()
+        self.task, self.wrong = task, wrong
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        from jrt_prompt.synthetic.set_disjointness import NO, SEP, YES
+
+        b, n = input_ids.shape
+        logits = torch.zeros(b, n, self.task.vocab_size)
+        logits[..., NO] = 1.0
+        for r in range(b):
+            row = input_ids[r].tolist()
+            last_sep = max(i for i, t in enumerate(row) if t == SEP)
+            second = row[last_sep + 1 :: 2]  # the marked set: element, mark, element, mark, ...
+            seps = [i for i, t in enumerate(row[:last_sep]) if t == SEP]
+            others = row[(seps[-1] + 1 if seps else 0) : last_sep]  # the set read just before the marks
+            for j, element in enumerate(second):
+                pos = last_sep + 1 + 2 * j
+                hit = (j == 0) if self.wrong else (element in others)
+                if hit:
+                    logits[r, pos, YES] = 2.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_set_disjointness_found_score_is_right_for_an_oracle_and_chance_for_a_guess():
+    from jrt_prompt.synthetic.training import evaluate_sd_found
+
+    task = SetDisjointnessTask(short_size=3, long_size=9, num_elements=30)
+    exact = evaluate_sd_found(_SetOracle(task), task, num_examples=40, batch_size=20, bf16=False)
+    assert all(v == 1.0 for form in exact.values() for v in form.values())
+    guess = evaluate_sd_found(_SetOracle(task, wrong=True), task, num_examples=400, batch_size=100, bf16=False)
+    # the first element of the second set is the shared one with probability 1/|second set|
+    assert abs(guess["default"]["short_first"] - 1 / 9) < 0.06
+    assert abs(guess["default"]["long_first"] - 1 / 3) < 0.08

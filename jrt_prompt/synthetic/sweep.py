@@ -208,6 +208,16 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
                 **one,
             )
         return jobs
+    if name == "gpu-sd":
+        # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
+        # Based states cannot hold the long set: the order dependence of the paper's Fig. 2.
+        big_sets = {"short_size": 8, "long_size": 48, "num_elements": 252}
+        run = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        for width, f in ((64, 1), (64, 2), (128, 1), (128, 2)):
+            add(f"sd48-based-d{width}-f{f}", "sd", big_sets, ModelSpec("based", width, 2, {"feature_dim": f}), **run)
+        for width, f in ((64, 3), (64, 4)):
+            add(f"sd48-based-d{width}-f{f}", "sd", big_sets, ModelSpec("based", width, 2, {"feature_dim": f}), **run)
+        return jobs
     if name == "cpu":
         # A smaller copy of the MQAR sweep that trains on two CPU cores in minutes.
         tiny = {"num_pairs": 8, "num_queries": 2, "num_keys": 16, "num_values": 16}

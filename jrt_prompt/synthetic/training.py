@@ -277,6 +277,53 @@ def evaluate(
     return out
 
 
+@torch.no_grad()
+def evaluate_sd_found(
+    model: torch.nn.Module,
+    task: SetDisjointnessTask,
+    forms=ALL_FORMS,
+    *,
+    num_examples: int = 1000,
+    seed: int = 10_000,
+    batch_size: int = 250,
+    bf16: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Set disjointness scored as "names the shared element": a row is right when, among the
+    elements of the second set, the model's P(YES) is highest at the shared one.
+
+    Unlike the all-marks score of :func:`evaluate`, this does not depend on how many marks a row
+    has (the second set is the long one when the short set comes first), so the two orders are
+    compared on the same question; chance is 1 / (size of the second set).
+    """
+    from .set_disjointness import NO, YES
+
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    for form in parse_forms(forms):
+        out[form.value] = {}
+        for order in task.variants():
+            generator = torch.Generator().manual_seed(seed)
+            right = total = 0
+            remaining = num_examples
+            while remaining > 0:
+                n = min(batch_size, remaining)
+                remaining -= n
+                batch = task.sample(n, generator, form, order).to(device)
+                with _autocast(device, bf16):
+                    logits = _logits(model, batch.input_ids).float()
+                scored = batch.targets != IGNORE
+                margin = (logits[..., YES] - logits[..., NO]).masked_fill(~scored, float("-inf"))
+                pick = margin.argmax(dim=1)
+                is_yes = batch.targets.gather(1, pick[:, None]).squeeze(1) == YES
+                right += int(is_yes.sum())
+                total += n
+            out[form.value][order] = right / max(1, total)
+    model.train(was_training)
+    return out
+
+
 def _has_prefix(model) -> bool:
     return type(model).__name__ == "JRTForCausalLM" and "prefix_linear" in model.config.layer_mixers
 
