@@ -227,7 +227,9 @@ def test_set_disjointness_found_score_is_right_for_an_oracle_and_chance_for_a_gu
     task = SetDisjointnessTask(short_size=3, long_size=9, num_elements=30)
     exact = evaluate_sd_found(_SetOracle(task), task, num_examples=40, batch_size=20, bf16=False)
     assert all(v == 1.0 for form in exact.values() for v in form.values())
-    guess = evaluate_sd_found(_SetOracle(task, wrong=True), task, num_examples=400, batch_size=100, bf16=False)
+    guess = evaluate_sd_found(
+        _SetOracle(task, wrong=True), task, num_examples=400, batch_size=100, bf16=False
+    )
     # the first element of the second set is the shared one with probability 1/|second set|
     assert abs(guess["default"]["short_first"] - 1 / 9) < 0.06
     assert abs(guess["default"]["long_first"] - 1 / 3) < 0.08

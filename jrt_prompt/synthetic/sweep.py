@@ -38,6 +38,17 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
 
     mqar = lambda job, spec, **kw: add(job, "mqar", MQAR_OPTIONS, spec, **kw)  # noqa: E731
     kv = dict(batch_size=64, lr=2e-3, eval_examples=500, data_workers=1)
+
+    def kv_long_records(job: str, f: int, fields: tuple[int, int], num_queries: int, **kw):
+        """Based (3 blocks, width 128) on kv-docs records of ``fields`` (min, max) facts."""
+        add(
+            job,
+            "kv-docs",
+            {"num_queries": num_queries, "min_fields": fields[0], "max_fields": fields[1]},
+            ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS}),
+            **dict(kv, batch_size=128, max_steps=8000, data_workers=2, **kw),
+        )
+
     if name == "smoke":
         small = {"num_pairs": 8, "num_queries": 4, "num_keys": 30, "num_values": 32}
         few = dict(max_steps=30, batch_size=16, eval_examples=64)
@@ -149,15 +160,8 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         add("mqar128-based-f4", "mqar", m128, ModelSpec("based", 128, 2, {"feature_dim": 4}), **long)
         add("mqar64-jrt_rnn-f4", "mqar", m64, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}), **long)
         add("mqar64-conv_attention", "mqar", m64, ModelSpec("conv_attention", 128, 2), **long)
-        kv_long = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
         for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
-            add(
-                f"kv{lo}-{hi}-based-f{f}",
-                "kv-docs",
-                {"num_queries": 4, "min_fields": lo, "max_fields": hi},
-                ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS}),
-                **kv_long,
-            )
+            kv_long_records(f"kv{lo}-{hi}-based-f{f}", f, (lo, hi), 4)
         for f in (2, 4):
             add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
         return jobs
@@ -171,8 +175,22 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         long = dict(batch_size=256, lr=2e-3, max_steps=8000)
         m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
         two = ("default", "jrt")
-        add("mqar64-based-f4-2forms", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 4}), forms=two, **long)
-        add("mqar64-based-f3-2forms", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 3}), forms=two, **long)
+        add(
+            "mqar64-based-f4-2forms",
+            "mqar",
+            m64,
+            ModelSpec("based", 128, 2, {"feature_dim": 4}),
+            forms=two,
+            **long,
+        )
+        add(
+            "mqar64-based-f3-2forms",
+            "mqar",
+            m64,
+            ModelSpec("based", 128, 2, {"feature_dim": 3}),
+            forms=two,
+            **long,
+        )
         add(
             "mqar64-mamba2-n8",
             "mqar",
@@ -197,16 +215,9 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             forms=("default",),
             **long,
         )
-        one = dict(kv, batch_size=128, max_steps=8000, data_workers=2, lr=1e-3)
         for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
-            add(
-                f"kv{lo}-{hi}-based-f{f}-q1",
-                "kv-docs",
-                {"num_queries": 1, "min_fields": lo, "max_fields": hi},
-                ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS}),
-                init_from=f"runs/init/kv{lo}-{hi}-based-f{f}",
-                **one,
-            )
+            job = f"kv{lo}-{hi}-based-f{f}"
+            kv_long_records(f"{job}-q1", f, (lo, hi), 1, lr=1e-3, init_from=f"runs/init/{job}")
         return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
@@ -214,9 +225,21 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         big_sets = {"short_size": 8, "long_size": 48, "num_elements": 252}
         run = dict(batch_size=256, lr=2e-3, max_steps=8000)
         for width, f in ((64, 1), (64, 2), (128, 1), (128, 2)):
-            add(f"sd48-based-d{width}-f{f}", "sd", big_sets, ModelSpec("based", width, 2, {"feature_dim": f}), **run)
+            add(
+                f"sd48-based-d{width}-f{f}",
+                "sd",
+                big_sets,
+                ModelSpec("based", width, 2, {"feature_dim": f}),
+                **run,
+            )
         for width, f in ((64, 3), (64, 4)):
-            add(f"sd48-based-d{width}-f{f}", "sd", big_sets, ModelSpec("based", width, 2, {"feature_dim": f}), **run)
+            add(
+                f"sd48-based-d{width}-f{f}",
+                "sd",
+                big_sets,
+                ModelSpec("based", width, 2, {"feature_dim": f}),
+                **run,
+            )
         return jobs
     if name == "cpu":
         # A smaller copy of the MQAR sweep that trains on two CPU cores in minutes.

@@ -222,6 +222,16 @@ def train(config: TrainConfig, device: str | torch.device = "cpu", log=print) ->
     return model, history
 
 
+def _held_out_batches(task, form, variant: str, num_examples: int, seed: int, batch_size: int):
+    """The held-out rows of one (form, variant), in batches; the same draw for every form."""
+    generator = torch.Generator().manual_seed(seed)
+    remaining = num_examples
+    while remaining > 0:
+        n = min(batch_size, remaining)
+        remaining -= n
+        yield task.sample(n, generator, form, variant) if variant else task.sample(n, generator, form)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -250,15 +260,8 @@ def evaluate(
     for form in forms:
         out[form.value] = {}
         for variant in task.variants():
-            generator = torch.Generator().manual_seed(seed)
             right = total = 0
-            remaining = num_examples
-            while remaining > 0:
-                n = min(batch_size, remaining)
-                remaining -= n
-                batch = (
-                    task.sample(n, generator, form, variant) if variant else task.sample(n, generator, form)
-                )
+            for batch in _held_out_batches(task, form, variant, num_examples, seed, batch_size):
                 if _has_prefix(model):
                     if isinstance(task, KVDocsTask):
                         raise JRTError(
@@ -304,13 +307,9 @@ def evaluate_sd_found(
     for form in parse_forms(forms):
         out[form.value] = {}
         for order in task.variants():
-            generator = torch.Generator().manual_seed(seed)
             right = total = 0
-            remaining = num_examples
-            while remaining > 0:
-                n = min(batch_size, remaining)
-                remaining -= n
-                batch = task.sample(n, generator, form, order).to(device)
+            for batch in _held_out_batches(task, form, order, num_examples, seed, batch_size):
+                batch = batch.to(device)
                 with _autocast(device, bf16):
                     logits = _logits(model, batch.input_ids).float()
                 scored = batch.targets != IGNORE
@@ -318,7 +317,7 @@ def evaluate_sd_found(
                 pick = margin.argmax(dim=1)
                 is_yes = batch.targets.gather(1, pick[:, None]).squeeze(1) == YES
                 right += int(is_yes.sum())
-                total += n
+                total += batch.input_ids.shape[0]
             out[form.value][order] = right / max(1, total)
     model.train(was_training)
     return out
