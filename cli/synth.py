@@ -42,7 +42,10 @@ def train_command(
         ..., "--out", help="Directory for the checkpoint (save_pretrained) and result.json."
     ),
     task: str = typer.Option("mqar", help="mqar, sd or kv-docs."),
-    family: str = typer.Option("based", help="mamba2, gla (CUDA only), based, jrt_rnn or attention."),
+    family: str = typer.Option(
+        "based",
+        help="mamba2, gla (CUDA only), based, jrt_rnn, attention (Llama) or conv_attention (the Based stack with softmax attention).",
+    ),
     hidden_size: int = typer.Option(128, help="Model width."),
     layers: int = typer.Option(2, help="Number of blocks."),
     option: list[str] = typer.Option(

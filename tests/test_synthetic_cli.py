@@ -82,3 +82,27 @@ def test_synth_errors_are_one_line(tmp_path):
     assert "model family 'lstm' is unknown" in result.output
     result = runner.invoke(app, ["synth", "eval", str(tmp_path)])
     assert result.exit_code == 2 and "result.json" in result.output
+
+
+def test_conv_attention_ceiling_trains_saves_and_counts_its_kv_cache(tmp_path):
+    """The ceiling family is the Based stack with softmax attention: loadable, KV cache grows with length."""
+    from jrt_prompt.synthetic.models import ModelSpec, build_model, state_floats
+    from jrt_prompt.synthetic.training import TrainConfig, load_trained, run_job
+
+    spec = ModelSpec("conv_attention", 16, 1)
+    config = TrainConfig(
+        task="mqar",
+        task_options={"num_pairs": 4, "num_queries": 2, "num_keys": 8, "num_values": 8},
+        model=spec,
+        max_steps=3,
+        batch_size=8,
+        eval_examples=8,
+    )
+    result = run_job(config, tmp_path / "ceiling", log=lambda _: None)
+    assert result["family"] == "conv_attention"
+    model = load_trained(tmp_path / "ceiling")
+    assert model.config.layer_mixers == ["base_conv", "attention"]
+    based = build_model(ModelSpec("based", 16, 1, {"feature_dim": 2}), 18, 0)
+    # attention keeps 2 x length x width floats; Based a fixed state
+    assert state_floats(model, 100) - state_floats(model, 50) == 2 * 50 * 16
+    assert state_floats(based, 100) == state_floats(based, 50)
