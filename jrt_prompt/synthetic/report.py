@@ -58,6 +58,7 @@ def plot_accuracy_vs_state(results: list[dict], path: str | Path, task: str = "m
             if task == "mqar" and "num_values" in options:
                 ax.axhline(100 / options["num_values"], color="gray", ls="--", lw=1, label="chance")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
             ax.set_title(f"{task} {variant + ' ' if variant != 'all' else ''}— {form}")
             ax.set_xlabel("state (floats per sequence; attention: KV cache)")
             ax.grid(alpha=0.3)
