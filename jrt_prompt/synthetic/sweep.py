@@ -175,22 +175,9 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         long = dict(batch_size=256, lr=2e-3, max_steps=8000)
         m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
         two = ("default", "jrt")
-        add(
-            "mqar64-based-f4-2forms",
-            "mqar",
-            m64,
-            ModelSpec("based", 128, 2, {"feature_dim": 4}),
-            forms=two,
-            **long,
-        )
-        add(
-            "mqar64-based-f3-2forms",
-            "mqar",
-            m64,
-            ModelSpec("based", 128, 2, {"feature_dim": 3}),
-            forms=two,
-            **long,
-        )
+        for f in (4, 3):
+            spec = ModelSpec("based", 128, 2, {"feature_dim": f})
+            add(f"mqar64-based-f{f}-2forms", "mqar", m64, spec, forms=two, **long)
         add(
             "mqar64-mamba2-n8",
             "mqar",
@@ -198,23 +185,11 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             ModelSpec("mamba2", 128, 2, {"state_size": 8, "chunk_size": 32}),
             **long,
         )
-        add(
-            "mqar64-jrt_rnn-f4-default",
-            "mqar",
-            m64,
-            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
-            forms=("default",),
-            init_from="runs/init/mqar64-jrt_rnn-f4",
-            **long,
-        )
-        add(
-            "mqar64-jrt_rnn-f5-default",
-            "mqar",
-            m64,
-            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 5}),
-            forms=("default",),
-            **long,
-        )
+        for f, start in ((4, "runs/init/mqar64-jrt_rnn-f4"), (5, None)):
+            spec = ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f})
+            add(
+                f"mqar64-jrt_rnn-f{f}-default", "mqar", m64, spec, forms=("default",), init_from=start, **long
+            )
         for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
             job = f"kv{lo}-{hi}-based-f{f}"
             kv_long_records(f"{job}-q1", f, (lo, hi), 1, lr=1e-3, init_from=f"runs/init/{job}")
