@@ -53,3 +53,8 @@ QuestionFirstOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOption = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
+
+
+def model_dtype(dtype: str) -> str | None:
+    """The --dtype value for the library: ``None`` lets the loader pick (``auto``)."""
+    return None if dtype == "auto" else dtype

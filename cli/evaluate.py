@@ -12,7 +12,7 @@ from rich.table import Table
 from jrt_prompt.evaluation import EvalConfig, evaluate, resolve_data, summary_rows, write_results
 from jrt_prompt.report import bar_chart, load_results, markdown_table, model_label
 
-from ._common import DeviceOption, DtypeOption, ModelOption, console, err_console, reports_errors
+from ._common import DeviceOption, DtypeOption, ModelOption, console, err_console, model_dtype, reports_errors
 from .main import app
 from .score import RowsPerSecond
 
@@ -114,7 +114,7 @@ def eval_command(
         save_prompts=save_prompts,
         mode=mode,
         device=device,
-        dtype=None if dtype == "auto" else dtype,
+        dtype=model_dtype(dtype),
     )
     progress = Progress(
         TextColumn("[bold]evaluating"),

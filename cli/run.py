@@ -15,6 +15,7 @@ from ._common import (
     QuestionFirstOption,
     RepeatOption,
     console,
+    model_dtype,
     reports_errors,
 )
 from .main import app
@@ -58,7 +59,7 @@ def run_command(
         max_new_tokens=max_new_tokens,
         max_prompt_tokens=max_prompt_tokens,
         device=device,
-        dtype=None if dtype == "auto" else dtype,
+        dtype=model_dtype(dtype),
         mode=mode,
     )
     if show_prompt:

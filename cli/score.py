@@ -29,6 +29,7 @@ from ._common import (
     RepeatOption,
     console,
     err_console,
+    model_dtype,
     reports_errors,
 )
 from .main import app
@@ -141,7 +142,7 @@ def score_command(
             fit_context=fit_context,
             shard=shard_spec,
             device=device,
-            dtype=None if dtype == "auto" else dtype,
+            dtype=model_dtype(dtype),
             on_start=on_start,
             on_progress=on_progress,
         )
