@@ -233,3 +233,15 @@ def test_set_disjointness_found_score_is_right_for_an_oracle_and_chance_for_a_gu
     # the first element of the second set is the shared one with probability 1/|second set|
     assert abs(guess["default"]["short_first"] - 1 / 9) < 0.06
     assert abs(guess["default"]["long_first"] - 1 / 3) < 0.08
+
+
+def test_set_disjointness_found_score_reads_only_the_prompt_non_causally():
+    """JRT-RNN's encoder must stop before the marks, or its non-causal read would see the answers."""
+    from jrt_prompt.synthetic.models import ModelSpec, build_model
+    from jrt_prompt.synthetic.training import evaluate_sd_found, prompt_length
+
+    task = SetDisjointnessTask(short_size=2, long_size=4, num_elements=12)
+    model = build_model(ModelSpec("jrt_rnn", 16, 1, {"feature_dim": 2}), task.vocab_size, task.pad_id)
+    evaluate_sd_found(model, task, ["default"], num_examples=4, batch_size=4, bf16=False)
+    last = task.sample(4, torch.Generator().manual_seed(0), PromptForm.default, "long_first")
+    assert model.config.enc_length == prompt_length(last)

@@ -262,12 +262,7 @@ def evaluate(
         for variant in task.variants():
             right = total = 0
             for batch in _held_out_batches(task, form, variant, num_examples, seed, batch_size):
-                if _has_prefix(model):
-                    if isinstance(task, KVDocsTask):
-                        raise JRTError(
-                            "JRT-RNN needs one prompt length per batch; kv-docs rows vary in length"
-                        )
-                    set_encoder_length(model, prompt_length(batch))
+                _read_prompt_non_causally(model, task, batch)
                 batch = batch.to(device)
                 with _autocast(device, bf16):
                     logits = _logits(model, batch.input_ids)
@@ -295,8 +290,8 @@ def evaluate_sd_found(
     elements of the second set, the model's P(YES) is highest at the shared one.
 
     Unlike the all-marks score of :func:`evaluate`, this does not depend on how many marks a row
-    has (the second set is the long one when the short set comes first), so the two orders are
-    compared on the same question; chance is 1 / (size of the second set).
+    has (the second set is the long one when the short set comes first). The orders still differ
+    in chance, 1 / (size of the second set), so compare each order with its own chance level.
     """
     from .set_disjointness import NO, YES
 
@@ -309,6 +304,7 @@ def evaluate_sd_found(
         for order in task.variants():
             right = total = 0
             for batch in _held_out_batches(task, form, order, num_examples, seed, batch_size):
+                _read_prompt_non_causally(model, task, batch)
                 batch = batch.to(device)
                 with _autocast(device, bf16):
                     logits = _logits(model, batch.input_ids).float()
@@ -321,6 +317,15 @@ def evaluate_sd_found(
             out[form.value][order] = right / max(1, total)
     model.train(was_training)
     return out
+
+
+def _read_prompt_non_causally(model, task, batch: TokenBatch) -> None:
+    """JRT-RNN reads everything before the first answer as its encoder (one length per batch)."""
+    if not _has_prefix(model):
+        return
+    if isinstance(task, KVDocsTask):
+        raise JRTError("JRT-RNN needs one prompt length per batch; kv-docs rows vary in length")
+    set_encoder_length(model, prompt_length(batch))
 
 
 def _has_prefix(model) -> bool:
