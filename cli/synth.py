@@ -98,6 +98,9 @@ def eval_command(
     task_option: list[str] = typer.Option(
         [], "--task-option", help="Override a task size KEY=VALUE (e.g. num_pairs=32, min_fields=12)."
     ),
+    found: bool = typer.Option(
+        False, "--found", help="Set disjointness: score 'names the shared element' instead of all marks."
+    ),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Held-out accuracy of a trained model in the three prompt forms."""
@@ -105,7 +108,7 @@ def eval_command(
     from jrt_prompt.synthetic.training import evaluate_saved
 
     accuracy, model, lengths = evaluate_saved(
-        path, num_examples=examples, seed=seed, device=device, task_options=_options(task_option)
+        path, num_examples=examples, seed=seed, device=device, task_options=_options(task_option), found=found
     )
     _print_accuracy(accuracy, state_floats(model, lengths["default"]))
 

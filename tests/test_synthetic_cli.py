@@ -106,3 +106,38 @@ def test_conv_attention_ceiling_trains_saves_and_counts_its_kv_cache(tmp_path):
     # attention keeps 2 x length x width floats; Based a fixed state
     assert state_floats(model, 100) - state_floats(model, 50) == 2 * 50 * 16
     assert state_floats(based, 100) == state_floats(based, 50)
+
+
+def test_synth_eval_found_score_for_set_disjointness_only(tmp_path):
+    sd = tmp_path / "sd"
+    base = [
+        "synth",
+        "train",
+        "--family",
+        "based",
+        "--hidden-size",
+        "16",
+        "--layers",
+        "1",
+        "--option",
+        "feature_dim=2",
+    ]
+    small = ["--steps", "2", "--batch-size", "8", "--device", "cpu", "--eval-examples", "8"]
+    sd_sizes = [
+        "--task-option",
+        "short_size=2",
+        "--task-option",
+        "long_size=4",
+        "--task-option",
+        "num_elements=12",
+    ]
+    result = runner.invoke(app, [*base, "--out", str(sd), "--task", "sd", *sd_sizes, *small])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["synth", "eval", str(sd), "--found", "--examples", "8"])
+    assert result.exit_code == 0, result.output
+    assert "short_first" in result.output and "long_first" in result.output
+    mqar = tmp_path / "mqar"
+    result = runner.invoke(app, [*base, "--out", str(mqar), *TINY, *small])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["synth", "eval", str(mqar), "--found"])
+    assert result.exit_code == 2 and "the found score is for set disjointness" in result.output

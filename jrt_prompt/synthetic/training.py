@@ -431,11 +431,13 @@ def evaluate_saved(
     seed: int = 10_000,
     device: str = "cpu",
     task_options: dict[str, Any] | None = None,
+    found: bool = False,
 ):
     """Evaluate a directory written by :func:`run_job`: ``(accuracy, model, prompt lengths)``.
 
     ``task_options`` override the training task's sizes (e.g. more pairs, longer documents) to
-    see how a model copes beyond what it was trained on.
+    see how a model copes beyond what it was trained on. ``found``: score set disjointness with
+    :func:`evaluate_sd_found` instead of all marks.
     """
     path = Path(path)
     result_file = path / "result.json"
@@ -443,9 +445,12 @@ def evaluate_saved(
         raise JRTError(f"{path} has no result.json: pass a directory written by `jrt synth train`")
     config = TrainConfig.from_dict(json.loads(result_file.read_text())["config"])
     task = make_task(config.task, **{**config.task_options, **(task_options or {})})
+    if found and not isinstance(task, SetDisjointnessTask):
+        raise JRTError(f"{path} was trained on {config.task!r}: the found score is for set disjointness (sd)")
     model = load_trained(path, device=device)
+    scorer = evaluate_sd_found if found else evaluate
     with differentiable_kernels():
-        accuracy = evaluate(
+        accuracy = scorer(
             model, task, ALL_FORMS, num_examples=num_examples, seed=seed, bf16=str(device).startswith("cuda")
         )
     return accuracy, model, eval_lengths(task)
