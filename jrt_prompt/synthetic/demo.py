@@ -36,10 +36,13 @@ def package_demo(checkpoint: str | Path, dest: str | Path = DEMO_DIR, *, rows: i
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, dest / name)
     build_byte_tokenizer().save_pretrained(dest)
-    write_jsonl(kv_docs_examples(rows, HELD_OUT_SEED), dest / "kv_docs_heldout.jsonl")
     result = checkpoint / "result.json"
-    if result.is_file():
-        info = json.loads(result.read_text())
+    info = json.loads(result.read_text()) if result.is_file() else {}
+    # Held-out documents drawn like the training ones (sizes, field names), from another seed.
+    options = info.get("config", {}).get("task_options", {})
+    shape = {key: options[key] for key in ("min_fields", "max_fields", "field_names") if key in options}
+    write_jsonl(kv_docs_examples(rows, HELD_OUT_SEED, **shape), dest / "kv_docs_heldout.jsonl")
+    if info:
         info.pop("history", None)
         (dest / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     return dest

@@ -195,6 +195,27 @@ FIELD_FAMILIES: dict[str, tuple[tuple[str, ...], list[str]]] = {
 FIELD_TO_FAMILY = {field: family for family, (fields, _) in FIELD_FAMILIES.items() for field in fields}
 ALL_FIELDS = tuple(FIELD_TO_FAMILY)
 
+# The open vocabulary of field names (``field_names="open"``): the family fields plus 158 nouns.
+# A document draws its fields from all of them and each field's value from a random family's
+# pool, so what a field holds cannot be learned as a fixed slot: a model must bind each value to
+# the name written next to it in this document (associative recall), and a small recurrent state
+# can only keep some of a long record unless it knows, from a question read first, which to keep.
+_OPEN_NOUNS = """
+anchor badge banner barn basin beacon bell bench berth bridge bucket cabin canal candle canyon
+cargo carpet castle cellar chapel charm chimney cipher circuit cliff clock cloak clover comet
+compass cottage crane crater crest crown current curtain dagger depot desk dock domain dune easel
+echo emblem engine estate fabric falcon fence ferry fiddle forge fountain fossil frame galley
+garden garnet gazebo glacier globe grove guild hammer harbor harvest hatch haven helmet herald hill
+hollow horizon island ivory jacket jetty kettle kiln lagoon lantern ledger lever locket lodge loom
+magnet manor mantle market meadow medal mentor mill mirror monument mosaic motto nest oasis orbit
+orchard paddle palace parcel pasture pavilion pebble pennant pier pillar pilot plaza pocket portal
+pottery prism pulley quarry quill radar raft ranch relic ribbon ridge rocket saddle satchel scroll
+shelter shield signal sketch sleeve spire spring stable statue summit tavern temple thicket tower
+trail tunnel turret valley vault velvet village voyage wagon wharf window workshop
+""".split()
+OPEN_FIELDS = ALL_FIELDS + tuple(w for w in _OPEN_NOUNS if w not in FIELD_TO_FAMILY)
+FIELD_NAME_MODES = ("families", "open")
+
 # Phrasings of one fact; {F} is the capitalised field name.
 PHRASINGS = ("{F}: {v}", "{f} = {v}", "The {f} is {v}.", "{F} - {v}")
 QUESTION = "What is the {f}?"
@@ -222,26 +243,40 @@ def _code(rng: random.Random) -> str:
     return f"{rng.choice(letters)}{rng.choice(letters)}{rng.randint(1, 9)}-{rng.randint(10, 99)}"
 
 
-def make_document(rng: random.Random, num_fields: int) -> KVDocument:
-    """One document of ``num_fields`` facts; distinct fields, and values distinct within a family."""
-    if not 2 <= num_fields <= len(ALL_FIELDS):
-        raise JRTError(f"num_fields={num_fields} is invalid: use 2..{len(ALL_FIELDS)}")
-    # Start from a few families and take several fields of each, so siblings (distractors) appear.
-    families = list(FIELD_FAMILIES)
-    rng.shuffle(families)
-    fields: list[str] = []
-    for family in families:
-        members = list(FIELD_FAMILIES[family][0])
-        rng.shuffle(members)
-        fields.extend(members[: rng.randint(1, len(members))])
-        if len(fields) >= num_fields:
-            break
-    fields = fields[:num_fields]
-    rng.shuffle(fields)
+def make_document(rng: random.Random, num_fields: int, field_names: str = "families") -> KVDocument:
+    """One document of ``num_fields`` facts with distinct fields and distinct values per pool.
+
+    ``field_names="families"``: fields from :data:`FIELD_FAMILIES`, siblings of a family side by
+    side as distractors (a fixed set of 25 names). ``"open"``: fields drawn from
+    :data:`OPEN_FIELDS`; a family field takes a value of its family, any other name a value
+    from a random family's pool.
+    """
+    if field_names not in FIELD_NAME_MODES:
+        raise JRTError(f"field_names={field_names!r} is unknown: use one of {', '.join(FIELD_NAME_MODES)}")
+    names = ALL_FIELDS if field_names == "families" else OPEN_FIELDS
+    if not 2 <= num_fields <= len(names):
+        raise JRTError(f"num_fields={num_fields} is invalid: use 2..{len(names)}")
+    if field_names == "families":
+        # Start from a few families and take several fields of each, so siblings (distractors) appear.
+        families = list(FIELD_FAMILIES)
+        rng.shuffle(families)
+        fields: list[str] = []
+        for family in families:
+            members = list(FIELD_FAMILIES[family][0])
+            rng.shuffle(members)
+            fields.extend(members[: rng.randint(1, len(members))])
+            if len(fields) >= num_fields:
+                break
+        fields = fields[:num_fields]
+        rng.shuffle(fields)
+        pools = [FIELD_TO_FAMILY[field] for field in fields]
+    else:
+        fields = rng.sample(names, num_fields)
+        # a family field keeps its family's values; any other name takes a random family's
+        pools = [FIELD_TO_FAMILY.get(field) or rng.choice(list(FIELD_FAMILIES)) for field in fields]
     used: dict[str, set[str]] = {}
     facts = []
-    for field in fields:
-        family = FIELD_TO_FAMILY[field]
+    for field, family in zip(fields, pools, strict=True):
         pool = FIELD_FAMILIES[family][1]
         taken = used.setdefault(family, set())
         while True:
@@ -261,10 +296,12 @@ def template_for(form: PromptForm) -> JRTPrompt:
     return JRTPrompt(repeat=form.repeat, question_first=form.question_first_flag)
 
 
-def kv_docs_examples(n: int, seed: int, *, min_fields: int = 4, max_fields: int = 6) -> list[dict]:
+def kv_docs_examples(
+    n: int, seed: int, *, min_fields: int = 4, max_fields: int = 6, field_names: str = "families"
+) -> list[dict]:
     """``n`` held-out style examples: ``{"context", "question", "answers"}`` (answers: a list of one value).
 
-    Deterministic in ``seed``. The prompt to show a model is ``JRTPrompt(...).render(context, question)``;
+    Deterministic in ``seed``; documents as :func:`make_document` writes them. The prompt to show a model is ``JRTPrompt(...).render(context, question)``;
     a correct model continues it with ``" " + answer`` and a newline.
     """
     if n < 0:
@@ -272,7 +309,7 @@ def kv_docs_examples(n: int, seed: int, *, min_fields: int = 4, max_fields: int 
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        doc = make_document(rng, rng.randint(min_fields, max_fields))
+        doc = make_document(rng, rng.randint(min_fields, max_fields), field_names)
         field, value = rng.choice(doc.facts)
         out.append({"context": doc.text, "question": question_for(field), "answers": [value]})
     return out
@@ -324,7 +361,14 @@ class KVDocsTask:
     num_queries: int = 4
     min_fields: int = 4
     max_fields: int = 6
+    field_names: str = "families"  # or "open": see make_document
     name: str = "kv-docs"
+
+    def __post_init__(self):
+        if self.field_names not in FIELD_NAME_MODES:
+            raise JRTError(
+                f"field_names={self.field_names!r} is unknown: use one of {', '.join(FIELD_NAME_MODES)}"
+            )
 
     vocab_size = 258  # byte-level tokenizer: 256 bytes, EOS, PAD
     pad_id = 257
@@ -352,7 +396,7 @@ class KVDocsTask:
     def _rows(self, rng: random.Random, n: int, forms, num_queries: int):
         rows = []
         for i in range(n):
-            doc = make_document(rng, rng.randint(self.min_fields, self.max_fields))
+            doc = make_document(rng, rng.randint(self.min_fields, self.max_fields), self.field_names)
             fields = [f for f, _ in doc.facts]
             rng.shuffle(fields)
             rows.append(self.row(doc, fields[: min(num_queries, len(fields))], forms[i % len(forms)]))

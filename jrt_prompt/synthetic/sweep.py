@@ -194,6 +194,57 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             job = f"kv{lo}-{hi}-based-f{f}"
             kv_long_records(f"{job}-q1", f, (lo, hi), 1, lr=1e-3, init_from=f"runs/init/{job}")
         return jobs
+    if name == "gpu-open":
+        # Two halves, one per GPU (``--only mqar`` / ``--only kvo``). MQAR: the 64-pair models of
+        # gpu-final / gpu-final-2 trained on (their forms) further — Based f=4 on the default and
+        # JRT forms only, the undertrained 2-form Based f=3/f=4 runs, JRT-RNN f=4 on the default
+        # form at a lower rate. kv-docs with open field names (an associative memory: demo
+        # candidates), started from the family-field models, which already read the phrasings,
+        # and the conv + softmax-attention ceiling from scratch. Start folders: runs/init/<job>.
+        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        two = ("default", "jrt")
+        based = lambda f: ModelSpec("based", 128, 2, {"feature_dim": f})  # noqa: E731
+        add(
+            "mqar64-based-f4-more2forms",
+            "mqar",
+            m64,
+            based(4),
+            forms=two,
+            init_from="runs/init/mqar64-based-f4",
+            **{**long, "lr": 1e-3},
+        )
+        for f in (3, 4):
+            job = f"mqar64-based-f{f}-2forms"
+            add(f"{job}-more", "mqar", m64, based(f), forms=two, init_from=f"runs/init/{job}", **long)
+        add(
+            "mqar64-jrt_rnn-f4-default-more",
+            "mqar",
+            m64,
+            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
+            forms=("default",),
+            init_from="runs/init/mqar64-jrt_rnn-f4-default",
+            **{**long, "lr": 7e-4},
+        )
+        open_kv = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
+        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
+        byte_based = lambda f: ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS})  # noqa: E731
+        for f, start, forms in (
+            (2, "kv6-10-based-f2", None),
+            (4, "kv8-12-based-f4", None),
+            (2, "kv6-10-based-f2", two),
+        ):
+            job = f"kvo8-14-based-f{f}" + ("-2forms" if forms else "")
+            extra = {"forms": forms} if forms else {}
+            add(job, "kv-docs", open_kv, byte_based(f), init_from=f"runs/init/{start}", **kv_run, **extra)
+        add(
+            "kvo8-14-conv_attention",
+            "kv-docs",
+            open_kv,
+            ModelSpec("conv_attention", 128, 3, {"eos_token_id": BYTE_EOS}),
+            **kv_run,
+        )
+        return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
         # Based states cannot hold the long set: the order dependence of the paper's Fig. 2.
