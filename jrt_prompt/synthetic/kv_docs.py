@@ -356,15 +356,23 @@ class KVDocsTask:
     then asks ``num_queries - 1`` more questions about the same document, each on its own line and
     answered (teacher-forced); every answer (with its leading space and final newline) is scored.
     Evaluation rows have one question, exactly the layout ``jrt eval`` shows a model.
+
+    ``questions_up_front="all"``: in the question-first and JRT forms the leading line lists all
+    of the row's questions, so every answer of a training row rewards keeping what was asked for
+    (with only the first question up front, the others still require keeping every fact). The
+    one-question rows of evaluation are the same either way.
     """
 
     num_queries: int = 4
     min_fields: int = 4
     max_fields: int = 6
     field_names: str = "families"  # or "open": see make_document
+    questions_up_front: str = "first"  # training rows of the question-first forms: "first" or "all"
     name: str = "kv-docs"
 
     def __post_init__(self):
+        if self.questions_up_front not in ("first", "all"):
+            raise JRTError(f"questions_up_front={self.questions_up_front!r} is unknown: use first or all")
         if self.field_names not in FIELD_NAME_MODES:
             raise JRTError(
                 f"field_names={self.field_names!r} is unknown: use one of {', '.join(FIELD_NAME_MODES)}"
@@ -377,7 +385,12 @@ class KVDocsTask:
         return ("",)
 
     def row(self, doc: KVDocument, fields: list[str], form: PromptForm):
-        text = template_for(form).render(doc.text, question_for(fields[0]))
+        first = question_for(fields[0])
+        text = template_for(form).render(doc.text, first)
+        if form.question_first_flag and self.questions_up_front == "all" and len(fields) > 1:
+            # The leading question line lists every question of the row (the prompt starts with
+            # the first question, so this only extends that line).
+            text = " ".join(question_for(f) for f in fields) + text[len(first) :]
         spans = []
         for i, field in enumerate(fields):
             if i:

@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .forms import ALL_FORMS
 from .models import ModelSpec
 from .training import TrainConfig
 
@@ -244,6 +245,37 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             ModelSpec("conv_attention", 128, 3, {"eos_token_id": BYTE_EOS}),
             **kv_run,
         )
+        return jobs
+    if name == "gpu-lead":
+        # kv-docs with open field names, every training question of the question-first / JRT rows
+        # up front (questions_up_front="all"): demo candidates, started from the family-field
+        # models (runs/init/<job of gpu-final>). Halves ``--only kvl-a`` / ``--only kvl-b``.
+        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
+        lead["questions_up_front"] = "all"
+        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
+        two = ("default", "jrt")
+        three = tuple(f.value for f in ALL_FORMS)
+        byte_based = lambda f: ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS})  # noqa: E731
+        start = {2: "runs/init/kv6-10-based-f2", 4: "runs/init/kv8-12-based-f4"}
+        for job, f, forms, changes, run_changes in (
+            ("kvl-a-f2-2forms", 2, two, {}, {}),
+            ("kvl-a-f2-3forms", 2, three, {}, {}),
+            ("kvl-a-f2-2forms-lr1e-3", 2, two, {}, {"lr": 1e-3}),
+            ("kvl-a-f2-2forms-q6", 2, two, {"num_queries": 6}, {}),
+            ("kvl-b-f4-2forms", 4, two, {}, {}),
+            ("kvl-b-f4-3forms", 4, three, {}, {}),
+            ("kvl-b-f2-2forms-10-16", 2, two, {"min_fields": 10, "max_fields": 16}, {}),
+            ("kvl-b-f4-2forms-q6", 4, two, {"num_queries": 6}, {}),
+        ):
+            add(
+                job,
+                "kv-docs",
+                {**lead, **changes},
+                byte_based(f),
+                forms=forms,
+                init_from=start[f],
+                **{**kv_run, **run_changes},
+            )
         return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
