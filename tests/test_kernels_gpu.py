@@ -1,5 +1,7 @@
 """Kernels == references at full size on a CUDA GPU (marker `gpu`; skipped on CPU)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,6 +17,18 @@ from jrt_prompt.kernels import reference as ref
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+# None: the public ops (default kernel config); otherwise the kernels with this pair layout
+PAIRS = [None, "cyclic", "cyclic_load"]
+
+
+def _config(pairs, **kw):
+    return dataclasses.replace(triton_ops.DEFAULT_CONFIG, **({"pairs": pairs} if pairs else {}), **kw)
+
+
+def _based(q, k, v, pairs, **kw):
+    if pairs is None:
+        return based_linear_attention(q, k, v, **kw)
+    return triton_ops.based_prefill(q, k, v, config=_config(pairs), **kw)
 
 
 def _rel(a, b):
@@ -33,27 +47,34 @@ def _chunked_ref(q, k, v, **kw):
     return ref.based_chunked(q.float(), k.float(), v.float(), chunk_size=512, **kw)
 
 
+@pytest.mark.parametrize("pairs", PAIRS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_based_full_size(dtype):
+def test_based_full_size(dtype, pairs):
     n = 8000  # not a multiple of any chunk size
     q, k, v, _, _ = _inputs(4, n, 16, 64, dtype)
     mask = torch.ones(4, n, dtype=torch.bool, device="cuda")
     mask[1, :1000] = False  # left padding
-    o, st = based_linear_attention(q, k, v, mask=mask, output_final_state=True)
+    o, st = _based(q, k, v, pairs, mask=mask, output_final_state=True)
     o_ref, st_ref = _chunked_ref(q, k, v, mask=mask, output_final_state=True)
     assert o.dtype == dtype and torch.isfinite(o).all()
     assert _rel(o, o_ref) < TOL[dtype]
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
 
 
+@pytest.mark.parametrize("pairs", PAIRS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_pla_full_size_mixed_encoder_lengths(dtype):
+def test_pla_full_size_mixed_encoder_lengths(dtype, pairs):
     n = 4100
     q, k, v, ke, ve = _inputs(4, n, 16, 64, dtype, seed=1)
     enc = torch.tensor([0, 1, n, 1024], device="cuda")
     mask = torch.ones(4, n, dtype=torch.bool, device="cuda")
     mask[3, :300] = False
-    o, st = prefix_linear_attention(q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True)
+    if pairs is None:
+        o, st = prefix_linear_attention(q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True)
+    else:
+        o, st = triton_ops.pla_prefill(
+            q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=_config(pairs)
+        )
     w_enc = (torch.arange(n, device="cuda")[None] < enc[:, None]).float() * mask.float()
     enc_state = ref.state_from_tokens(ke.float(), ve.float(), w_enc)
     o_ref, st_ref = _chunked_ref(q, k, v, mask=mask, initial_state=enc_state, output_final_state=True)
@@ -61,28 +82,24 @@ def test_pla_full_size_mixed_encoder_lengths(dtype):
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
 
 
+@pytest.mark.parametrize("pairs", PAIRS)
 @pytest.mark.parametrize("segments", [1, 8])
-def test_segmented_and_single_pass_agree_at_32k(segments):
+def test_segmented_and_single_pass_agree_at_32k(segments, pairs):
     q, k, v, _, _ = _inputs(2, 32768, 4, 64, torch.bfloat16, seed=2)
-    cfg = triton_ops.ChunkConfig(
-        chunk=triton_ops.DEFAULT_CONFIG.chunk,
-        block_dv=triton_ops.DEFAULT_CONFIG.block_dv,
-        num_warps=triton_ops.DEFAULT_CONFIG.num_warps,
-        num_stages=triton_ops.DEFAULT_CONFIG.num_stages,
-        segments=segments,
-    )
+    cfg = _config(pairs, segments=segments)
     o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
     o_ref, st_ref = _chunked_ref(q, k, v, output_final_state=True)
     assert _rel(o, o_ref) < 2e-2 and _rel(st.kv, st_ref.kv) < 2e-2
 
 
+@pytest.mark.parametrize("pairs", PAIRS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_64k_tokens_normaliser_does_not_overflow(dtype):
+def test_64k_tokens_normaliser_does_not_overflow(dtype, pairs):
     """At 64k tokens the normaliser and the state sums pass 65,504 (fp16's max): both must stay fp32."""
     n = 65536
     q, k, v, _, _ = _inputs(1, n, 2, 64, dtype, seed=3, scale=1.5)
     v = (v.float() + 2.0).to(dtype)  # values with a mean: the constant-feature sum grows like 2n
-    o, st = based_linear_attention(q, k, v, output_final_state=True)
+    o, st = _based(q, k, v, pairs, output_final_state=True)
     assert st.ksum[..., 0].min().item() == n  # the constant feature counts every token
     assert torch.isfinite(o).all()
     o_ref, _ = _chunked_ref(q, k, v)
@@ -103,3 +120,14 @@ def test_decode_step_full_size(batch):
         assert _rel(o_t, o_full[:, t]) < 2e-2
     assert st.kv.data_ptr() == ptr
     assert _rel(st.kv, st64.kv) < 1e-3
+
+
+@pytest.mark.parametrize("pairs", ["cyclic", "cyclic_load"])
+@pytest.mark.parametrize("num_warps,chunk", [(4, 64), (8, 64), (8, 128)])
+def test_cyclic_layouts_match_onehot_kernel(pairs, num_warps, chunk):
+    """The tuned launch shapes of the cyclic kernels: same outputs and states as the default kernel."""
+    q, k, v, _, _ = _inputs(2, 5000, 8, 64, torch.bfloat16, seed=5)
+    o_ref, st_ref = triton_ops.based_prefill(q, k, v, output_final_state=True)
+    cfg = _config(pairs, num_warps=num_warps, chunk=chunk)
+    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
+    assert _rel(o, o_ref) < 1e-2 and _rel(st.kv, st_ref.kv) < 1e-4

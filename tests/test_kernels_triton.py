@@ -3,6 +3,7 @@
 The full-size runs of the same checks are in test_kernels_gpu.py (marker `gpu`).
 """
 
+import dataclasses
 import importlib
 import os
 
@@ -25,6 +26,14 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter t
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 SMALL = triton_ops.ChunkConfig(chunk=32, block_dv=16)  # several chunks and value blocks on tiny inputs
 SMALL_FULL = triton_ops.ChunkConfig(chunk=32, block_dv=16, symmetric=False)  # all f*f quadratic features
+SMALL_CYCLIC = dataclasses.replace(SMALL, pairs="cyclic")  # pair groups by cyclic distance
+SMALL_CYCLIC_LOAD = dataclasses.replace(SMALL, pairs="cyclic_load")
+# every layout of the pair features: each prefill / PLA / encoder check runs under all of them
+PAIRS = ["onehot", "cyclic", "cyclic_load"]
+
+
+def _with_pairs(config, pairs):
+    return dataclasses.replace(config or triton_ops.DEFAULT_CONFIG, pairs=pairs)
 
 
 def _rel(a, b):
@@ -51,7 +60,17 @@ def _f64(*ts):
         (torch.float32, 77, SMALL),
         (torch.bfloat16, 77, SMALL),
         (torch.float32, 77, SMALL_FULL),
+        (torch.float16, 77, SMALL),
+        (torch.float32, 1, SMALL_CYCLIC),
+        (torch.float32, 77, SMALL_CYCLIC),
+        (torch.bfloat16, 77, SMALL_CYCLIC),
+        (torch.float16, 77, SMALL_CYCLIC),
+        (torch.float32, 1, SMALL_CYCLIC_LOAD),
+        (torch.float32, 77, SMALL_CYCLIC_LOAD),
+        (torch.bfloat16, 77, SMALL_CYCLIC_LOAD),
+        (torch.float16, 77, SMALL_CYCLIC_LOAD),
     ],
+    ids=lambda x: getattr(x, "pairs", None) if isinstance(x, triton_ops.ChunkConfig) else None,
 )
 def test_based_prefill_matches_reference(dtype, n, config):
     q, k, v, _, _ = _inputs(2, n, 2, 24, dtype)  # dv=24: partial value block
@@ -71,9 +90,10 @@ def test_based_prefill_matches_reference(dtype, n, config):
     assert torch.all(o[~mask] == 0)
 
 
-def test_based_prefill_default_chunk_no_mask():
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_based_prefill_default_chunk_no_mask(pairs):
     q, k, v, _, _ = _inputs(1, 150, 1, 64, torch.float32, seed=2)  # 150 = 2 chunks of 64 + 22
-    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True)
+    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(None, pairs))
     o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), output_final_state=True)
     assert _rel(o, o_ref) < 1e-4 and _rel(st.kv, st_ref.kv) < 1e-4
 
@@ -88,14 +108,15 @@ def test_based_prefill_default_chunk_no_mask():
         (torch.bfloat16, [70, 3]),
     ],
 )
-def test_pla_prefill_matches_reference(dtype, lengths):
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_pla_prefill_matches_reference(dtype, lengths, pairs):
     n = 70
     q, k, v, ke, ve = _inputs(2, n, 2, 16, dtype, seed=3)
     mask = torch.ones(2, n, dtype=torch.bool)
     mask[1, :6] = False  # left padding of the second row
     enc = torch.tensor(lengths)
     o, st = triton_ops.pla_prefill(
-        q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=SMALL
+        q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=_with_pairs(SMALL, pairs)
     )
     o_ref, st_ref = ref.pla_quadratic(
         *_f64(q, k, v, ke, ve), enc_lengths=enc, mask=mask, output_final_state=True
@@ -104,12 +125,13 @@ def test_pla_prefill_matches_reference(dtype, lengths):
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-6
 
 
-def test_encoder_reduction_over_several_splits():
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_encoder_reduction_over_several_splits(pairs):
     n = 2500  # > 1024 tokens: the reduction splits the encoder over several programs
     _, _, _, ke, ve = _inputs(1, n, 1, 16, torch.float32, seed=4)
     enc = torch.tensor([2100])
     st = triton_ops.encoder_state(
-        ke, ve, enc_lengths=enc, config=triton_ops.ChunkConfig(chunk=64, block_dv=16)
+        ke, ve, enc_lengths=enc, config=triton_ops.ChunkConfig(chunk=64, block_dv=16, pairs=pairs)
     )
     w = (torch.arange(n) < 2100).double()[None]
     st_ref = ref.state_from_tokens(ke.double(), ve.double(), w)
@@ -157,13 +179,14 @@ def test_dispatch_prefill_then_decode_through_public_ops(monkeypatch):
         assert _rel(o_t, o_ref[:, t]) < 1e-4
 
 
-def test_segmented_prefill_equals_single_pass():
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_segmented_prefill_equals_single_pass(pairs):
     """Segments run in parallel from prefix-summed starting states; same output and final state."""
     q, k, v, _, _ = _inputs(2, 90, 1, 16, torch.float32, seed=9)
     mask = torch.ones(2, 90, dtype=torch.bool)
     mask[0, :13] = False
     init = ref.state_from_tokens(*_inputs(2, 5, 1, 16, torch.float32, seed=10)[1:3], torch.ones(2, 5))
-    seg = triton_ops.ChunkConfig(chunk=32, block_dv=16, segments=3)
+    seg = triton_ops.ChunkConfig(chunk=32, block_dv=16, segments=3, pairs=pairs)
     o, st = triton_ops.based_prefill(
         q, k, v, mask=mask, initial_state=init, output_final_state=True, config=seg
     )
@@ -175,14 +198,17 @@ def test_segmented_prefill_equals_single_pass():
     assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
 
 
-def test_symmetric_prefill_reads_any_initial_state_exactly():
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_symmetric_prefill_reads_any_initial_state_exactly(pairs):
     """An initial state whose quadratic block is not symmetric still gives the exact output."""
     q, k, v, _, _ = _inputs(1, 40, 1, 16, torch.float32, seed=11)
     g = torch.Generator().manual_seed(12)
     init = ref.LinearAttentionState(
         torch.randn(1, 1, 273, 16, generator=g), torch.rand(1, 1, 273, generator=g) + 1
     )
-    o, st = triton_ops.based_prefill(q, k, v, initial_state=init, output_final_state=True, config=SMALL)
+    o, st = triton_ops.based_prefill(
+        q, k, v, initial_state=init, output_final_state=True, config=_with_pairs(SMALL, pairs)
+    )
     init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
     o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), initial_state=init64, output_final_state=True)
     assert _rel(o, o_ref) < 1e-4
@@ -195,10 +221,57 @@ def test_symmetric_prefill_reads_any_initial_state_exactly():
     assert _rel(st.kv[..., :17, :], st_ref.kv[..., :17, :]) < 1e-5
 
 
-def test_states_of_the_ops_are_symmetric():
+@pytest.mark.parametrize("pairs", PAIRS)
+def test_states_of_the_ops_are_symmetric(pairs):
     q, k, v, ke, ve = _inputs(2, 50, 2, 16, torch.float32, seed=13)
     _, st = triton_ops.pla_prefill(
-        q, k, v, ke, ve, enc_lengths=torch.tensor([20, 50]), output_final_state=True
+        q,
+        k,
+        v,
+        ke,
+        ve,
+        enc_lengths=torch.tensor([20, 50]),
+        output_final_state=True,
+        config=_with_pairs(None, pairs),
     )
     quad = st.kv[..., 17:, :].reshape(2, 2, 16, 16, 16)
     assert torch.equal(quad, quad.transpose(2, 3))
+
+
+@pytest.mark.parametrize("pairs", ["cyclic", "cyclic_load"])
+def test_cyclic_layout_reads_and_writes_each_pair_row(pairs):
+    """A state with one nonzero pair row (i, j) is read through exactly that pair, and the final
+    state of an empty run puts it back in rows (i, j) and (j, i): the cyclic groups cover the 120
+    pairs once each, the half group (distance 8) included."""
+    q, k, v, _, _ = _inputs(1, 1, 1, 16, torch.float32, seed=14)
+    mask = torch.zeros(1, 1, dtype=torch.bool)  # no token enters the state
+    cfg = _with_pairs(SMALL, pairs)
+    for i, j in [(0, 1), (3, 11), (15, 0), (2, 10), (10, 2), (7, 15), (9, 14)]:
+        kv = torch.zeros(1, 1, 273, 16)
+        kv[0, 0, 17 + i * 16 + j] = torch.arange(1.0, 17.0)
+        init = ref.LinearAttentionState(kv, torch.ones(1, 1, 273))
+        _, st = triton_ops.based_prefill(
+            q, k, v, mask=mask, initial_state=init, output_final_state=True, config=cfg
+        )
+        expect = torch.zeros_like(kv)
+        expect[0, 0, 17 + i * 16 + j] = expect[0, 0, 17 + j * 16 + i] = torch.arange(1.0, 17.0) / 2
+        assert torch.allclose(st.kv, expect, rtol=1e-6, atol=0), (i, j)
+
+
+def test_cyclic_and_onehot_layouts_agree_on_states():
+    q, k, v, _, _ = _inputs(2, 70, 2, 24, torch.float32, seed=15)
+    outs = [
+        triton_ops.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(SMALL, p))
+        for p in PAIRS
+    ]
+    for o, st in outs[1:]:
+        assert _rel(o, outs[0][0]) < 1e-6 and _rel(st.kv, outs[0][1].kv) < 1e-6
+        assert torch.equal(st.ksum, outs[0][1].ksum)  # the normaliser is computed the same way
+
+
+def test_pair_layout_is_validated():
+    q, k, v, _, _ = _inputs(1, 8, 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="pairs"):
+        triton_ops.based_prefill(q, k, v, config=_with_pairs(SMALL, "diagonal"))
+    with pytest.raises(ValueError, match="symmetric"):
+        triton_ops.based_prefill(q, k, v, config=dataclasses.replace(SMALL_CYCLIC, symmetric=False))

@@ -194,6 +194,14 @@ def tune_chunked(
             cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2),
             cfg(chunk=128, block_dv=64, num_warps=4, num_stages=2),
             cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, symmetric=False),
+            # pair features grouped by cyclic distance (ten [64, 16] state tiles, see
+            # _chunked_cyclic_kernel); "cyclic_load" reads partner components from memory
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="cyclic"),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
+            cfg(chunk=128, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
+            cfg(chunk=64, block_dv=32, num_warps=4, num_stages=2, pairs="cyclic"),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="cyclic_load"),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic_load"),
         ]
         with_segments = False  # measured slower at batch 16 x 16 heads (an extra reduction pass)
     else:

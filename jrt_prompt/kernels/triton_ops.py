@@ -16,6 +16,10 @@ from that encoder state — which is exactly the cross term of PLA with its shar
 For small batch x heads the causal pass is cut into sequence segments that run in parallel from
 prefix-summed segment states. The decode step is one fused kernel per token (see
 _step_sym_kernel). Measured figures: docs/benchmarks.md.
+
+``ChunkConfig(pairs="cyclic")`` runs the same algorithm with the pair rows grouped by cyclic
+distance (_chunked_cyclic_kernel): ten [dv, f] state tiles and [BT, f] temporaries instead of a
+[128, dv] pair tile and [BT, 128] expansions, for lower register pressure. Same states in and out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ class ChunkConfig:
     symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
     segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
+    # Order of the pair features i < j in the symmetric kernel: "onehot" (_chunked_kernel: one
+    # [pairs, dv] tile, features by one-hot selection products), "cyclic" (_chunked_cyclic_kernel:
+    # eight [f, dv] tiles grouped by cyclic distance, partners by a one-hot [f, f] product) or
+    # "cyclic_load" (the same, partners read again from memory). Same results and states.
+    pairs: str = "onehot"
+
+
+PAIR_LAYOUTS = ("onehot", "cyclic", "cyclic_load")
 
 
 DEFAULT_CONFIG = ChunkConfig()
@@ -275,6 +287,327 @@ def _chunked_kernel(
             tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
 
 
+# ---------------------------------------------------------------------------------------------
+# Cyclic pair layout (ChunkConfig.pairs = "cyclic" / "cyclic_load")
+# ---------------------------------------------------------------------------------------------
+#
+# The 120 pairs i < j of f = 16 features are grouped by cyclic distance d: group d = 1..7 is the
+# 16 pairs (i, (i + d) mod 16), group 8 the 8 pairs (i, i + 8), i < 8, held as a 16-row group
+# whose rows i >= 8 are always zero. A group's query features are one [BT, 16] tile
+# q * q[:, (i + d) mod 16], so the state is ten [BLOCK_DV, 16] fp32 tiles (linear, diagonal,
+# eight pair groups) and every temporary is [BT, 16] instead of the [BT, 128] pair expansion of
+# the one-hot layout. The state holds exactly what the SYM rows of _chunked_kernel hold (pair
+# (i, j) carries k_i k_j / f^(1/2) with no 1/sqrt2), only in another row order.
+
+
+@triton.jit
+def _cyc_partner(D: tl.constexpr, F: tl.constexpr, dtype: tl.constexpr):
+    """One-hot [F, F] matrix P with (x @ P)[:, i] = x[:, (i + D) mod F]. In the half group
+    D = F/2 the columns i >= D select nothing, so each of its pairs is counted once."""
+    r = tl.arange(0, F)[:, None]
+    c = tl.arange(0, F)[None, :]
+    sel = r == (c + D) % F
+    if 2 * D == F:
+        sel = sel & (c < D)
+    return sel.to(dtype)
+
+
+@triton.jit
+def _cyc_rows(D: tl.constexpr, F: tl.constexpr):
+    """Rows of pair group D in the 273-row layout: (i, j), its mirror (j, i), and which rows exist."""
+    i = tl.arange(0, F)
+    j = (i + D) % F
+    if 2 * D == F:
+        ok = i < D
+    else:
+        ok = i < F
+    return 1 + F + i * F + j, 1 + F + j * F + i, ok
+
+
+@triton.jit
+def _cyc_load(kv_in, D: tl.constexpr, F: tl.constexpr, offs_dv, dv_mask, DV):
+    # [BLOCK_DV, F] tile of group D (the state is held transposed, see _chunked_cyclic_kernel):
+    # (S_ij + S_ji) / sqrt2, exact for any state, symmetric or not (as the SYM path reads it)
+    row, mirror, ok = _cyc_rows(D, F)
+    m = dv_mask[:, None] & ok[None, :]
+    s = tl.load(kv_in + row[None, :] * DV + offs_dv[:, None], mask=m, other=0.0).to(tl.float32)
+    s += tl.load(kv_in + mirror[None, :] * DV + offs_dv[:, None], mask=m, other=0.0).to(tl.float32)
+    return s * 0.7071067811865476
+
+
+@triton.jit
+def _cyc_store(out_kv, s, D: tl.constexpr, F: tl.constexpr, offs_dv, dv_mask, DV):
+    # both rows of the pair get S / sqrt2; the half group's empty rows i >= F/2 are not stored
+    # (they would alias rows i - F/2 of the same group)
+    row, mirror, ok = _cyc_rows(D, F)
+    m = dv_mask[:, None] & ok[None, :]
+    s = s * 0.7071067811865476
+    tl.store(out_kv + row[None, :] * DV + offs_dv[:, None], s, mask=m)
+    tl.store(out_kv + mirror[None, :] * DV + offs_dv[:, None], s, mask=m)
+
+
+@triton.jit
+def _cyc_group(
+    num,
+    s,
+    qd,
+    qs,
+    kd,
+    ks,
+    vw_t,
+    q_ptr,
+    k_ptr,
+    tok,
+    t_ok,
+    scale1,
+    D: tl.constexpr,
+    F: tl.constexpr,
+    WRITE_OUTPUT: tl.constexpr,
+    PARTNER_LOAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
+):
+    """One chunk for pair group D: read-out of the state of earlier tokens into num [BT, dv],
+    then s [dv, F] += vw^T @ (pair features of the chunk's keys). Returns (num, s)."""
+    offs_f = tl.arange(0, F)
+    if WRITE_OUTPUT:
+        if PARTNER_LOAD:
+            # partner components read again from memory (L1-resident: the tile was just loaded)
+            partner = (offs_f + D) % F
+            p_ok = offs_f < F
+            if 2 * D == F:
+                p_ok = offs_f < D
+            qp = tl.load(
+                q_ptr + tok[:, None] + partner[None, :], mask=t_ok[:, None] & p_ok[None, :], other=0.0
+            ).to(tl.float32)
+        else:
+            # a one-hot product on the tensor cores: exact (one nonzero term per output)
+            qp = tl.dot(qd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)
+        qq = qs * qp * scale1  # [BT, F]: q_i q_(i+D) / f^(1/2)
+        num = tl.dot(qq.to(STATE_DTYPE), tl.trans(s.to(STATE_DTYPE)), num, input_precision=PRECISION)
+    if PARTNER_LOAD:
+        partner = (offs_f + D) % F
+        p_ok = offs_f < F
+        if 2 * D == F:
+            p_ok = offs_f < D
+        kp = tl.load(
+            k_ptr + tok[:, None] + partner[None, :], mask=t_ok[:, None] & p_ok[None, :], other=0.0
+        ).to(tl.float32)
+    else:
+        kp = tl.dot(kd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)  # [BT, F]
+    kq = ks * kp * scale1
+    s = tl.dot(vw_t, kq.to(DOT_DTYPE), s, input_precision=PRECISION)
+    return num, s
+
+
+@triton.jit
+def _chunked_cyclic_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    mask_ptr,
+    enc_len_ptr,
+    kv_in_ptr,
+    ks_in_ptr,
+    kv_out_ptr,
+    ks_out_ptr,
+    N,
+    H,
+    DV,
+    tokens_per_split,
+    in_split_stride_kv,
+    in_split_stride_ks,
+    out_split_stride_kv,
+    out_split_stride_ks,
+    eps,
+    scale1,
+    F: tl.constexpr,
+    BT: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    WRITE_OUTPUT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_ENC_LEN: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_STATE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
+    PARTNER_LOAD: tl.constexpr,
+):
+    """_chunked_kernel (SYM) with the pair rows in the cyclic layout: same arguments, same
+    results, same 273-row states in and out; the state is ten [BLOCK_DV, F] register tiles.
+
+    The tiles are held transposed (value columns first): the update vw^T @ features then has
+    M = BLOCK_DV (64), which Hopper's warpgroup MMA needs, with both operands in shared memory
+    (vw is stored there for the intra-chunk product anyway). With [F, BLOCK_DV] tiles (M = 16)
+    the update fell back to register-operand MMAs, and ptxas (sm_90a, bf16, 4 warps) reported
+    ~1.2 kB of spill stores instead of ~0.4 kB.
+
+    PARTNER_LOAD=False builds the partner tile x[:, (i + d) mod F] by a one-hot [F, F] product,
+    True by reading the q / k tile again with permuted column offsets.
+    """
+    tl.static_assert(F == 16, "the cyclic layout is written out for feature dim 16 (8 pair groups)")
+    pid_dv = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_split = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    FEAT: tl.constexpr = 1 + F + F * F
+    R2: tl.constexpr = 0.7071067811865476
+
+    offs_f = tl.arange(0, F)
+    offs_t = tl.arange(0, BT)
+    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    dv_mask = offs_dv < DV
+    qk_base = b.to(tl.int64) * N * H * F + h * F
+    v_base = b.to(tl.int64) * N * H * DV + h * DV
+    st_base = pid_bh.to(tl.int64) * FEAT * DV
+    zs_base = pid_bh.to(tl.int64) * FEAT
+    dtype = DOT_DTYPE
+    row_lin = 1 + offs_f
+    row_dia = 1 + F + offs_f * (F + 1)
+
+    # Running state (fp32, [BLOCK_DV, F] tiles), one variable per tile: Triton has no indexable
+    # arrays of tensors, so the eight pair groups are spelled out.
+    if HAS_INIT:
+        kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
+        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
+        s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0).to(tl.float32)
+        s_lin = tl.load(kv_in + row_lin[None, :] * DV + offs_dv[:, None], mask=dv_mask[:, None], other=0.0)
+        s_dia = tl.load(kv_in + row_dia[None, :] * DV + offs_dv[:, None], mask=dv_mask[:, None], other=0.0)
+        s_lin = s_lin.to(tl.float32)
+        s_dia = s_dia.to(tl.float32)
+        s_p1 = _cyc_load(kv_in, 1, F, offs_dv, dv_mask, DV)
+        s_p2 = _cyc_load(kv_in, 2, F, offs_dv, dv_mask, DV)
+        s_p3 = _cyc_load(kv_in, 3, F, offs_dv, dv_mask, DV)
+        s_p4 = _cyc_load(kv_in, 4, F, offs_dv, dv_mask, DV)
+        s_p5 = _cyc_load(kv_in, 5, F, offs_dv, dv_mask, DV)
+        s_p6 = _cyc_load(kv_in, 6, F, offs_dv, dv_mask, DV)
+        s_p7 = _cyc_load(kv_in, 7, F, offs_dv, dv_mask, DV)
+        s_p8 = _cyc_load(kv_in, 8, F, offs_dv, dv_mask, DV)
+        z0 = tl.load(ks_in)
+        z1 = tl.load(ks_in + 1 + offs_f)
+        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
+    else:
+        s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        s_lin = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_dia = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p1 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p2 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p3 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p4 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p5 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p6 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p7 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        s_p8 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+        z1 = tl.zeros([F], dtype=tl.float32)
+        z2 = tl.zeros([F, F], dtype=tl.float32)
+
+    t_begin = pid_split * tokens_per_split
+    t_end = tl.minimum(N, t_begin + tokens_per_split)
+    if HAS_ENC_LEN:
+        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+
+    for t0 in range(t_begin, t_end, BT):
+        t = t0 + offs_t
+        t_ok = t < t_end
+        w = t_ok.to(tl.float32)
+        if HAS_MASK:
+            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+        tok = qk_base + t * (H * F)
+        k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+        v = tl.load(
+            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+            mask=t_ok[:, None] & dv_mask[None, :],
+            other=0.0,
+        )
+        ks = k.to(tl.float32) * scale1
+        vw = (v.to(tl.float32) * w[:, None]).to(dtype)
+        vw_t = tl.trans(vw)  # [BLOCK_DV, BT]
+        kd = k.to(dtype)
+        if WRITE_OUTPUT:
+            q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+            qd = q.to(dtype)
+            qs = q.to(tl.float32) * scale1
+            # Intra-chunk: scores 1 + s + s^2/2, causal, masked keys removed.
+            s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
+            a = 1.0 + s + 0.5 * s * s
+            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
+            num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
+            den = tl.sum(a, 1)
+            # Inter-chunk, constant / linear / diagonal features (STATE_DTYPE: see _chunked_kernel)
+            num = num + s0[None, :]
+            num = tl.dot(qs.to(STATE_DTYPE), tl.trans(s_lin.to(STATE_DTYPE)), num, input_precision=PRECISION)
+            qdia = qs * qs * R2
+            num = tl.dot(
+                qdia.to(STATE_DTYPE), tl.trans(s_dia.to(STATE_DTYPE)), num, input_precision=PRECISION
+            )
+            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
+            den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
+        else:
+            # pure reduction: no queries, no output (placeholders keep one _cyc_group signature)
+            qd = kd
+            qs = ks
+            num = s0
+        # State update of the constant / linear / diagonal features (all of earlier tokens were
+        # read above, so the update may follow group by group below).
+        s0 = s0 + tl.sum(vw.to(tl.float32), 0)
+        s_lin = tl.dot(vw_t, ks.to(dtype), s_lin, input_precision=PRECISION)
+        s_dia = tl.dot(vw_t, (ks * ks * R2).to(dtype), s_dia, input_precision=PRECISION)
+        # Pair groups: each one's read-out uses only its own tile, so read it then update it.
+        # fmt: off
+        num, s_p1 = _cyc_group(num, s_p1, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 1, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p2 = _cyc_group(num, s_p2, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 2, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p3 = _cyc_group(num, s_p3, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 3, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p4 = _cyc_group(num, s_p4, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 4, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p5 = _cyc_group(num, s_p5, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 5, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p6 = _cyc_group(num, s_p6, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 6, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p7 = _cyc_group(num, s_p7, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 7, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p8 = _cyc_group(num, s_p8, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 8, F,
+                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        # fmt: on
+        if WRITE_OUTPUT:
+            o = num / (den[:, None] + eps) * w[:, None]
+            tl.store(
+                o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+                o.to(o_ptr.dtype.element_ty),
+                mask=t_ok[:, None] & dv_mask[None, :],
+            )
+        kw = tl.trans(ks) * w[None, :]
+        z0 = z0 + tl.sum(w, 0)
+        z1 = z1 + tl.sum(kw, 1)
+        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
+
+    if STORE_STATE:
+        out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
+        tl.store(out_kv + offs_dv, s0, mask=dv_mask)
+        tl.store(out_kv + row_lin[None, :] * DV + offs_dv[:, None], s_lin, mask=dv_mask[:, None])
+        tl.store(out_kv + row_dia[None, :] * DV + offs_dv[:, None], s_dia, mask=dv_mask[:, None])
+        _cyc_store(out_kv, s_p1, 1, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p2, 2, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p3, 3, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p4, 4, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p5, 5, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p6, 6, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p7, 7, F, offs_dv, dv_mask, DV)
+        _cyc_store(out_kv, s_p8, 8, F, offs_dv, dv_mask, DV)
+        if pid_dv == 0:
+            out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
+            tl.store(out_ks, z0)
+            tl.store(out_ks + 1 + offs_f, z1)
+            tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
+
+
 @triton.jit
 def _step_kernel(
     q_ptr,
@@ -471,6 +804,50 @@ def _launch_chunked(
     grid = (triton.cdiv(dv, block_dv), b * h, splits)
     feats = 1 + f + f * f
     state_kv, state_ks = b * h * feats * dv, b * h * feats
+    if config.pairs not in PAIR_LAYOUTS:
+        raise ValueError(f"ChunkConfig.pairs={config.pairs!r}; choose from {', '.join(PAIR_LAYOUTS)}")
+    if config.pairs != "onehot":
+        if not config.symmetric:
+            raise ValueError(f"ChunkConfig.pairs={config.pairs!r} needs symmetric=True")
+        if f != 16:
+            raise ValueError(f"the cyclic pair layout is written for feature dim 16, not {f}")
+        return _chunked_cyclic_kernel[grid](
+            q,
+            k,
+            v,
+            out if out is not None else dummy,
+            mask_u8 if mask_u8 is not None else dummy,
+            enc_len if enc_len is not None else dummy,
+            init.kv if init is not None else dummy,
+            init.ksum if init is not None else dummy,
+            kv_out if kv_out is not None else dummy,
+            ks_out if ks_out is not None else dummy,
+            n,
+            h,
+            dv,
+            tokens_per_split,
+            state_kv if init_per_split else 0,
+            state_ks if init_per_split else 0,
+            state_kv,
+            state_ks,
+            eps,
+            f**-0.25,
+            F=f,
+            BT=config.chunk,
+            BLOCK_DV=block_dv,
+            WRITE_OUTPUT=write_output,
+            HAS_MASK=mask_u8 is not None,
+            HAS_ENC_LEN=enc_len is not None,
+            HAS_INIT=init is not None,
+            STORE_STATE=kv_out is not None,
+            PRECISION=_precision(v.dtype),
+            DOT_DTYPE=_dot_dtype(v.dtype),
+            STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
+            PARTNER_LOAD=config.pairs == "cyclic_load",
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+            **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
+        )
     return _chunked_kernel[grid](
         q,
         k,
@@ -694,7 +1071,10 @@ def pla_prefill(
     eps=1e-12,
     output_final_state=False,
     config: ChunkConfig | None = None,
+    encoder_config: ChunkConfig | None = None,
 ):
+    """Prefix linear attention: the encoder reduction (``encoder_config``, default ``config``),
+    then the causal prefill started from its state (``config``)."""
     if not supports(q):
         return reference.pla_chunked(
             q,
@@ -707,7 +1087,7 @@ def pla_prefill(
             eps=eps,
             output_final_state=output_final_state,
         )
-    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=config)
+    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config or config)
     return based_prefill(
         q, k, v, mask=mask, eps=eps, initial_state=enc, output_final_state=output_final_state, config=config
     )
