@@ -188,20 +188,18 @@ def tune_chunked(
     if configs is None:
         cfg = triton_ops.ChunkConfig
         configs = [
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2),
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=3),
-            cfg(chunk=32, block_dv=64, num_warps=4, num_stages=2),
-            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2),
-            cfg(chunk=128, block_dv=64, num_warps=4, num_stages=2),
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, symmetric=False),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=3, pairs="onehot"),
+            cfg(chunk=32, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
+            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="onehot"),
+            cfg(chunk=128, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
+            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, symmetric=False, pairs="onehot"),
             # pair features grouped by cyclic distance (ten [64, 16] state tiles, see
-            # _chunked_cyclic_kernel); "cyclic_load" reads partner components from memory
+            # _chunked_cyclic_kernel); the first is the default
             cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="cyclic"),
             cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
             cfg(chunk=128, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
             cfg(chunk=64, block_dv=32, num_warps=4, num_stages=2, pairs="cyclic"),
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="cyclic_load"),
-            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic_load"),
         ]
         with_segments = False  # measured slower at batch 16 x 16 heads (an extra reduction pass)
     else:

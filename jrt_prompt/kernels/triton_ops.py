@@ -51,12 +51,12 @@ class ChunkConfig:
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
     # Order of the pair features i < j in the symmetric kernel: "onehot" (_chunked_kernel: one
     # [pairs, dv] tile, features by one-hot selection products), "cyclic" (_chunked_cyclic_kernel:
-    # eight [f, dv] tiles grouped by cyclic distance, partners by a one-hot [f, f] product) or
-    # "cyclic_load" (the same, partners read again from memory). Same results and states.
-    pairs: str = "onehot"
+    # eight [f, dv] tiles grouped by cyclic distance, partners by a one-hot [f, f] product). Same
+    # results and states; "cyclic" measured 5% faster on an H200 (docs/benchmarks.md).
+    pairs: str = "cyclic"
 
 
-PAIR_LAYOUTS = ("onehot", "cyclic", "cyclic_load")
+PAIR_LAYOUTS = ("onehot", "cyclic")
 
 
 DEFAULT_CONFIG = ChunkConfig()
@@ -288,7 +288,7 @@ def _chunked_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Cyclic pair layout (ChunkConfig.pairs = "cyclic" / "cyclic_load")
+# Cyclic pair layout (ChunkConfig.pairs = "cyclic")
 # ---------------------------------------------------------------------------------------------
 #
 # The 120 pairs i < j of f = 16 features are grouped by cyclic distance d: group d = 1..7 is the
@@ -355,47 +355,22 @@ def _cyc_group(
     kd,
     ks,
     vw_t,
-    q_ptr,
-    k_ptr,
-    tok,
-    t_ok,
     scale1,
     D: tl.constexpr,
     F: tl.constexpr,
     WRITE_OUTPUT: tl.constexpr,
-    PARTNER_LOAD: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
 ):
     """One chunk for pair group D: read-out of the state of earlier tokens into num [BT, dv],
     then s [dv, F] += vw^T @ (pair features of the chunk's keys). Returns (num, s)."""
-    offs_f = tl.arange(0, F)
     if WRITE_OUTPUT:
-        if PARTNER_LOAD:
-            # partner components read again from memory (L1-resident: the tile was just loaded)
-            partner = (offs_f + D) % F
-            p_ok = offs_f < F
-            if 2 * D == F:
-                p_ok = offs_f < D
-            qp = tl.load(
-                q_ptr + tok[:, None] + partner[None, :], mask=t_ok[:, None] & p_ok[None, :], other=0.0
-            ).to(tl.float32)
-        else:
-            # a one-hot product on the tensor cores: exact (one nonzero term per output)
-            qp = tl.dot(qd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)
+        # a one-hot product on the tensor cores: exact (one nonzero term per output)
+        qp = tl.dot(qd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)
         qq = qs * qp * scale1  # [BT, F]: q_i q_(i+D) / f^(1/2)
         num = tl.dot(qq.to(STATE_DTYPE), tl.trans(s.to(STATE_DTYPE)), num, input_precision=PRECISION)
-    if PARTNER_LOAD:
-        partner = (offs_f + D) % F
-        p_ok = offs_f < F
-        if 2 * D == F:
-            p_ok = offs_f < D
-        kp = tl.load(
-            k_ptr + tok[:, None] + partner[None, :], mask=t_ok[:, None] & p_ok[None, :], other=0.0
-        ).to(tl.float32)
-    else:
-        kp = tl.dot(kd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)  # [BT, F]
+    kp = tl.dot(kd, _cyc_partner(D, F, DOT_DTYPE), input_precision=PRECISION)  # [BT, F]
     kq = ks * kp * scale1
     s = tl.dot(vw_t, kq.to(DOT_DTYPE), s, input_precision=PRECISION)
     return num, s
@@ -434,7 +409,6 @@ def _chunked_cyclic_kernel(
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
-    PARTNER_LOAD: tl.constexpr,
 ):
     """_chunked_kernel (SYM) with the pair rows in the cyclic layout: same arguments, same
     results, same 273-row states in and out; the state is ten [BLOCK_DV, F] register tiles.
@@ -445,8 +419,8 @@ def _chunked_cyclic_kernel(
     the update fell back to register-operand MMAs, and ptxas (sm_90a, bf16, 4 warps) reported
     ~1.2 kB of spill stores instead of ~0.4 kB.
 
-    PARTNER_LOAD=False builds the partner tile x[:, (i + d) mod F] by a one-hot [F, F] product,
-    True by reading the q / k tile again with permuted column offsets.
+    The partner tile x[:, (i + d) mod F] is a one-hot [F, F] product (reading the q / k tile
+    again with permuted column offsets instead measured twice as slow).
     """
     tl.static_assert(F == 16, "the cyclic layout is written out for feature dim 16 (8 pair groups)")
     pid_dv = tl.program_id(0)
@@ -559,22 +533,22 @@ def _chunked_cyclic_kernel(
         s_dia = tl.dot(vw_t, (ks * ks * R2).to(dtype), s_dia, input_precision=PRECISION)
         # Pair groups: each one's read-out uses only its own tile, so read it then update it.
         # fmt: off
-        num, s_p1 = _cyc_group(num, s_p1, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 1, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p2 = _cyc_group(num, s_p2, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 2, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p3 = _cyc_group(num, s_p3, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 3, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p4 = _cyc_group(num, s_p4, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 4, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p5 = _cyc_group(num, s_p5, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 5, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p6 = _cyc_group(num, s_p6, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 6, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p7 = _cyc_group(num, s_p7, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 7, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
-        num, s_p8 = _cyc_group(num, s_p8, qd, qs, kd, ks, vw_t, q_ptr, k_ptr, tok, t_ok, scale1, 8, F,
-                                 WRITE_OUTPUT, PARTNER_LOAD, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p1 = _cyc_group(num, s_p1, qd, qs, kd, ks, vw_t, scale1, 1, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p2 = _cyc_group(num, s_p2, qd, qs, kd, ks, vw_t, scale1, 2, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p3 = _cyc_group(num, s_p3, qd, qs, kd, ks, vw_t, scale1, 3, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p4 = _cyc_group(num, s_p4, qd, qs, kd, ks, vw_t, scale1, 4, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p5 = _cyc_group(num, s_p5, qd, qs, kd, ks, vw_t, scale1, 5, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p6 = _cyc_group(num, s_p6, qd, qs, kd, ks, vw_t, scale1, 6, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p7 = _cyc_group(num, s_p7, qd, qs, kd, ks, vw_t, scale1, 7, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
+        num, s_p8 = _cyc_group(num, s_p8, qd, qs, kd, ks, vw_t, scale1, 8, F,
+                               WRITE_OUTPUT, PRECISION, DOT_DTYPE, STATE_DTYPE)
         # fmt: on
         if WRITE_OUTPUT:
             o = num / (den[:, None] + eps) * w[:, None]
@@ -843,7 +817,6 @@ def _launch_chunked(
             PRECISION=_precision(v.dtype),
             DOT_DTYPE=_dot_dtype(v.dtype),
             STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
-            PARTNER_LOAD=config.pairs == "cyclic_load",
             num_warps=config.num_warps,
             num_stages=config.num_stages,
             **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
