@@ -12,7 +12,7 @@ from jrt_prompt.synthetic import read_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "jrt_prompt" / "demo"
 EXAMPLE = ROOT / "examples" / "record.txt"
-QUESTION, ANSWER = "What is the birthplace?", "Seoul"
+QUESTION, ANSWER = "What is the garden?", "guava"
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,25 @@ def test_demo_files_ship_and_stay_small():
     assert len(rows) >= 100 and all(len(r["answers"]) == 1 for r in rows)
 
 
-def test_demo_answers_the_example_in_both_forms(demo):
+def test_demo_answers_the_example_when_it_reads_twice(demo):
+    """The shipped example is a record whose first facts the small state loses in one read: the
+    JRT prompt (question up front, record twice) recovers the value, the default prompt does not."""
     context = EXAMPLE.read_text().strip()
     assert ANSWER in context
-    prompts = [JRTPrompt.plain().render(context, QUESTION), JRTPrompt(repeat=2).render(context, QUESTION)]
-    answers = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
-    assert answers == [ANSWER, ANSWER]
+    prompts = [JRTPrompt(repeat=2).render(context, QUESTION), JRTPrompt.plain().render(context, QUESTION)]
+    jrt, default = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
+    assert jrt == ANSWER
+    assert default != ANSWER
 
 
-def test_demo_recalls_held_out_documents(demo):
-    rows = read_jsonl(DEMO / "kv_docs_heldout.jsonl")[:24]
-    for template in (JRTPrompt.plain(), JRTPrompt(repeat=2)):
+def test_demo_recalls_more_held_out_documents_when_it_reads_twice(demo):
+    rows = read_jsonl(DEMO / "kv_docs_heldout.jsonl")[:64]
+    right = {}
+    for name, template in (("default", JRTPrompt.plain()), ("jrt", JRTPrompt(repeat=2))):
         prompts = [template.render(r["context"], r["question"]) for r in rows]
         answers = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
-        right = sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True))
-        assert right >= 20, (template, right)  # about 98% measured on all 200 rows
+        right[name] = sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True))
+    # measured on all 200 rows (`jrt eval --model demo --task kv-docs --repeat 1 --repeat 2`):
+    # 55.5 % default, 66.5 % JRT; on these 64 rows the gap must still be clear
+    assert right["jrt"] >= right["default"] + 4, right
+    assert right["default"] >= 20, right  # far above chance (guessing a value of the record)

@@ -58,7 +58,12 @@ def plot_accuracy_vs_state(results: list[dict], path: str | Path, task: str = "m
             if task == "mqar" and "num_values" in options:
                 ax.axhline(100 / options["num_values"], color="gray", ls="--", lw=1, label="chance")
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
+            # ticks at the measured state sizes: a log axis over less than a decade has no
+            # labelled major tick, and its minor labels overlap
+            sizes = sorted({r["state_floats"] for r in rows})
+            ax.set_xticks(sizes, [f"{x:,}" for x in sizes], rotation=30, fontsize=8)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_title(f"{task} {variant + ' ' if variant != 'all' else ''}— {form}")
             ax.set_xlabel("state (floats per sequence; attention: KV cache)")
             ax.grid(alpha=0.3)
