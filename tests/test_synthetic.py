@@ -157,6 +157,58 @@ def test_kv_docs_rows_render_with_jrt_prompt_and_score_the_answer_bytes(byte_tok
             assert question == question_for(field)
 
 
+def test_kv_docs_open_field_names_come_from_the_open_vocabulary_and_answer_from_the_record():
+    from jrt_prompt.synthetic.kv_docs import ALL_FIELDS, FIELD_FAMILIES, FIELD_TO_FAMILY, OPEN_FIELDS
+
+    rows = kv_docs_examples(200, seed=3, min_fields=8, max_fields=14, field_names="open")
+    assert rows == kv_docs_examples(200, seed=3, min_fields=8, max_fields=14, field_names="open")
+    asked = set()
+    for ex in rows:
+        field = ex["question"].removeprefix("What is the ").removesuffix("?")
+        asked.add(field)
+        assert field in OPEN_FIELDS
+        (value,) = ex["answers"]
+        facts = ex["context"].splitlines()[1:]
+        assert 8 <= len(facts) <= 14
+        lines = [
+            ln for ln in facts if ln.lower().startswith((field + " ", field + ":", "the " + field + " "))
+        ]
+        assert len(lines) == 1 and value in lines[0]
+        if field in FIELD_TO_FAMILY and FIELD_FAMILIES[FIELD_TO_FAMILY[field]][1]:
+            assert value in FIELD_FAMILIES[FIELD_TO_FAMILY[field]][1]  # family fields keep their values
+    assert len(asked - set(ALL_FIELDS)) > 50  # most questions ask for names outside the 25 fixed ones
+
+
+def test_kv_docs_rows_can_list_every_question_up_front():
+    task = KVDocsTask(num_queries=3, field_names="open", questions_up_front="all")
+    batch = task.sample_mixture(6, _gen(4), ALL_FORMS)
+    for i in range(6):
+        ids = batch.input_ids[i][batch.input_ids[i] != task.pad_id].tolist()
+        lines = bytes(ids).decode().splitlines()
+        asked = [
+            ln.split("?")[0] + "?" for ln in lines if ln.startswith("What is the ") and not ln.endswith("?")
+        ]
+        assert len(asked) == 3  # the three answered questions
+        if lines[0].startswith("What is the "):  # question-first and JRT rows
+            assert lines[0] == " ".join(asked)
+        else:
+            assert lines[0].startswith("Record ")
+    # evaluation rows (one question) are the layout jrt run shows a model, whatever the option
+    one = KVDocsTask(num_queries=3, questions_up_front="all").sample(2, _gen(5), PromptForm.jrt)
+    assert one.input_ids.equal(KVDocsTask(num_queries=3).sample(2, _gen(5), PromptForm.jrt).input_ids)
+
+
+def test_kv_docs_options_are_validated():
+    with pytest.raises(JRTError, match="field_names"):
+        KVDocsTask(field_names="closed")
+    with pytest.raises(JRTError, match="questions_up_front"):
+        KVDocsTask(questions_up_front="some")
+    from jrt_prompt.synthetic.training import make_task
+
+    with pytest.raises(JRTError, match="no option bogus"):
+        make_task("kv-docs", bogus=1)
+
+
 # ------------------------------------------------------------------------- models and training
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,15 @@ TASKS = ("mqar", "sd", "kv-docs")
 
 
 def make_task(name: str, **options):
-    if name == "mqar":
-        return MQARTask(**options)
-    if name == "sd":
-        return SetDisjointnessTask(**options)
-    if name in ("kv-docs", "kv_docs"):
-        return KVDocsTask(**options)
-    raise JRTError(f"task {name!r} is unknown: use one of {', '.join(TASKS)}")
+    classes = {"mqar": MQARTask, "sd": SetDisjointnessTask, "kv-docs": KVDocsTask, "kv_docs": KVDocsTask}
+    if name not in classes:
+        raise JRTError(f"task {name!r} is unknown: use one of {', '.join(TASKS)}")
+    cls = classes[name]
+    known = {f.name for f in fields(cls)} - {"name"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise JRTError(f"task {name!r} has no option {', '.join(unknown)}: use {', '.join(sorted(known))}")
+    return cls(**options)
 
 
 @dataclass
