@@ -17,9 +17,10 @@ For small batch x heads the causal pass is cut into sequence segments that run i
 prefix-summed segment states. The decode step is one fused kernel per token (see
 _step_sym_kernel). Measured figures: docs/benchmarks.md.
 
-``ChunkConfig(pairs="cyclic")`` runs the same algorithm with the pair rows grouped by cyclic
-distance (_chunked_cyclic_kernel): ten [dv, f] state tiles and [BT, f] temporaries instead of a
-[128, dv] pair tile and [BT, 128] expansions, for lower register pressure. Same states in and out.
+The default, ``ChunkConfig(pairs="cyclic")``, runs this algorithm with the pair rows grouped by
+cyclic distance (_chunked_cyclic_kernel): ten [dv, f] state tiles and [BT, f] temporaries instead
+of a [128, dv] pair tile and [BT, 128] one-hot expansions (``pairs="onehot"``, _chunked_kernel),
+for lower register pressure. Same states in and out.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ChunkConfig:
     symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
     segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
-    # Order of the pair features i < j in the symmetric kernel: "onehot" (_chunked_kernel: one
+    # Order of the pair features i < j in the symmetric kernel (symmetric=True, f=16): "onehot" (_chunked_kernel: one
     # [pairs, dv] tile, features by one-hot selection products), "cyclic" (_chunked_cyclic_kernel:
     # eight [f, dv] tiles grouped by cyclic distance, partners by a one-hot [f, f] product). Same
     # results and states; "cyclic" measured 5% faster on an H200 (docs/benchmarks.md).
@@ -780,48 +781,7 @@ def _launch_chunked(
     state_kv, state_ks = b * h * feats * dv, b * h * feats
     if config.pairs not in PAIR_LAYOUTS:
         raise ValueError(f"ChunkConfig.pairs={config.pairs!r}; choose from {', '.join(PAIR_LAYOUTS)}")
-    if config.pairs != "onehot":
-        if not config.symmetric:
-            raise ValueError(f"ChunkConfig.pairs={config.pairs!r} needs symmetric=True")
-        if f != 16:
-            raise ValueError(f"the cyclic pair layout is written for feature dim 16, not {f}")
-        return _chunked_cyclic_kernel[grid](
-            q,
-            k,
-            v,
-            out if out is not None else dummy,
-            mask_u8 if mask_u8 is not None else dummy,
-            enc_len if enc_len is not None else dummy,
-            init.kv if init is not None else dummy,
-            init.ksum if init is not None else dummy,
-            kv_out if kv_out is not None else dummy,
-            ks_out if ks_out is not None else dummy,
-            n,
-            h,
-            dv,
-            tokens_per_split,
-            state_kv if init_per_split else 0,
-            state_ks if init_per_split else 0,
-            state_kv,
-            state_ks,
-            eps,
-            f**-0.25,
-            F=f,
-            BT=config.chunk,
-            BLOCK_DV=block_dv,
-            WRITE_OUTPUT=write_output,
-            HAS_MASK=mask_u8 is not None,
-            HAS_ENC_LEN=enc_len is not None,
-            HAS_INIT=init is not None,
-            STORE_STATE=kv_out is not None,
-            PRECISION=_precision(v.dtype),
-            DOT_DTYPE=_dot_dtype(v.dtype),
-            STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
-            **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
-        )
-    return _chunked_kernel[grid](
+    args = [
         q,
         k,
         v,
@@ -832,7 +792,8 @@ def _launch_chunked(
         init.ksum if init is not None else dummy,
         kv_out if kv_out is not None else dummy,
         ks_out if ks_out is not None else dummy,
-        *_pair_tables(f, q.device),
+    ]
+    sizes = [
         n,
         h,
         dv,
@@ -843,10 +804,11 @@ def _launch_chunked(
         state_ks,
         eps,
         f**-0.25,
+    ]
+    meta = dict(
         F=f,
         BT=config.chunk,
         BLOCK_DV=block_dv,
-        NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
         WRITE_OUTPUT=write_output,
         HAS_MASK=mask_u8 is not None,
         HAS_ENC_LEN=enc_len is not None,
@@ -855,10 +817,23 @@ def _launch_chunked(
         PRECISION=_precision(v.dtype),
         DOT_DTYPE=_dot_dtype(v.dtype),
         STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
-        SYM=config.symmetric,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
+    )
+    # The pair layout orders the symmetric kernel's features; the cyclic kernel is written out for
+    # feature dim 16 (8 groups), so other dims and the full f*f map take the one-hot kernel.
+    if config.pairs == "cyclic" and config.symmetric and f == 16:
+        return _chunked_cyclic_kernel[grid](*args, *sizes, **meta)
+    pair_i, pair_j = _pair_tables(f, q.device)
+    return _chunked_kernel[grid](
+        *args,
+        pair_i,
+        pair_j,
+        *sizes,
+        NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
+        SYM=config.symmetric,
+        **meta,
     )
 
 
