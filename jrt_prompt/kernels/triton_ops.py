@@ -76,6 +76,64 @@ DEFAULT_STEP_CONFIG = StepConfig()
 
 
 @triton.jit
+def _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN: tl.constexpr):
+    """Tokens [t_begin, t_end) of this program's split, cut at the row's encoder length."""
+    t_begin = pid_split * tokens_per_split
+    t_end = tl.minimum(N, t_begin + tokens_per_split)
+    if HAS_ENC_LEN:
+        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+    return t_begin, t_end
+
+
+@triton.jit
+def _load_chunk(
+    t0,
+    t_end,
+    offs_t,
+    offs_f,
+    offs_dv,
+    dv_mask,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    b,
+    N,
+    H,
+    DV,
+    qk_base,
+    v_base,
+    F: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
+    """Positions, validity, key weights (0 for padding and masked tokens), q/k offsets, k and v
+    of the chunk starting at t0."""
+    t = t0 + offs_t
+    t_ok = t < t_end
+    w = t_ok.to(tl.float32)
+    if HAS_MASK:
+        w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+    tok = qk_base + t * (H * F)
+    k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+    v = tl.load(
+        v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
+        mask=t_ok[:, None] & dv_mask[None, :],
+        other=0.0,
+    )
+    return t, t_ok, w, tok, k, v
+
+
+@triton.jit
+def _intra_chunk(qs, ks, v, w, offs_t, dtype: tl.constexpr, PRECISION: tl.constexpr):
+    """Numerator [BT, dv] and normaliser [BT] within the chunk: scores 1 + s + s^2/2 of
+    s = q.k / sqrt(f) (the Taylor features' inner product), causal, masked keys removed."""
+    s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
+    a = 1.0 + s + 0.5 * s * s
+    a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
+    num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
+    return num, tl.sum(a, 1)
+
+
+@triton.jit
 def _chunked_kernel(
     q_ptr,
     k_ptr,
@@ -197,34 +255,33 @@ def _chunked_kernel(
         z1 = tl.zeros([F], dtype=tl.float32)
         z2 = tl.zeros([F, F], dtype=tl.float32)
 
-    t_begin = pid_split * tokens_per_split
-    t_end = tl.minimum(N, t_begin + tokens_per_split)
-    if HAS_ENC_LEN:
-        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+    t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
     for t0 in range(t_begin, t_end, BT):
-        t = t0 + offs_t
-        t_ok = t < t_end
-        w = t_ok.to(tl.float32)
-        if HAS_MASK:
-            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
-        tok = qk_base + t * (H * F)
-        k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
-        v = tl.load(
-            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
-            mask=t_ok[:, None] & dv_mask[None, :],
-            other=0.0,
+        t, t_ok, w, tok, k, v = _load_chunk(
+            t0,
+            t_end,
+            offs_t,
+            offs_f,
+            offs_dv,
+            dv_mask,
+            k_ptr,
+            v_ptr,
+            mask_ptr,
+            b,
+            N,
+            H,
+            DV,
+            qk_base,
+            v_base,
+            F,
+            HAS_MASK,
         )
         ks = k.to(tl.float32) * scale1  # phi's linear part: k / f^(1/4)
         if WRITE_OUTPUT:
             q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
             qs = q.to(tl.float32) * scale1
-            # Intra-chunk: scores 1 + s + s^2/2, causal, masked keys removed.
-            s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
-            a = 1.0 + s + 0.5 * s * s
-            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
-            num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
-            den = tl.sum(a, 1)
+            num, den = _intra_chunk(qs, ks, v, w, offs_t, dtype, PRECISION)
             # Inter-chunk: query features against the state of all earlier tokens.
             if SYM:
                 # Expand q by one-hot selection products on the tensor cores: no reshapes, no
@@ -481,23 +538,27 @@ def _chunked_cyclic_kernel(
         z1 = tl.zeros([F], dtype=tl.float32)
         z2 = tl.zeros([F, F], dtype=tl.float32)
 
-    t_begin = pid_split * tokens_per_split
-    t_end = tl.minimum(N, t_begin + tokens_per_split)
-    if HAS_ENC_LEN:
-        t_end = tl.minimum(t_end, tl.load(enc_len_ptr + b).to(tl.int32))
+    t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
     for t0 in range(t_begin, t_end, BT):
-        t = t0 + offs_t
-        t_ok = t < t_end
-        w = t_ok.to(tl.float32)
-        if HAS_MASK:
-            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
-        tok = qk_base + t * (H * F)
-        k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
-        v = tl.load(
-            v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
-            mask=t_ok[:, None] & dv_mask[None, :],
-            other=0.0,
+        t, t_ok, w, tok, k, v = _load_chunk(
+            t0,
+            t_end,
+            offs_t,
+            offs_f,
+            offs_dv,
+            dv_mask,
+            k_ptr,
+            v_ptr,
+            mask_ptr,
+            b,
+            N,
+            H,
+            DV,
+            qk_base,
+            v_base,
+            F,
+            HAS_MASK,
         )
         ks = k.to(tl.float32) * scale1
         vw = (v.to(tl.float32) * w[:, None]).to(dtype)
@@ -507,12 +568,7 @@ def _chunked_cyclic_kernel(
             q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
             qd = q.to(dtype)
             qs = q.to(tl.float32) * scale1
-            # Intra-chunk: scores 1 + s + s^2/2, causal, masked keys removed.
-            s = tl.dot(qs.to(dtype), tl.trans(ks.to(dtype)), input_precision=PRECISION)
-            a = 1.0 + s + 0.5 * s * s
-            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
-            num = tl.dot(a.to(dtype), v.to(dtype), input_precision=PRECISION)
-            den = tl.sum(a, 1)
+            num, den = _intra_chunk(qs, ks, v, w, offs_t, dtype, PRECISION)
             # Inter-chunk, constant / linear / diagonal features (STATE_DTYPE: see _chunked_kernel)
             num = num + s0[None, :]
             num = tl.dot(qs.to(STATE_DTYPE), tl.trans(s_lin.to(STATE_DTYPE)), num, input_precision=PRECISION)
