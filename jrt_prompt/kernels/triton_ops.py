@@ -134,6 +134,58 @@ def _intra_chunk(qs, ks, v, w, offs_t, dtype: tl.constexpr, PRECISION: tl.conste
 
 
 @triton.jit
+def _normaliser_start(
+    ks_in_ptr,
+    pid_split,
+    in_split_stride_ks,
+    zs_base,
+    offs_f,
+    F: tl.constexpr,
+    BT: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+):
+    """The normaliser's running sums (fp32): z0 (constant feature), z1 [F] (linear), and the
+    quadratic part as an F x F matrix Z2 (Z2[i, j] = sum_t k_i k_j / sqrt2), whose read-out
+    q^T Z2 q is two tiny products. From the initial state's 273-entry ksum, or zero."""
+    if HAS_INIT:
+        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
+        z0 = tl.load(ks_in)
+        z1 = tl.load(ks_in + 1 + offs_f)
+        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
+    else:
+        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
+        z1 = tl.zeros([F], dtype=tl.float32)
+        z2 = tl.zeros([F, F], dtype=tl.float32)
+    return z0, z1, z2
+
+
+@triton.jit
+def _normaliser_read(den, qs, z0, z1, z2):
+    """den [BT] plus phi(q) . (normaliser of all earlier tokens); qs = q / f^(1/4)."""
+    qz2 = tl.dot(qs, z2, input_precision="ieee") * 0.7071067811865476  # [BT, F]
+    return den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
+
+
+@triton.jit
+def _normaliser_update(z0, z1, z2, ks, w):
+    """Add the chunk's weighted keys (ks = k / f^(1/4) [BT, F], weights w [BT])."""
+    kw = tl.trans(ks) * w[None, :]
+    z2 = tl.dot(kw * 0.7071067811865476, ks, z2, input_precision="ieee")
+    return z0 + tl.sum(w, 0), z1 + tl.sum(kw, 1), z2
+
+
+@triton.jit
+def _normaliser_store(
+    ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F: tl.constexpr
+):
+    """Write the normaliser in the 273-entry layout (Z2 as the f*f quadratic entries)."""
+    out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
+    tl.store(out_ks, z0)
+    tl.store(out_ks + 1 + offs_f, z1)
+    tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
+
+
+@triton.jit
 def _chunked_kernel(
     q_ptr,
     k_ptr,
@@ -231,11 +283,9 @@ def _chunked_kernel(
         row_q = 1 + F + offs_q
 
     # Running state (fp32): s0 [dv] constant feature, sl [NL, dv] linear (+ diagonal) rows,
-    # sq [NQ, dv] quadratic rows. The quadratic part of the normaliser is kept as an f x f
-    # matrix Z2 (Z2[i, j] = sum_t k_i k_j / sqrt2): its read-out q^T Z2 q is two tiny products.
+    # sq [NQ, dv] quadratic rows; the normaliser as in _normaliser_start.
     if HAS_INIT:
         kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
-        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
         s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0)
         sl = tl.load(kv_in + row_l[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
         if SYM:
@@ -244,39 +294,19 @@ def _chunked_kernel(
             sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
         else:
             sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
-        z0 = tl.load(ks_in)
-        z1 = tl.load(ks_in + 1 + offs_f)
-        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
     else:
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
         sq = tl.zeros([NQ, BLOCK_DV], dtype=tl.float32)
-        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
-        z1 = tl.zeros([F], dtype=tl.float32)
-        z2 = tl.zeros([F, F], dtype=tl.float32)
+    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
     for t0 in range(t_begin, t_end, BT):
-        t, t_ok, w, tok, k, v = _load_chunk(
-            t0,
-            t_end,
-            offs_t,
-            offs_f,
-            offs_dv,
-            dv_mask,
-            k_ptr,
-            v_ptr,
-            mask_ptr,
-            b,
-            N,
-            H,
-            DV,
-            qk_base,
-            v_base,
-            F,
-            HAS_MASK,
-        )
+        # fmt: off
+        t, t_ok, w, tok, k, v = _load_chunk(t0, t_end, offs_t, offs_f, offs_dv, dv_mask, k_ptr, v_ptr,
+                                            mask_ptr, b, N, H, DV, qk_base, v_base, F, HAS_MASK)
+        # fmt: on
         ks = k.to(tl.float32) * scale1  # phi's linear part: k / f^(1/4)
         if WRITE_OUTPUT:
             q = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
@@ -299,8 +329,7 @@ def _chunked_kernel(
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
             num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
             num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
-            den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
+            den = _normaliser_read(den, qs, z0, z1, z2)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
                 o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
@@ -323,10 +352,7 @@ def _chunked_kernel(
         s0 = s0 + tl.sum(vw.to(tl.float32), 0)
         sl = tl.dot(kl.to(dtype), vw, sl, input_precision=PRECISION)
         sq = tl.dot(kq.to(dtype), vw, sq, input_precision=PRECISION)
-        kw = kst * w[None, :]
-        z0 = z0 + tl.sum(w, 0)
-        z1 = z1 + tl.sum(kw, 1)
-        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
+        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -339,10 +365,7 @@ def _chunked_kernel(
         else:
             tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
         if pid_dv == 0:
-            out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
-            tl.store(out_ks, z0)
-            tl.store(out_ks + 1 + offs_f, z1)
-            tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
+            _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +528,6 @@ def _chunked_cyclic_kernel(
     # arrays of tensors, so the eight pair groups are spelled out.
     if HAS_INIT:
         kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
-        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
         s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0).to(tl.float32)
         s_lin = tl.load(kv_in + row_lin[None, :] * DV + offs_dv[:, None], mask=dv_mask[:, None], other=0.0)
         s_dia = tl.load(kv_in + row_dia[None, :] * DV + offs_dv[:, None], mask=dv_mask[:, None], other=0.0)
@@ -519,9 +541,6 @@ def _chunked_cyclic_kernel(
         s_p6 = _cyc_load(kv_in, 6, F, offs_dv, dv_mask, DV)
         s_p7 = _cyc_load(kv_in, 7, F, offs_dv, dv_mask, DV)
         s_p8 = _cyc_load(kv_in, 8, F, offs_dv, dv_mask, DV)
-        z0 = tl.load(ks_in)
-        z1 = tl.load(ks_in + 1 + offs_f)
-        z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
     else:
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         s_lin = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
@@ -534,32 +553,15 @@ def _chunked_cyclic_kernel(
         s_p6 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p7 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p8 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
-        z0 = tl.sum(tl.zeros([BT], dtype=tl.float32), 0)
-        z1 = tl.zeros([F], dtype=tl.float32)
-        z2 = tl.zeros([F, F], dtype=tl.float32)
+    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
     for t0 in range(t_begin, t_end, BT):
-        t, t_ok, w, tok, k, v = _load_chunk(
-            t0,
-            t_end,
-            offs_t,
-            offs_f,
-            offs_dv,
-            dv_mask,
-            k_ptr,
-            v_ptr,
-            mask_ptr,
-            b,
-            N,
-            H,
-            DV,
-            qk_base,
-            v_base,
-            F,
-            HAS_MASK,
-        )
+        # fmt: off
+        t, t_ok, w, tok, k, v = _load_chunk(t0, t_end, offs_t, offs_f, offs_dv, dv_mask, k_ptr, v_ptr,
+                                            mask_ptr, b, N, H, DV, qk_base, v_base, F, HAS_MASK)
+        # fmt: on
         ks = k.to(tl.float32) * scale1
         vw = (v.to(tl.float32) * w[:, None]).to(dtype)
         vw_t = tl.trans(vw)  # [BLOCK_DV, BT]
@@ -576,8 +578,7 @@ def _chunked_cyclic_kernel(
             num = tl.dot(
                 qdia.to(STATE_DTYPE), tl.trans(s_dia.to(STATE_DTYPE)), num, input_precision=PRECISION
             )
-            qz2 = tl.dot(qs, z2, input_precision="ieee") * R2  # [BT, F]
-            den = den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
+            den = _normaliser_read(den, qs, z0, z1, z2)
         else:
             # pure reduction: no queries, no output (placeholders keep one _cyc_group signature)
             qd = kd
@@ -614,10 +615,7 @@ def _chunked_cyclic_kernel(
                 o.to(o_ptr.dtype.element_ty),
                 mask=t_ok[:, None] & dv_mask[None, :],
             )
-        kw = tl.trans(ks) * w[None, :]
-        z0 = z0 + tl.sum(w, 0)
-        z1 = z1 + tl.sum(kw, 1)
-        z2 = tl.dot(kw * R2, ks, z2, input_precision="ieee")
+        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -633,10 +631,7 @@ def _chunked_cyclic_kernel(
         _cyc_store(out_kv, s_p7, 7, F, offs_dv, dv_mask, DV)
         _cyc_store(out_kv, s_p8, 8, F, offs_dv, dv_mask, DV)
         if pid_dv == 0:
-            out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
-            tl.store(out_ks, z0)
-            tl.store(out_ks + 1 + offs_f, z1)
-            tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
+            _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
 
 
 @triton.jit
