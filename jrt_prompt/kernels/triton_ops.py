@@ -50,10 +50,11 @@ class ChunkConfig:
     symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
     segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
-    # Order of the pair features i < j in the symmetric kernel (symmetric=True, f=16): "onehot" (_chunked_kernel: one
-    # [pairs, dv] tile, features by one-hot selection products), "cyclic" (_chunked_cyclic_kernel:
-    # eight [f, dv] tiles grouped by cyclic distance, partners by a one-hot [f, f] product). Same
-    # results and states; "cyclic" measured 5% faster on an H200 (docs/benchmarks.md).
+    # Order of the pair features i < j when symmetric=True and f=16: "onehot" (_chunked_kernel:
+    # one [pairs, dv] tile, features by one-hot selection products) or "cyclic"
+    # (_chunked_cyclic_kernel: eight [f, dv] tiles grouped by cyclic distance, partners by a
+    # one-hot [f, f] product). Same results and states; "cyclic" measured 5% faster on an H200
+    # (docs/benchmarks.md). Other shapes run the one-hot kernel.
     pairs: str = "cyclic"
 
 
