@@ -66,6 +66,11 @@ def train_command(
     seed: int = typer.Option(0),
     device: str = typer.Option("cuda", help="cuda or cpu."),
     eval_examples: int = typer.Option(1000, help="Held-out examples per form."),
+    init_from: Path | None = typer.Option(
+        None,
+        "--init-from",
+        help="Continue from a checkpoint of the same model (a folder this command wrote).",
+    ),
 ) -> None:
     """Train one model, evaluate it in every prompt form, save it."""
     from jrt_prompt.synthetic.models import ModelSpec
@@ -83,6 +88,7 @@ def train_command(
         seed=seed,
         eval_examples=eval_examples,
         bf16=device.startswith("cuda"),
+        init_from=str(init_from) if init_from is not None else None,
     )
     result = run_job(config, out, device=device, log=lambda m: console.print(m, highlight=False))
     _print_accuracy(result["accuracy"], result["state_floats"])

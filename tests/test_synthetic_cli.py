@@ -69,6 +69,22 @@ def test_synth_train_then_eval(tmp_path):
     for name, tensor in continued.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
 
+    # the same through the command: --init-from with lr 0 saves the starting weights again
+    again = tmp_path / "again"
+    cont = [a if a != str(out) else str(again) for a in args] + [
+        "--init-from",
+        str(out),
+        "--lr",
+        "0",
+        "--steps",
+        "1",
+    ]
+    result = runner.invoke(app, cont)
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "result.json").read_text())["config"]["init_from"] == str(out)
+    for name, tensor in load_trained(again).state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
     result = runner.invoke(app, ["synth", "eval", str(out), "--examples", "16"])
     assert result.exit_code == 0, result.output
     assert "question_first" in result.output
