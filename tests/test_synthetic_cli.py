@@ -71,14 +71,8 @@ def test_synth_train_then_eval(tmp_path):
 
     # the same through the command: --init-from with lr 0 saves the starting weights again
     again = tmp_path / "again"
-    cont = [a if a != str(out) else str(again) for a in args] + [
-        "--init-from",
-        str(out),
-        "--lr",
-        "0",
-        "--steps",
-        "1",
-    ]
+    cont = [a if a != str(out) else str(again) for a in args]
+    cont += ["--init-from", str(out), *"--lr 0 --steps 1".split()]
     result = runner.invoke(app, cont)
     assert result.exit_code == 0, result.output
     assert json.loads((again / "result.json").read_text())["config"]["init_from"] == str(out)
