@@ -291,6 +291,11 @@ def repair_output(path: Path) -> tuple[dict[int, dict[str, Any]], int]:
     return kept, torn
 
 
+def _jsonl_bytes(rows) -> bytes:
+    """Rows as JSON lines (UTF-8, one row per line)."""
+    return b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in rows)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -331,7 +336,7 @@ class _Appender:
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        self.file.write(b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in rows))
+        self.file.write(_jsonl_bytes(rows))
         self.file.flush()
         os.fsync(self.file.fileno())
 
@@ -467,9 +472,7 @@ def _merge_shards(
         if not all(row.line in rows for row in parsed):
             return None
         ordered = [rows[line] for line in sorted(rows)]
-        _atomic_write(
-            config.out, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ordered)
-        )
+        _atomic_write(config.out, _jsonl_bytes(ordered))
         for path in files:
             path.unlink(missing_ok=True)
         return rows
@@ -486,9 +489,7 @@ def _score_locked(
     done, torn = repair_output(write_path)
     if config.retry_errors and any(r.get("status") == "error" for r in done.values()):
         done = {line: r for line, r in done.items() if r.get("status") != "error"}
-        _atomic_write(
-            write_path, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in done.values())
-        )
+        _atomic_write(write_path, _jsonl_bytes(done.values()))
     done = {**earlier, **done}
     by_line = {row.line: row for row in parsed}
     for line, row in done.items():
@@ -545,9 +546,7 @@ def _score_locked(
     final, _ = repair_output(write_path)
     if all(row.line in final for row in parsed):
         ordered = [final[line] for line in sorted(final)]
-        _atomic_write(
-            write_path, b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in ordered)
-        )
+        _atomic_write(write_path, _jsonl_bytes(ordered))
     elapsed = time.perf_counter() - started
     everything = {**earlier, **final}
     summary = _summarize(
