@@ -235,6 +235,30 @@ def _held_out_batches(task, form, variant: str, num_examples: int, seed: int, ba
 
 
 @torch.no_grad()
+def _score_held_out(model, task, forms, score_batch, *, num_examples, seed, batch_size, device, bf16):
+    """``{form: {variant or "all": right / total}}`` over the held-out draw, where
+    ``score_batch(logits, batch)`` gives (right, total) for one batch."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    for form in parse_forms(forms):
+        out[form.value] = {}
+        for variant in task.variants():
+            right = total = 0
+            for batch in _held_out_batches(task, form, variant, num_examples, seed, batch_size):
+                _read_prompt_non_causally(model, task, batch)
+                batch = batch.to(device)
+                with _autocast(device, bf16):
+                    logits = _logits(model, batch.input_ids)
+                r, t = score_batch(logits, batch)
+                right += r
+                total += t
+            out[form.value][variant or "all"] = right / max(1, total)
+    model.train(was_training)
+    return out
+
+
 def evaluate(
     model: torch.nn.Module,
     task,
@@ -254,30 +278,19 @@ def evaluate(
     draws from the training seed's stream), identical for every form: the same facts in each form.
     Returns ``{form: {variant or "all": accuracy}}``.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    forms = parse_forms(forms)
-    out: dict[str, dict[str, float]] = {}
-    was_training = model.training
-    model.eval()
-    for form in forms:
-        out[form.value] = {}
-        for variant in task.variants():
-            right = total = 0
-            for batch in _held_out_batches(task, form, variant, num_examples, seed, batch_size):
-                _read_prompt_non_causally(model, task, batch)
-                batch = batch.to(device)
-                with _autocast(device, bf16):
-                    logits = _logits(model, batch.input_ids)
-                pred = logits.argmax(-1)
-                r, t = _answers_right(pred, batch)
-                right += r
-                total += t
-            out[form.value][variant or "all"] = right / max(1, total)
-    model.train(was_training)
-    return out
+    return _score_held_out(
+        model,
+        task,
+        forms,
+        lambda logits, batch: _answers_right(logits.argmax(-1), batch),
+        num_examples=num_examples,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+    )
 
 
-@torch.no_grad()
 def evaluate_sd_found(
     model: torch.nn.Module,
     task: SetDisjointnessTask,
@@ -297,28 +310,25 @@ def evaluate_sd_found(
     """
     from .set_disjointness import NO, YES
 
-    device = next(model.parameters()).device
-    out: dict[str, dict[str, float]] = {}
-    was_training = model.training
-    model.eval()
-    for form in parse_forms(forms):
-        out[form.value] = {}
-        for order in task.variants():
-            right = total = 0
-            for batch in _held_out_batches(task, form, order, num_examples, seed, batch_size):
-                _read_prompt_non_causally(model, task, batch)
-                batch = batch.to(device)
-                with _autocast(device, bf16):
-                    logits = _logits(model, batch.input_ids).float()
-                scored = batch.targets != IGNORE
-                margin = (logits[..., YES] - logits[..., NO]).masked_fill(~scored, float("-inf"))
-                pick = margin.argmax(dim=1)
-                is_yes = batch.targets.gather(1, pick[:, None]).squeeze(1) == YES
-                right += int(is_yes.sum())
-                total += batch.input_ids.shape[0]
-            out[form.value][order] = right / max(1, total)
-    model.train(was_training)
-    return out
+    def names_shared_element(logits, batch) -> tuple[int, int]:
+        logits = logits.float()
+        scored = batch.targets != IGNORE
+        margin = (logits[..., YES] - logits[..., NO]).masked_fill(~scored, float("-inf"))
+        pick = margin.argmax(dim=1)
+        is_yes = batch.targets.gather(1, pick[:, None]).squeeze(1) == YES
+        return int(is_yes.sum()), batch.input_ids.shape[0]
+
+    return _score_held_out(
+        model,
+        task,
+        forms,
+        names_shared_element,
+        num_examples=num_examples,
+        seed=seed,
+        batch_size=batch_size,
+        device=None,
+        bf16=bf16,
+    )
 
 
 def _read_prompt_non_causally(model, task, batch: TokenBatch) -> None:
