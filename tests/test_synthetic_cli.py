@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 from cli.main import app
 
 runner = CliRunner()
+# a one-block Based model of width 16: trains in a second on CPU
+TINY_BASED = "--family based --hidden-size 16 --layers 1 --option feature_dim=2".split()
 TINY = [
     "--task-option",
     "num_pairs=4",
@@ -28,14 +30,7 @@ def test_synth_train_then_eval(tmp_path):
         "train",
         "--out",
         str(out),
-        "--family",
-        "based",
-        "--hidden-size",
-        "16",
-        "--layers",
-        "1",
-        "--option",
-        "feature_dim=2",
+        *TINY_BASED,
         *TINY,
         "--steps",
         "5",
@@ -120,18 +115,7 @@ def test_conv_attention_ceiling_trains_saves_and_counts_its_kv_cache(tmp_path):
 
 def test_synth_eval_found_score_for_set_disjointness_only(tmp_path):
     sd = tmp_path / "sd"
-    base = [
-        "synth",
-        "train",
-        "--family",
-        "based",
-        "--hidden-size",
-        "16",
-        "--layers",
-        "1",
-        "--option",
-        "feature_dim=2",
-    ]
+    base = ["synth", "train", *TINY_BASED]
     small = ["--steps", "2", "--batch-size", "8", "--device", "cpu", "--eval-examples", "8"]
     sd_sizes = [
         "--task-option",
