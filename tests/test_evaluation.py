@@ -198,11 +198,14 @@ DEMO = Path(__file__).resolve().parent.parent / "jrt_prompt" / "demo"
 @pytest.mark.skipif(
     not (DEMO / "model.safetensors").is_file(), reason="the demo model is not in this checkout"
 )
-def test_demo_model_recalls_kv_docs_in_both_forms(tmp_path):
+def test_demo_model_recalls_more_kv_docs_when_it_reads_twice(tmp_path):
     from jrt_prompt import load_model
 
-    config = EvalConfig(model="unused", tasks=("kv-docs",), repeats=(1, 2), limit=8, batch_size=8)
+    config = EvalConfig(model="unused", tasks=("kv-docs",), repeats=(1, 2), limit=64, batch_size=8)
     doc = evaluate(config, load_model(DEMO, device="cpu"))
+    by_repeat = {}
     for entry in doc["results"]:
-        assert entry["n"] == 8 and entry["source"].endswith("kv_docs_heldout.jsonl")
-        assert entry["metrics"]["contains"] >= 75.0, entry["examples"]
+        assert entry["n"] == 64 and entry["source"].endswith("kv_docs_heldout.jsonl")
+        by_repeat[entry["repeat"]] = entry["metrics"]["contains"]
+    # measured: 56.3 (one read) and 67.2 (JRT) on these 64 rows; chance is about 1 in 11
+    assert by_repeat[1] >= 40.0 and by_repeat[2] >= by_repeat[1] + 5.0, by_repeat
