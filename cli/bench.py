@@ -62,15 +62,14 @@ def prefill_command(
 ) -> None:
     """Prefill time of FA2, cuDNN, fla and this project's Based (N and 2N) and PLA kernels."""
     from jrt_prompt.bench import format_prefill_table, plot_prefill, run_prefill_bench
-    from jrt_prompt.bench.prefill import tune_chunked
+    from jrt_prompt.bench.prefill import tune_prefill
 
-    config = None
+    config = encoder_config = tuning = None
     if tune:
-        from jrt_prompt.kernels.triton_ops import ChunkConfig
-
-        tuning = tune_chunked(32768, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype)
-        config = ChunkConfig(**tuning[0]["config"])
-        console.print(f"fastest kernel config: {config}")
+        config, encoder_config, tuning = tune_prefill(
+            32768, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype
+        )
+        console.print(f"fastest kernel config: {config}; encoder pass: {encoder_config}")
     result = run_prefill_bench(
         _ints(lengths, "--lengths"),
         batch=batch,
@@ -82,7 +81,10 @@ def prefill_command(
         methods=[m.strip() for m in methods.split(",") if m.strip()],
         reps=reps,
         config=config,
+        encoder_config=encoder_config,
     )
+    if tuning is not None:
+        result["tuning"] = tuning
     console.print(format_prefill_table(result))
     _write_json(result, json_out)
     if plot is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jrt_prompt.bench import format_prefill_table, plot_prefill, run_prefill_bench  # noqa: E402
-from jrt_prompt.bench.prefill import METHODS, tune_chunked  # noqa: E402
+from jrt_prompt.bench.prefill import METHODS, tune_prefill  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,26 +36,20 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="also print GPU time per kernel at 32k")
     p.add_argument("--tune-only", action="store_true", help="only tune (implies --tune) and write the tuning")
     args = p.parse_args(argv)
-    if args.tune_only:
-        tuning = tune_chunked(
+    config = encoder_config = tuning = None
+    if args.tune or args.tune_only:
+        config, encoder_config, tuning = tune_prefill(
             32768, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype
         )
         for row in tuning:
-            print(f"{row['ms'] if row['ms'] is not None else row.get('note')}  {row['config']}")
-        if args.json:
-            args.json.write_text(json.dumps({"tuning": tuning}, indent=2))
-        return 0
-
-    config = None
-    tuning = None
-    if args.tune:
-        tuning = tune_chunked(
-            32768, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype
-        )
-        from jrt_prompt.kernels.triton_ops import ChunkConfig
-
-        config = ChunkConfig(**tuning[0]["config"])
-        print(f"fastest config: {config} ({tuning[0]['ms']:.3f} ms)")
+            print(
+                f"{row['op']:8s} {row['ms'] if row['ms'] is not None else row.get('note')}  {row['config']}"
+            )
+        print(f"fastest config: {config}; encoder pass: {encoder_config}")
+        if args.tune_only:
+            if args.json:
+                args.json.write_text(json.dumps({"tuning": tuning}, indent=2))
+            return 0
     result = run_prefill_bench(
         [int(x) for x in args.lengths.split(",")],
         batch=args.batch,
@@ -67,6 +61,7 @@ def main(argv=None) -> int:
         methods=args.methods.split(","),
         reps=args.reps,
         config=config,
+        encoder_config=encoder_config,
     )
     if tuning is not None:
         result["tuning"] = tuning
@@ -74,7 +69,13 @@ def main(argv=None) -> int:
         from jrt_prompt.bench.prefill import profile_prefill
 
         result["profile_32k"] = profile_prefill(
-            32768, batch=args.batch, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, config=config
+            32768,
+            batch=args.batch,
+            heads=args.heads,
+            head_dim=args.head_dim,
+            dtype=args.dtype,
+            config=config,
+            encoder_config=encoder_config,
         )
         for name, kernels in result["profile_32k"].items():
             for row in kernels[:6]:

@@ -63,6 +63,8 @@ def ptxas_report(kernel, *, dtype="bf16", arch=90, warps=4, stages=2, chunk=64, 
         PRECISION="ieee" if dtype == "fp32" else "tf32",
         DOT_DTYPE=_DTYPES[dtype],
         STATE_DTYPE=tl.float32 if dtype == "fp16" else _DTYPES[dtype],
+        NORM_SPLIT=dtype != "fp32",
+        NORM_DTYPE=tl.bfloat16,
     )
     if kernel is triton_ops._chunked_kernel:
         constants.update(NP=128, SYM=True)

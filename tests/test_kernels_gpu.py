@@ -122,7 +122,7 @@ def test_decode_step_full_size(batch):
     assert _rel(st.kv, st64.kv) < 1e-3
 
 
-@pytest.mark.parametrize("num_warps,chunk", [(4, 64), (8, 64), (8, 128)])
+@pytest.mark.parametrize("num_warps,chunk", [(4, 64), (8, 64), (8, 128), (4, 32)])
 def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk):
     """The tuned launch shapes of the cyclic kernel: same outputs and states as the one-hot kernel."""
     q, k, v, _, _ = _inputs(2, 5000, 8, 64, torch.bfloat16, seed=5)
@@ -130,3 +130,19 @@ def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk):
     cfg = _config("cyclic", num_warps=num_warps, chunk=chunk)
     o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
     assert _rel(o, o_ref) < 1e-2 and _rel(st.kv, st_ref.kv) < 1e-4
+
+
+@pytest.mark.parametrize("pairs", ["onehot", "cyclic"])
+@pytest.mark.parametrize("num_warps,chunk", [(4, 64), (4, 128), (8, 128), (8, 256)])
+def test_encoder_reduction_launch_shapes(num_warps, chunk, pairs):
+    """The encoder pass under the shapes its tuner tries: the reference state, mixed lengths."""
+    _, _, _, ke, ve = _inputs(3, 9000, 8, 64, torch.bfloat16, seed=6)
+    enc = torch.tensor([9000, 1, 4321], device="cuda")
+    mask = torch.ones(3, 9000, dtype=torch.bool, device="cuda")
+    mask[2, :500] = False
+    st = triton_ops.encoder_state(
+        ke, ve, enc_lengths=enc, mask=mask, config=_config(pairs, num_warps=num_warps, chunk=chunk)
+    )
+    w = (torch.arange(9000, device="cuda")[None] < enc[:, None]).float() * mask.float()
+    st_ref = ref.state_from_tokens(ke.float(), ve.float(), w)
+    assert _rel(st.kv, st_ref.kv) < 1e-2 and _rel(st.ksum, st_ref.ksum) < 1e-5

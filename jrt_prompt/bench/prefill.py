@@ -7,6 +7,7 @@ q/k and D for v. "based@2N" is JRT-Prompt's cost (the prompt read twice), compar
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable, Sequence
 
@@ -16,7 +17,7 @@ from jrt_prompt.errors import JRTError
 
 from .timing import environment, require_cuda, time_ms
 
-METHODS = ("fa2", "cudnn", "fla_fused_chunk_based", "based", "based_2n", "pla")
+METHODS = ("fa2", "cudnn", "fla_fused_chunk_based", "based", "based_2n", "pla", "pla_e1024")
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
@@ -36,7 +37,7 @@ def _sdpa(backend_name: str):
 
     backend = {"fa2": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend_name]
 
-    def make(b, n, h, d, f, dtype, device, enc_fraction, config):
+    def make(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
         q, k, v = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(3))
         # [b, n, h, d] viewed as [b, h, n, d]: the layout a model produces, no copies.
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
@@ -50,7 +51,7 @@ def _sdpa(backend_name: str):
     return make
 
 
-def _fla_based(b, n, h, d, f, dtype, device, enc_fraction, config):
+def _fla_based(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
     from fla.ops.based import fused_chunk_based
 
     q, k = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(2))
@@ -59,7 +60,7 @@ def _fla_based(b, n, h, d, f, dtype, device, enc_fraction, config):
 
 
 def _based(length_factor: int):
-    def make(b, n, h, d, f, dtype, device, enc_fraction, config):
+    def make(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
         from jrt_prompt.kernels import triton_ops
 
         m = n * length_factor
@@ -70,13 +71,22 @@ def _based(length_factor: int):
     return make
 
 
-def _pla(b, n, h, d, f, dtype, device, enc_fraction, config):
-    from jrt_prompt.kernels import triton_ops
+def _pla(fixed_encoder: int | None = None):
+    """PLA with the encoder = enc_fraction of the prompt, or the first `fixed_encoder` tokens (the
+    released JRT-RNN checkpoints read 1024)."""
 
-    q, k, ke = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(3))
-    v, ve = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(2))
-    enc = torch.full((b,), int(round(enc_fraction * n)), device=device, dtype=torch.long)
-    return lambda: triton_ops.pla_prefill(q, k, v, ke, ve, enc_lengths=enc, config=config)
+    def make(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
+        from jrt_prompt.kernels import triton_ops
+
+        q, k, ke = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(3))
+        v, ve = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(2))
+        e = min(n, fixed_encoder) if fixed_encoder else int(round(enc_fraction * n))
+        enc = torch.full((b,), e, device=device, dtype=torch.long)
+        return lambda: triton_ops.pla_prefill(
+            q, k, v, ke, ve, enc_lengths=enc, config=config, encoder_config=encoder_config
+        )
+
+    return make
 
 
 _MAKERS: dict[str, Callable] = {
@@ -85,7 +95,8 @@ _MAKERS: dict[str, Callable] = {
     "fla_fused_chunk_based": _fla_based,
     "based": _based(1),
     "based_2n": _based(2),
-    "pla": _pla,
+    "pla": _pla(),
+    "pla_e1024": _pla(1024),
 }
 
 
@@ -107,9 +118,13 @@ def run_prefill_bench(
     warmup: int = 3,
     reps: int = 10,
     config=None,
+    encoder_config=None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Time every method at every length; returns {"env", "shape", "rows"} (ms and speed-up over FA2 at N)."""
+    """Time every method at every length; returns {"env", "shape", "rows"} (ms and speed-up over FA2 at N).
+
+    ``config`` launches the Based kernel (and PLA's causal pass), ``encoder_config`` PLA's encoder
+    reduction (default: ``config``)."""
     device = require_cuda()
     torch_dtype = _dtype(dtype)
     unknown = [m for m in methods if m not in _MAKERS]
@@ -126,7 +141,16 @@ def run_prefill_bench(
         for method in methods:
             try:
                 fn = _MAKERS[method](
-                    batch, n, heads, head_dim, feature_dim, torch_dtype, device, enc_fraction, config
+                    batch,
+                    n,
+                    heads,
+                    head_dim,
+                    feature_dim,
+                    torch_dtype,
+                    device,
+                    enc_fraction,
+                    config,
+                    encoder_config,
                 )
                 stats = time_ms(fn, warmup=warmup, reps=reps)
                 results[method] = {"ms": stats["median"], "stats": stats}
@@ -164,9 +188,41 @@ def run_prefill_bench(
             "enc_fraction": enc_fraction,
         },
         "kernel_config": vars(config) if hasattr(config, "__dict__") else str(config),
+        "encoder_kernel_config": vars(encoder_config or config),
         "timing": {"warmup": warmup, "reps": reps, "statistic": "median of CUDA-event times"},
         "rows": rows,
     }
+
+
+def _tuning_configs(op: str) -> list:
+    from jrt_prompt.kernels import triton_ops
+
+    def cfg(chunk, block_dv, warps, stages, pairs="cyclic"):
+        return triton_ops.ChunkConfig(
+            chunk=chunk, block_dv=block_dv, num_warps=warps, num_stages=stages, pairs=pairs
+        )
+
+    # (every shape here is also run by the GPU tests: a miscompiled shape would end the process)
+    if op == "encoder":
+        # the state-only pass: no queries, no [chunk, chunk] scores, so larger chunks may pay
+        return [
+            cfg(128, 64, 4, 2),
+            cfg(64, 64, 4, 2),
+            cfg(128, 64, 8, 2),
+            cfg(256, 64, 8, 2),
+            dataclasses.replace(cfg(128, 64, 4, 2), split_normaliser=False),
+        ]
+    # the pair features grouped by cyclic distance (ten [64, 16] state tiles, see
+    # _chunked_cyclic_kernel) or in one [64, 128] tile by one-hot selection ("onehot")
+    return [
+        cfg(64, 64, 4, 2),
+        cfg(32, 64, 4, 2),
+        cfg(64, 64, 8, 2),
+        cfg(128, 64, 8, 2),
+        cfg(64, 64, 4, 2, pairs="onehot"),
+        # the normaliser's products in fp32 on the CUDA cores (the kernels' earlier form)
+        dataclasses.replace(cfg(64, 64, 4, 2), split_normaliser=False),
+    ]
 
 
 def tune_chunked(
@@ -176,68 +232,58 @@ def tune_chunked(
     heads: int = 16,
     head_dim: int = 64,
     dtype: str = "bfloat16",
+    op: str = "based",
     configs=None,
     reps: int = 5,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Time the Based prefill kernel under several launch configurations; fastest first."""
+    """Time a prefill kernel under several launch configurations; fastest first.
+
+    op "based": the causal Based prefill (also PLA's causal pass); op "encoder": PLA's encoder
+    reduction over the whole prompt (E = N), which ``pla_prefill(encoder_config=...)`` launches.
+    Segments are not tuned: at batch 16 x 16 heads they measured slower (an extra reduction pass).
+    """
     from jrt_prompt.kernels import triton_ops
 
+    if op not in ("based", "encoder"):
+        raise JRTError(f"unknown tuning op {op!r}; choose based or encoder")
     device = require_cuda()
     torch_dtype = _dtype(dtype)
-    if configs is None:
-        cfg = triton_ops.ChunkConfig
-        configs = [
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=3, pairs="onehot"),
-            cfg(chunk=32, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
-            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="onehot"),
-            cfg(chunk=128, block_dv=64, num_warps=4, num_stages=2, pairs="onehot"),
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, symmetric=False, pairs="onehot"),
-            # pair features grouped by cyclic distance (ten [64, 16] state tiles, see
-            # _chunked_cyclic_kernel); the first is the default
-            cfg(chunk=64, block_dv=64, num_warps=4, num_stages=2, pairs="cyclic"),
-            cfg(chunk=64, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
-            cfg(chunk=128, block_dv=64, num_warps=8, num_stages=2, pairs="cyclic"),
-            cfg(chunk=64, block_dv=32, num_warps=4, num_stages=2, pairs="cyclic"),
-        ]
-        with_segments = False  # measured slower at batch 16 x 16 heads (an extra reduction pass)
-    else:
-        with_segments = False
+    configs = configs if configs is not None else _tuning_configs(op)
     q, k = (torch.randn(batch, n, heads, 16, device=device, dtype=torch_dtype) for _ in range(2))
     v = torch.randn(batch, n, heads, head_dim, device=device, dtype=torch_dtype)
+    enc = torch.full((batch,), n, device=device, dtype=torch.long)
+
+    def launch(cfg):
+        if op == "encoder":
+            return triton_ops.encoder_state(k, v, enc_lengths=enc, config=cfg)
+        return triton_ops.based_prefill(q, k, v, config=cfg)
+
     out = []
     for cfg in configs:
         try:
-            stats = time_ms(
-                lambda cfg=cfg: triton_ops.based_prefill(q, k, v, config=cfg), warmup=2, reps=reps
-            )
-            row = {"config": vars(cfg), "ms": stats["median"]}
+            stats = time_ms(lambda cfg=cfg: launch(cfg), warmup=2, reps=reps)
+            row = {"op": op, "config": vars(cfg), "ms": stats["median"]}
         except Exception as exc:  # a config the compiler rejects (e.g. out of shared memory)
             row = {
+                "op": op,
                 "config": vars(cfg),
                 "ms": None,
                 "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
             }
-        log(f"tune {row['config']} -> {row['ms'] if row['ms'] is not None else row['note']}")
+        log(f"tune {op} {row['config']} -> {row['ms'] if row['ms'] is not None else row['note']}")
         out.append(row)
     out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
-    if with_segments and out[0]["ms"] is not None:
-        # Segments are a run-time choice: try them on the fastest compiled configuration.
-        best = triton_ops.ChunkConfig(**out[0]["config"])
-        seg_configs = [triton_ops.ChunkConfig(**{**vars(best), "segments": seg}) for seg in (2, 4, 8)]
-        out += tune_chunked(
-            n,
-            batch=batch,
-            heads=heads,
-            head_dim=head_dim,
-            dtype=dtype,
-            configs=seg_configs,
-            reps=reps,
-            log=log,
-        )
-        out.sort(key=lambda r: (r["ms"] is None, r["ms"] or 0.0))
     return out
+
+
+def tune_prefill(n: int = 32768, *, log: Callable[[str], None] = print, **shape) -> tuple:
+    """Tune the Based kernel and PLA's encoder reduction: (config, encoder_config, tuning rows)."""
+    from jrt_prompt.kernels.triton_ops import ChunkConfig
+
+    rows = {op: tune_chunked(n, op=op, log=log, **shape) for op in ("based", "encoder")}
+    best = {op: ChunkConfig(**r[0]["config"]) if r[0]["ms"] is not None else None for op, r in rows.items()}
+    return best["based"], best["encoder"], rows["based"] + rows["encoder"]
 
 
 def profile_prefill(
@@ -248,6 +294,7 @@ def profile_prefill(
     head_dim: int = 64,
     dtype: str = "bfloat16",
     config=None,
+    encoder_config=None,
 ) -> dict:
     """GPU time per kernel (torch.profiler) of one Based and one PLA prefill: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -258,8 +305,8 @@ def profile_prefill(
     torch_dtype = _dtype(dtype)
     config = config or triton_ops.DEFAULT_CONFIG
     out = {}
-    for name, make in (("based", _based(1)), ("pla", _pla)):
-        fn = make(batch, n, heads, head_dim, 16, torch_dtype, device, 1.0, config)
+    for name, make in (("based", _based(1)), ("pla", _pla())):
+        fn = make(batch, n, heads, head_dim, 16, torch_dtype, device, 1.0, config, encoder_config)
         fn()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

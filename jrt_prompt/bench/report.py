@@ -10,7 +10,8 @@ LABELS = {
     "fla_fused_chunk_based": "fla fused_chunk_based",
     "based": "Based (this project), N",
     "based_2n": "Based (this project), 2N",
-    "pla": "PLA / JRT-RNN (this project)",
+    "pla": "PLA / JRT-RNN (this project), encoder = prompt",
+    "pla_e1024": "PLA / JRT-RNN (this project), encoder = 1024",
 }
 
 

@@ -56,12 +56,20 @@ class ChunkConfig:
     # one-hot [f, f] product). Same results and states; "cyclic" measured 5% faster on an H200
     # (docs/benchmarks.md). Other shapes run the one-hot kernel.
     pairs: str = "cyclic"
+    # Half-precision inputs, cyclic kernel: take the normaliser's fp32 products as split bf16
+    # products on the tensor cores (_split_dot) instead of fp32 products on the CUDA cores (3%
+    # faster, 11% in the encoder pass; the one-hot kernel spills more with it and measured 1.9x
+    # slower, so it keeps fp32 products). fp32 inputs always take exact fp32 products.
+    split_normaliser: bool = True
 
 
 PAIR_LAYOUTS = ("onehot", "cyclic")
 
 
 DEFAULT_CONFIG = ChunkConfig()
+# PLA's encoder reduction has no queries and no [chunk, chunk] scores, so it takes a larger chunk
+# (tuned separately: `jrt bench prefill --tune`, docs/benchmarks.md)
+DEFAULT_ENCODER_CONFIG = ChunkConfig(chunk=128)
 
 
 @dataclass(frozen=True)
@@ -161,17 +169,37 @@ def _normaliser_start(
 
 
 @triton.jit
-def _normaliser_read(den, qs, z0, z1, z2):
+def _split_dot(a, b, acc, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
+    """acc + a @ b for fp32 a, b, to fp32-level accuracy. SPLIT: on the tensor cores, each operand
+    as hi + lo in SPLIT_DTYPE (bf16: 8 + 8 mantissa bits, fp32's range), three products with the
+    lo @ lo term dropped (relative error ~2^-16 per product; exact when the operands are bf16 or
+    fp16 values, as the scaled keys and queries of half-precision inputs are). Otherwise one
+    "ieee" fp32 product on the CUDA cores — which for these [.., 16] x [16, ..] shapes measured
+    a quarter of the whole prefill (layout round trips and registers, docs/benchmarks.md)."""
+    if SPLIT:
+        a_hi = a.to(SPLIT_DTYPE)
+        a_lo = (a - a_hi.to(tl.float32)).to(SPLIT_DTYPE)
+        b_hi = b.to(SPLIT_DTYPE)
+        b_lo = (b - b_hi.to(tl.float32)).to(SPLIT_DTYPE)
+        acc = tl.dot(a_lo, b_hi, acc)
+        acc = tl.dot(a_hi, b_lo, acc)
+        return tl.dot(a_hi, b_hi, acc)
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _normaliser_read(den, qs, z0, z1, z2, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
     """den [BT] plus phi(q) . (normaliser of all earlier tokens); qs = q / f^(1/4)."""
-    qz2 = tl.dot(qs, z2, input_precision="ieee") * 0.7071067811865476  # [BT, F]
+    qz2 = _split_dot(qs, z2, tl.zeros(qs.shape, tl.float32), SPLIT, SPLIT_DTYPE) * 0.7071067811865476
     return den + z0 + tl.sum(qs * (z1[None, :] + qz2), 1)
 
 
 @triton.jit
-def _normaliser_update(z0, z1, z2, ks, w):
+def _normaliser_update(z0, z1, z2, ks, w, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
     """Add the chunk's weighted keys (ks = k / f^(1/4) [BT, F], weights w [BT])."""
     kw = tl.trans(ks) * w[None, :]
-    z2 = tl.dot(kw * 0.7071067811865476, ks, z2, input_precision="ieee")
+    z2 = _split_dot(kw * 0.7071067811865476, ks, z2, SPLIT, SPLIT_DTYPE)
     return z0 + tl.sum(w, 0), z1 + tl.sum(kw, 1), z2
 
 
@@ -223,6 +251,8 @@ def _chunked_kernel(
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
     SYM: tl.constexpr,
+    NORM_SPLIT: tl.constexpr,
+    NORM_DTYPE: tl.constexpr,
 ):
     """Chunked Based attention over tokens [split * tokens_per_split, ...) of one (batch, head).
 
@@ -330,7 +360,7 @@ def _chunked_kernel(
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
             num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
             num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            den = _normaliser_read(den, qs, z0, z1, z2)
+            den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
                 o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
@@ -353,7 +383,7 @@ def _chunked_kernel(
         s0 = s0 + tl.sum(vw.to(tl.float32), 0)
         sl = tl.dot(kl.to(dtype), vw, sl, input_precision=PRECISION)
         sq = tl.dot(kq.to(dtype), vw, sq, input_precision=PRECISION)
-        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w)
+        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -491,6 +521,8 @@ def _chunked_cyclic_kernel(
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
+    NORM_SPLIT: tl.constexpr,
+    NORM_DTYPE: tl.constexpr,
 ):
     """_chunked_kernel (SYM) with the pair rows in the cyclic layout: same arguments, same
     results, same 273-row states in and out; the state is ten [BLOCK_DV, F] register tiles.
@@ -579,7 +611,7 @@ def _chunked_cyclic_kernel(
             num = tl.dot(
                 qdia.to(STATE_DTYPE), tl.trans(s_dia.to(STATE_DTYPE)), num, input_precision=PRECISION
             )
-            den = _normaliser_read(den, qs, z0, z1, z2)
+            den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
         else:
             # pure reduction: no queries, no output (placeholders keep one _cyc_group signature)
             qd = kd
@@ -616,7 +648,7 @@ def _chunked_cyclic_kernel(
                 o.to(o_ptr.dtype.element_ty),
                 mask=t_ok[:, None] & dv_mask[None, :],
             )
-        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w)
+        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -857,6 +889,9 @@ def _launch_chunked(
         eps,
         f**-0.25,
     ]
+    # The pair layout orders the symmetric kernel's features; the cyclic kernel is written out for
+    # feature dim 16 (8 groups), so other dims and the full f*f map take the one-hot kernel.
+    cyclic = config.pairs == "cyclic" and config.symmetric and f == 16
     meta = dict(
         F=f,
         BT=config.chunk,
@@ -869,13 +904,15 @@ def _launch_chunked(
         PRECISION=_precision(v.dtype),
         DOT_DTYPE=_dot_dtype(v.dtype),
         STATE_DTYPE=tl.float32 if v.dtype == torch.float16 else _dot_dtype(v.dtype),
+        # the normaliser's fp32 products: split bf16 tensor-core products for half-precision
+        # inputs, exact fp32 products for fp32 inputs (see _split_dot)
+        NORM_SPLIT=config.split_normaliser and v.dtype != torch.float32 and cyclic,
+        NORM_DTYPE=_dot_dtype(torch.bfloat16),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
     )
-    # The pair layout orders the symmetric kernel's features; the cyclic kernel is written out for
-    # feature dim 16 (8 groups), so other dims and the full f*f map take the one-hot kernel.
-    if config.pairs == "cyclic" and config.symmetric and f == 16:
+    if cyclic:
         return _chunked_cyclic_kernel[grid](*args, *sizes, **meta)
     pair_i, pair_j = _pair_tables(f, q.device)
     return _chunked_kernel[grid](
@@ -1036,7 +1073,7 @@ def encoder_state(
     k_enc, v_enc, *, enc_lengths, mask=None, config: ChunkConfig | None = None
 ) -> LinearAttentionState:
     """Sum of phi(k_enc) ⊗ v_enc over encoder positions, parallel over token splits."""
-    config = config or DEFAULT_CONFIG
+    config = config or DEFAULT_ENCODER_CONFIG
     b, n, h, f = k_enc.shape
     dv = v_enc.shape[-1]
     k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
@@ -1073,8 +1110,9 @@ def pla_prefill(
     config: ChunkConfig | None = None,
     encoder_config: ChunkConfig | None = None,
 ):
-    """Prefix linear attention: the encoder reduction (``encoder_config``, default ``config``),
-    then the causal prefill started from its state (``config``)."""
+    """Prefix linear attention: the encoder reduction (``encoder_config``, default
+    DEFAULT_ENCODER_CONFIG), then the causal prefill started from its state (``config``, default
+    DEFAULT_CONFIG)."""
     if not supports(q):
         return reference.pla_chunked(
             q,
@@ -1087,7 +1125,7 @@ def pla_prefill(
             eps=eps,
             output_final_state=output_final_state,
         )
-    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config or config)
+    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config)
     return based_prefill(
         q, k, v, mask=mask, eps=eps, initial_state=enc, output_final_state=output_final_state, config=config
     )
