@@ -50,6 +50,6 @@ def test_demo_recalls_more_held_out_documents_when_it_reads_twice(demo):
         answers = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
         right[name] = sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True))
     # measured on all 200 rows (`jrt eval --model demo --task kv-docs --repeat 1 --repeat 2`):
-    # 55.5 % default, 66.5 % JRT; on these 64 rows the gap must still be clear
+    # 68.5 % default, 82.0 % JRT; on these 64 rows the gap must still be clear
     assert right["jrt"] >= right["default"] + 4, right
     assert right["default"] >= 20, right  # far above chance (guessing a value of the record)

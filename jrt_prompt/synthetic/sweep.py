@@ -277,6 +277,90 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
                 **{**kv_run, **run_changes},
             )
         return jobs
+    if name == "gpu-lead-2":
+        # One GPU, 4 jobs: the demo model (kvl-a-f2-3forms) trained further at two rates; JRT-RNN
+        # f=4 on the default form further (toward 99 % of the ceiling at 64 pairs); Based f=4 on
+        # MQAR further on all three forms (three forms are what made kv-docs gain from the
+        # second read). Start folders: runs/init/<job>.
+        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
+        lead["questions_up_front"] = "all"
+        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
+        three = tuple(f.value for f in ALL_FORMS)
+        byte_based = ModelSpec("based", 128, 3, {"feature_dim": 2, "eos_token_id": BYTE_EOS})
+        for job, lr in (("kvl-c-f2-3forms-more", 2e-3), ("kvl-c-f2-3forms-more-lr1e-3", 1e-3)):
+            add(
+                job,
+                "kv-docs",
+                lead,
+                byte_based,
+                forms=three,
+                init_from="runs/init/kvl-a-f2-3forms",
+                **{**kv_run, "lr": lr},
+            )
+        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        add(
+            "mqar64-jrt_rnn-f4-default-more2",
+            "mqar",
+            m64,
+            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
+            forms=("default",),
+            init_from="runs/init/mqar64-jrt_rnn-f4-default-more",
+            **{**long, "lr": 5e-4},
+        )
+        add(
+            "mqar64-based-f4-3forms-more",
+            "mqar",
+            m64,
+            ModelSpec("based", 128, 2, {"feature_dim": 4}),
+            forms=three,
+            init_from="runs/init/mqar64-based-f4-more2forms",
+            **{**long, "lr": 1e-3},
+        )
+        return jobs
+    if name == "gpu-lead-3":
+        # One GPU, 4 jobs, all continuations (runs/init/<job>): JRT-RNN on the default form at f=4
+        # (from gpu-lead-2) and at f=5 (8 572 floats, still <= 1/8 of the ceiling's KV cache at
+        # 64 pairs, from gpu-final-2); Based f=4 on MQAR's three forms and the new demo model
+        # (kvl-c-f2-3forms-more) once more at a lower rate.
+        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+        three = tuple(f.value for f in ALL_FORMS)
+        for job, f, start, lr in (
+            ("mqar64-jrt_rnn-f4-default-more3", 4, "mqar64-jrt_rnn-f4-default-more2", 3e-4),
+            ("mqar64-jrt_rnn-f5-default-more", 5, "mqar64-jrt_rnn-f5-default", 1e-3),
+        ):
+            spec = ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f})
+            add(
+                job,
+                "mqar",
+                m64,
+                spec,
+                forms=("default",),
+                init_from=f"runs/init/{start}",
+                **{**long, "lr": lr},
+            )
+        add(
+            "mqar64-based-f4-3forms-more2",
+            "mqar",
+            m64,
+            ModelSpec("based", 128, 2, {"feature_dim": 4}),
+            forms=three,
+            init_from="runs/init/mqar64-based-f4-3forms-more",
+            **{**long, "lr": 7e-4},
+        )
+        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
+        lead["questions_up_front"] = "all"
+        add(
+            "kvl-d-f2-3forms-more2",
+            "kv-docs",
+            lead,
+            ModelSpec("based", 128, 3, {"feature_dim": 2, "eos_token_id": BYTE_EOS}),
+            forms=three,
+            init_from="runs/init/kvl-c-f2-3forms-more",
+            **{**kv, "batch_size": 128, "max_steps": 8000, "data_workers": 2, "lr": 1e-3},
+        )
+        return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
         # Based states cannot hold the long set: the order dependence of the paper's Fig. 2.
