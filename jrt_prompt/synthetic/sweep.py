@@ -50,6 +50,30 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             **dict(kv, batch_size=128, max_steps=8000, data_workers=2, **kw),
         )
 
+    # The 64-pair MQAR of the third round on, its run settings, and the kv-docs settings of the
+    # fourth round on (open field names; "lead": every training question up front).
+    m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
+    long = dict(batch_size=256, lr=2e-3, max_steps=8000)
+    two = ("default", "jrt")
+    three = tuple(f.value for f in ALL_FORMS)
+    open_kv = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
+    lead = {**open_kv, "questions_up_front": "all"}
+    kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
+
+    def based(f: int) -> ModelSpec:
+        return ModelSpec("based", 128, 2, {"feature_dim": f})
+
+    def jrt_rnn(f: int) -> ModelSpec:
+        return ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f})
+
+    def byte_based(f: int) -> ModelSpec:
+        return ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS})
+
+    def more(job: str, task: str, options: dict, spec: ModelSpec, start: str, forms=None, **run):
+        """A continuation of the checkpoint in runs/init/<start> (a job of an earlier plan)."""
+        extra = {"forms": forms} if forms else {}
+        add(job, task, options, spec, init_from=f"runs/init/{start}", **extra, **run)
+
     if name == "smoke":
         small = {"num_pairs": 8, "num_queries": 4, "num_keys": 30, "num_values": 32}
         few = dict(max_steps=30, batch_size=16, eval_examples=64)
@@ -154,17 +178,15 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         # MQAR at 64 and 128 pairs with the Based state at its smallest learning size (f=4), JRT-RNN
         # at the same state, and the conv + softmax-attention ceiling; kv-docs with records long
         # enough that a small state must choose what to keep (demo candidates); set disjointness.
-        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
-        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
         m128 = {"num_pairs": 128, "num_queries": 16, "num_keys": 254, "num_values": 256}
-        add("mqar64-based-f4", "mqar", m64, ModelSpec("based", 128, 2, {"feature_dim": 4}), **long)
-        add("mqar128-based-f4", "mqar", m128, ModelSpec("based", 128, 2, {"feature_dim": 4}), **long)
-        add("mqar64-jrt_rnn-f4", "mqar", m64, ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}), **long)
+        add("mqar64-based-f4", "mqar", m64, based(4), **long)
+        add("mqar128-based-f4", "mqar", m128, based(4), **long)
+        add("mqar64-jrt_rnn-f4", "mqar", m64, jrt_rnn(4), **long)
         add("mqar64-conv_attention", "mqar", m64, ModelSpec("conv_attention", 128, 2), **long)
         for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
             kv_long_records(f"kv{lo}-{hi}-based-f{f}", f, (lo, hi), 4)
         for f in (2, 4):
-            add(f"sd-based-f{f}", "sd", SD_OPTIONS, ModelSpec("based", 128, 2, {"feature_dim": f}), **long)
+            add(f"sd-based-f{f}", "sd", SD_OPTIONS, based(f), **long)
         return jobs
     if name == "gpu-final-2":
         # Second half: Based trained on the default and JRT forms only (half the batch each), a
@@ -173,24 +195,12 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         # ceiling's KV cache), and the kv-docs models of gpu-final fine-tuned with one question per
         # row, the layout of `jrt run` (with more, the first question up front tells little about
         # what to keep). Start folders: runs/init/<job of gpu-final>.
-        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
-        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
-        two = ("default", "jrt")
         for f in (4, 3):
-            spec = ModelSpec("based", 128, 2, {"feature_dim": f})
-            add(f"mqar64-based-f{f}-2forms", "mqar", m64, spec, forms=two, **long)
-        add(
-            "mqar64-mamba2-n8",
-            "mqar",
-            m64,
-            ModelSpec("mamba2", 128, 2, {"state_size": 8, "chunk_size": 32}),
-            **long,
-        )
-        for f, start in ((4, "runs/init/mqar64-jrt_rnn-f4"), (5, None)):
-            spec = ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f})
-            add(
-                f"mqar64-jrt_rnn-f{f}-default", "mqar", m64, spec, forms=("default",), init_from=start, **long
-            )
+            add(f"mqar64-based-f{f}-2forms", "mqar", m64, based(f), forms=two, **long)
+        mamba2 = ModelSpec("mamba2", 128, 2, {"state_size": 8, "chunk_size": 32})
+        add("mqar64-mamba2-n8", "mqar", m64, mamba2, **long)
+        more("mqar64-jrt_rnn-f4-default", "mqar", m64, jrt_rnn(4), "mqar64-jrt_rnn-f4", ("default",), **long)
+        add("mqar64-jrt_rnn-f5-default", "mqar", m64, jrt_rnn(5), forms=("default",), **long)
         for f, lo, hi in ((4, 8, 12), (2, 6, 10)):
             job = f"kv{lo}-{hi}-based-f{f}"
             kv_long_records(f"{job}-q1", f, (lo, hi), 1, lr=1e-3, init_from=f"runs/init/{job}")
@@ -202,61 +212,35 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         # form at a lower rate. kv-docs with open field names (an associative memory: demo
         # candidates), started from the family-field models, which already read the phrasings,
         # and the conv + softmax-attention ceiling from scratch. Start folders: runs/init/<job>.
-        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
-        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
-        two = ("default", "jrt")
-        based = lambda f: ModelSpec("based", 128, 2, {"feature_dim": f})  # noqa: E731
-        add(
+        more(
             "mqar64-based-f4-more2forms",
             "mqar",
             m64,
             based(4),
-            forms=two,
-            init_from="runs/init/mqar64-based-f4",
+            "mqar64-based-f4",
+            two,
             **{**long, "lr": 1e-3},
         )
         for f in (3, 4):
             job = f"mqar64-based-f{f}-2forms"
-            add(f"{job}-more", "mqar", m64, based(f), forms=two, init_from=f"runs/init/{job}", **long)
-        add(
-            "mqar64-jrt_rnn-f4-default-more",
-            "mqar",
-            m64,
-            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
-            forms=("default",),
-            init_from="runs/init/mqar64-jrt_rnn-f4-default",
-            **{**long, "lr": 7e-4},
-        )
-        open_kv = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
-        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
-        byte_based = lambda f: ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS})  # noqa: E731
+            more(f"{job}-more", "mqar", m64, based(f), job, two, **long)
+        start = "mqar64-jrt_rnn-f4-default"
+        more(f"{start}-more", "mqar", m64, jrt_rnn(4), start, ("default",), **{**long, "lr": 7e-4})
         for f, start, forms in (
             (2, "kv6-10-based-f2", None),
             (4, "kv8-12-based-f4", None),
             (2, "kv6-10-based-f2", two),
         ):
             job = f"kvo8-14-based-f{f}" + ("-2forms" if forms else "")
-            extra = {"forms": forms} if forms else {}
-            add(job, "kv-docs", open_kv, byte_based(f), init_from=f"runs/init/{start}", **kv_run, **extra)
-        add(
-            "kvo8-14-conv_attention",
-            "kv-docs",
-            open_kv,
-            ModelSpec("conv_attention", 128, 3, {"eos_token_id": BYTE_EOS}),
-            **kv_run,
-        )
+            more(job, "kv-docs", open_kv, byte_based(f), start, forms, **kv_run)
+        ceiling = ModelSpec("conv_attention", 128, 3, {"eos_token_id": BYTE_EOS})
+        add("kvo8-14-conv_attention", "kv-docs", open_kv, ceiling, **kv_run)
         return jobs
     if name == "gpu-lead":
         # kv-docs with open field names, every training question of the question-first / JRT rows
         # up front (questions_up_front="all"): demo candidates, started from the family-field
         # models (runs/init/<job of gpu-final>). Halves ``--only kvl-a`` / ``--only kvl-b``.
-        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
-        lead["questions_up_front"] = "all"
-        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
-        two = ("default", "jrt")
-        three = tuple(f.value for f in ALL_FORMS)
-        byte_based = lambda f: ModelSpec("based", 128, 3, {"feature_dim": f, "eos_token_id": BYTE_EOS})  # noqa: E731
-        start = {2: "runs/init/kv6-10-based-f2", 4: "runs/init/kv8-12-based-f4"}
+        start = {2: "kv6-10-based-f2", 4: "kv8-12-based-f4"}
         for job, f, forms, changes, run_changes in (
             ("kvl-a-f2-2forms", 2, two, {}, {}),
             ("kvl-a-f2-3forms", 2, three, {}, {}),
@@ -267,13 +251,13 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
             ("kvl-b-f2-2forms-10-16", 2, two, {"min_fields": 10, "max_fields": 16}, {}),
             ("kvl-b-f4-2forms-q6", 4, two, {"num_queries": 6}, {}),
         ):
-            add(
+            more(
                 job,
                 "kv-docs",
                 {**lead, **changes},
                 byte_based(f),
-                forms=forms,
-                init_from=start[f],
+                start[f],
+                forms,
                 **{**kv_run, **run_changes},
             )
         return jobs
@@ -282,84 +266,27 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         # f=4 on the default form further (toward 99 % of the ceiling at 64 pairs); Based f=4 on
         # MQAR further on all three forms (three forms are what made kv-docs gain from the
         # second read). Start folders: runs/init/<job>.
-        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
-        lead["questions_up_front"] = "all"
-        kv_run = dict(kv, batch_size=128, max_steps=8000, data_workers=2)
-        three = tuple(f.value for f in ALL_FORMS)
-        byte_based = ModelSpec("based", 128, 3, {"feature_dim": 2, "eos_token_id": BYTE_EOS})
         for job, lr in (("kvl-c-f2-3forms-more", 2e-3), ("kvl-c-f2-3forms-more-lr1e-3", 1e-3)):
-            add(
-                job,
-                "kv-docs",
-                lead,
-                byte_based,
-                forms=three,
-                init_from="runs/init/kvl-a-f2-3forms",
-                **{**kv_run, "lr": lr},
-            )
-        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
-        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
-        add(
-            "mqar64-jrt_rnn-f4-default-more2",
-            "mqar",
-            m64,
-            ModelSpec("jrt_rnn", 128, 2, {"feature_dim": 4}),
-            forms=("default",),
-            init_from="runs/init/mqar64-jrt_rnn-f4-default-more",
-            **{**long, "lr": 5e-4},
-        )
-        add(
-            "mqar64-based-f4-3forms-more",
-            "mqar",
-            m64,
-            ModelSpec("based", 128, 2, {"feature_dim": 4}),
-            forms=three,
-            init_from="runs/init/mqar64-based-f4-more2forms",
-            **{**long, "lr": 1e-3},
-        )
+            more(job, "kv-docs", lead, byte_based(2), "kvl-a-f2-3forms", three, **{**kv_run, "lr": lr})
+        start = "mqar64-jrt_rnn-f4-default-more"
+        more(f"{start}2", "mqar", m64, jrt_rnn(4), start, ("default",), **{**long, "lr": 5e-4})
+        start = "mqar64-based-f4-more2forms"
+        more("mqar64-based-f4-3forms-more", "mqar", m64, based(4), start, three, **{**long, "lr": 1e-3})
         return jobs
     if name == "gpu-lead-3":
         # One GPU, 4 jobs, all continuations (runs/init/<job>): JRT-RNN on the default form at f=4
         # (from gpu-lead-2) and at f=5 (8 572 floats, still <= 1/8 of the ceiling's KV cache at
         # 64 pairs, from gpu-final-2); Based f=4 on MQAR's three forms and the new demo model
         # (kvl-c-f2-3forms-more) once more at a lower rate.
-        long = dict(batch_size=256, lr=2e-3, max_steps=8000)
-        m64 = {"num_pairs": 64, "num_queries": 8, "num_keys": 254, "num_values": 256}
-        three = tuple(f.value for f in ALL_FORMS)
         for job, f, start, lr in (
             ("mqar64-jrt_rnn-f4-default-more3", 4, "mqar64-jrt_rnn-f4-default-more2", 3e-4),
             ("mqar64-jrt_rnn-f5-default-more", 5, "mqar64-jrt_rnn-f5-default", 1e-3),
         ):
-            spec = ModelSpec("jrt_rnn", 128, 2, {"feature_dim": f})
-            add(
-                job,
-                "mqar",
-                m64,
-                spec,
-                forms=("default",),
-                init_from=f"runs/init/{start}",
-                **{**long, "lr": lr},
-            )
-        add(
-            "mqar64-based-f4-3forms-more2",
-            "mqar",
-            m64,
-            ModelSpec("based", 128, 2, {"feature_dim": 4}),
-            forms=three,
-            init_from="runs/init/mqar64-based-f4-3forms-more",
-            **{**long, "lr": 7e-4},
-        )
-        lead = {"num_queries": 4, "min_fields": 8, "max_fields": 14, "field_names": "open"}
-        lead["questions_up_front"] = "all"
-        add(
-            "kvl-d-f2-3forms-more2",
-            "kv-docs",
-            lead,
-            ModelSpec("based", 128, 3, {"feature_dim": 2, "eos_token_id": BYTE_EOS}),
-            forms=three,
-            init_from="runs/init/kvl-c-f2-3forms-more",
-            **{**kv, "batch_size": 128, "max_steps": 8000, "data_workers": 2, "lr": 1e-3},
-        )
+            more(job, "mqar", m64, jrt_rnn(f), start, ("default",), **{**long, "lr": lr})
+        start = "mqar64-based-f4-3forms-more"
+        more(f"{start}2", "mqar", m64, based(4), start, three, **{**long, "lr": 7e-4})
+        start = "kvl-c-f2-3forms-more"
+        more("kvl-d-f2-3forms-more2", "kv-docs", lead, byte_based(2), start, three, **{**kv_run, "lr": 1e-3})
         return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
