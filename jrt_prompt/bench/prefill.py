@@ -123,8 +123,8 @@ def run_prefill_bench(
 ) -> dict:
     """Time every method at every length; returns {"env", "shape", "rows"} (ms and speed-up over FA2 at N).
 
-    ``config`` launches the Based kernel (and PLA's causal pass), ``encoder_config`` PLA's encoder
-    reduction (default: ``config``)."""
+    ``config`` launches the Based kernel and PLA's causal pass (default ``DEFAULT_CONFIG``),
+    ``encoder_config`` PLA's encoder reduction (default ``DEFAULT_ENCODER_CONFIG``)."""
     device = require_cuda()
     torch_dtype = _dtype(dtype)
     unknown = [m for m in methods if m not in _MAKERS]
@@ -135,6 +135,7 @@ def run_prefill_bench(
     from jrt_prompt.kernels import triton_ops
 
     config = config or triton_ops.DEFAULT_CONFIG
+    encoder_config = encoder_config or triton_ops.DEFAULT_ENCODER_CONFIG
     rows = []
     for n in lengths:
         results = {}
@@ -188,7 +189,7 @@ def run_prefill_bench(
             "enc_fraction": enc_fraction,
         },
         "kernel_config": vars(config) if hasattr(config, "__dict__") else str(config),
-        "encoder_kernel_config": vars(encoder_config or config),
+        "encoder_kernel_config": vars(encoder_config),
         "timing": {"warmup": warmup, "reps": reps, "statistic": "median of CUDA-event times"},
         "rows": rows,
     }
