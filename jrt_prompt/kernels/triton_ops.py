@@ -8,8 +8,9 @@ f(f-1)/2 pair rows i < j [128 for f=16, dv] (the quadratic features are symmetri
 all fp32 (for half-precision inputs the normaliser's two small products per chunk run as split
 bf16 tensor-core products that keep fp32-level accuracy, _split_dot). Inside a chunk the scores
 are the polynomial 1 + s + s^2/2 of s = q·k/sqrt(f) (a [BT, BT] tile; the 273 features are
-never built for pairs of tokens); across chunks the query features meet the state. Only the state is ever expanded; the 273-row layout of
-:class:`LinearAttentionState` is read and written at the ends.
+never built for pairs of tokens); across chunks the query features meet the state. Only the
+state is ever expanded; the 273-row layout of :class:`LinearAttentionState` is read and written
+at the ends.
 
 Prefix linear attention runs the same kernel twice: first as a pure reduction over the encoder
 tokens (parallel over token splits, partial states summed), then as the causal pass starting
