@@ -49,8 +49,14 @@ def _signature(kernel, dtype: str) -> dict[str, str]:
     return sig
 
 
-def ptxas_report(kernel, *, dtype="bf16", arch=90, warps=4, stages=2, chunk=64, block_dv=64, reduction=False):
-    """ptxas's lines on registers and spills for one compiled configuration."""
+def ptxas_report(
+    kernel, *, dtype="bf16", arch=90, warps=4, stages=2, chunk=64, block_dv=64, reduction=False, split=None
+):
+    """ptxas's lines on registers and spills for one compiled configuration. ``split``: the
+    normaliser's products as split bf16 products (None: as the launcher picks, i.e. the cyclic
+    kernel with half-precision inputs)."""
+    if split is None:
+        split = kernel is triton_ops._chunked_cyclic_kernel and dtype != "fp32"
     constants = dict(
         F=16,
         BT=chunk,
@@ -63,7 +69,7 @@ def ptxas_report(kernel, *, dtype="bf16", arch=90, warps=4, stages=2, chunk=64, 
         PRECISION="ieee" if dtype == "fp32" else "tf32",
         DOT_DTYPE=_DTYPES[dtype],
         STATE_DTYPE=tl.float32 if dtype == "fp16" else _DTYPES[dtype],
-        NORM_SPLIT=dtype != "fp32",
+        NORM_SPLIT=split,
         NORM_DTYPE=tl.bfloat16,
     )
     if kernel is triton_ops._chunked_kernel:
@@ -109,6 +115,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--reduction", action="store_true", help="the state-only pass (PLA encoder) instead of the causal one"
     )
+    p.add_argument(
+        "--normaliser",
+        choices=("shipped", "split", "fp32"),
+        default="shipped",
+        help="the normaliser's products: as launched (split in the cyclic kernel only), split, or fp32",
+    )
     args = p.parse_args(argv)
     for name, kernel in (
         ("onehot", triton_ops._chunked_kernel),
@@ -123,6 +135,7 @@ def main(argv=None) -> int:
             chunk=args.chunk,
             block_dv=args.block_dv,
             reduction=args.reduction,
+            split={"shipped": None, "split": True, "fp32": False}[args.normaliser],
         )
         print(f"{name:7s} | " + " ; ".join(lines))
     return 0

@@ -1,6 +1,7 @@
 """Benchmark jobs: tables, plot, command line, and the whole-model job on tiny CPU models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,23 @@ def test_model_bench_on_tiny_cpu_models(tmp_path):
     json.dumps(result)  # serialisable as written by --json
     with pytest.raises(JRTError, match="unknown model"):
         run_model_bench([16], models=["gpt-9"], device="cpu", tiny=True)
+
+
+def test_ablation_variants_still_cut_the_shipped_kernel():
+    """scripts/ablate_prefill.py edits the kernel source by pattern: every variant must still
+    find its part (it raises otherwise) and leave valid Python that differs from the full kernel."""
+    import ast
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ablate_prefill.py"
+    spec = importlib.util.spec_from_file_location("ablate_prefill", path)
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    full = ablate.variant_source("full")
+    for name in ablate.VARIANTS:
+        source = ablate.variant_source(name)
+        ast.parse(source)
+        assert (source == full) == (name == "full"), name
+    assert (
+        "_cyc_group(" not in ablate.variant_source("no_pair_groups").split("def _chunked_cyclic_kernel(")[1]
+    )
