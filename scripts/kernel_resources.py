@@ -50,11 +50,22 @@ def _signature(kernel, dtype: str) -> dict[str, str]:
 
 
 def ptxas_report(
-    kernel, *, dtype="bf16", arch=90, warps=4, stages=2, chunk=64, block_dv=64, reduction=False, split=None
+    kernel,
+    *,
+    dtype="bf16",
+    arch=90,
+    warps=4,
+    stages=2,
+    chunk=64,
+    block_dv=64,
+    reduction=False,
+    inline=False,
+    split=None,
 ):
-    """ptxas's lines on registers and spills for one compiled configuration. ``split``: the
-    normaliser's products as split bf16 products (None: as the launcher picks, i.e. the cyclic
-    kernel with half-precision inputs)."""
+    """ptxas's lines on registers and spills for one compiled configuration. ``inline``: the
+    normaliser carried inside the kernel (as ``ChunkConfig(normaliser_block=0)`` launches it)
+    instead of read from its own pass; ``split``: then its products as split bf16 products (None:
+    as the launcher picks, i.e. the cyclic kernel with half-precision inputs)."""
     if split is None:
         split = kernel is triton_ops._chunked_cyclic_kernel and dtype != "fp32"
     constants = dict(
@@ -71,6 +82,7 @@ def ptxas_report(
         STATE_DTYPE=tl.float32 if dtype == "fp16" else _DTYPES[dtype],
         NORM_SPLIT=split,
         NORM_DTYPE=tl.bfloat16,
+        NORM_INLINE=inline,
     )
     if kernel is triton_ops._chunked_kernel:
         constants.update(NP=128, SYM=True)
@@ -117,9 +129,10 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--normaliser",
-        choices=("shipped", "split", "fp32"),
-        default="shipped",
-        help="the normaliser's products: as launched (split in the cyclic kernel only), split, or fp32",
+        choices=("pass", "inline", "split", "fp32"),
+        default="pass",
+        help="the normaliser: in its own pass (shipped default); inside the kernel with products as"
+        " the launcher picks them (split in the cyclic kernel only); inside, split; inside, fp32",
     )
     args = p.parse_args(argv)
     for name, kernel in (
@@ -135,7 +148,8 @@ def main(argv=None) -> int:
             chunk=args.chunk,
             block_dv=args.block_dv,
             reduction=args.reduction,
-            split={"shipped": None, "split": True, "fp32": False}[args.normaliser],
+            inline=args.normaliser != "pass",
+            split={"pass": None, "inline": None, "split": True, "fp32": False}[args.normaliser],
         )
         print(f"{name:7s} | " + " ; ".join(lines))
     return 0

@@ -17,12 +17,17 @@ from jrt_prompt.kernels import reference as ref
 pytestmark = pytest.mark.gpu
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
-# None: the public ops (default kernel config, pairs "cyclic"); "onehot": the other pair layout
-PAIRS = [None, "onehot"]
+# None: the public ops (default kernel config: pairs "cyclic", the normaliser in its own pass);
+# "onehot": the other pair layout; "cyclic-inline": the normaliser inside the prefill kernel
+PAIRS = [None, "onehot", "cyclic-inline"]
 
 
 def _config(pairs, **kw):
-    return dataclasses.replace(triton_ops.DEFAULT_CONFIG, **({"pairs": pairs} if pairs else {}), **kw)
+    config = dataclasses.replace(triton_ops.DEFAULT_CONFIG, **kw)
+    if pairs is None:
+        return config
+    layout, _, inline = pairs.partition("-")
+    return dataclasses.replace(config, pairs=layout, **({"normaliser_block": 0} if inline else {}))
 
 
 def _based(q, k, v, pairs, **kw):
@@ -132,7 +137,7 @@ def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk):
     assert _rel(o, o_ref) < 1e-2 and _rel(st.kv, st_ref.kv) < 1e-4
 
 
-@pytest.mark.parametrize("pairs", ["onehot", "cyclic"])
+@pytest.mark.parametrize("pairs", ["onehot", "cyclic", "cyclic-inline"])
 @pytest.mark.parametrize("num_warps,chunk", [(4, 64), (4, 128), (8, 128), (8, 256)])
 def test_encoder_reduction_launch_shapes(num_warps, chunk, pairs):
     """The encoder pass under the shapes its tuner tries: the reference state, mixed lengths."""

@@ -204,6 +204,9 @@ def _tuning_configs(op: str) -> list:
         )
 
     # (every shape here is also run by the GPU tests: a miscompiled shape would end the process)
+    def inline(config, **kw):  # the normaliser carried through the kernel's walk (earlier form)
+        return dataclasses.replace(config, normaliser_block=0, **kw)
+
     if op == "encoder":
         # the state-only pass: no queries, no [chunk, chunk] scores, so larger chunks may pay
         return [
@@ -211,18 +214,23 @@ def _tuning_configs(op: str) -> list:
             cfg(64, 64, 4, 2),
             cfg(128, 64, 8, 2),
             cfg(256, 64, 8, 2),
-            dataclasses.replace(cfg(128, 64, 4, 2), split_normaliser=False),
+            inline(cfg(128, 64, 4, 2)),
+            inline(cfg(128, 64, 4, 2), split_normaliser=False),
         ]
     # the pair features grouped by cyclic distance (ten [64, 16] state tiles, see
-    # _chunked_cyclic_kernel) or in one [64, 128] tile by one-hot selection ("onehot")
+    # _chunked_cyclic_kernel) or in one [64, 128] tile by one-hot selection ("onehot"); the
+    # normaliser in its own pass over blocks of 1024 (default), 512 or 4096 tokens, or inline
     return [
         cfg(64, 64, 4, 2),
+        dataclasses.replace(cfg(64, 64, 4, 2), normaliser_block=512),
+        dataclasses.replace(cfg(64, 64, 4, 2), normaliser_block=4096),
         cfg(32, 64, 4, 2),
         cfg(64, 64, 8, 2),
         cfg(128, 64, 8, 2),
         cfg(64, 64, 4, 2, pairs="onehot"),
-        # the normaliser's products in fp32 on the CUDA cores (the kernels' earlier form)
-        dataclasses.replace(cfg(64, 64, 4, 2), split_normaliser=False),
+        inline(cfg(64, 64, 4, 2)),
+        # the inline normaliser's products in fp32 on the CUDA cores
+        inline(cfg(64, 64, 4, 2), split_normaliser=False),
     ]
 
 

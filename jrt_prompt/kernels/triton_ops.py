@@ -63,12 +63,19 @@ class ChunkConfig:
     # faster, 11% in the encoder pass; the one-hot kernel spills more with it and measured 1.9x
     # slower, so it keeps fp32 products). fp32 inputs always take exact fp32 products.
     split_normaliser: bool = True
+    # >0: the normaliser runs as its own parallel pass (_normaliser_kernel, blocks of this many
+    # tokens) and the prefill kernels only read its denominators; 0: the prefill kernels carry it
+    # through their walk over the sequence (split_normaliser then applies).
+    normaliser_block: int = 1024
 
 
 PAIR_LAYOUTS = ("onehot", "cyclic")
 
 
 DEFAULT_CONFIG = ChunkConfig()
+# chunk of _normaliser_kernel (its blocks are multiples of it): one compiled shape whatever the
+# prefill kernel's chunk, since a token's denominator does not depend on the chunking
+NORMALISER_CHUNK = 64
 # PLA's encoder reduction has no queries and no [chunk, chunk] scores, so it takes a larger chunk
 # (tuned separately: `jrt bench prefill --tune`, docs/benchmarks.md)
 DEFAULT_ENCODER_CONFIG = ChunkConfig(chunk=128)
@@ -218,6 +225,73 @@ def _normaliser_store(
 
 
 @triton.jit
+def _normaliser_kernel(
+    q_ptr,
+    k_ptr,
+    mask_ptr,
+    enc_len_ptr,
+    zs_in_ptr,
+    zs_out_ptr,
+    den_ptr,
+    N,
+    H,
+    tokens_per_block,
+    block_stride_zs,
+    scale1,
+    F: tl.constexpr,
+    BT: tl.constexpr,
+    WRITE_DEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_ENC_LEN: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    """The normaliser on its own, one program per (batch*head, block of tokens_per_block tokens).
+
+    WRITE_DEN=False: the block's sum of phi(k) (273-entry layout) into zs_out [block, b*h, 273].
+    WRITE_DEN=True: starting from zs_in [block, b*h, 273] (the sums of all earlier tokens), the
+    denominator phi(q_t) . sum_{j<=t} phi(k_j) of every token into den [b*h, N] (fp32).
+
+    The prefill kernels take den from here (NORM_INLINE=False) instead of carrying the
+    normaliser through their serial walk over the sequence: these programs are many and short
+    (blocks run in parallel), so the normaliser's small products leave the prefill's critical
+    path. Products are exact fp32 ("ieee"), as the inline normaliser's are for fp32 inputs.
+    """
+    pid_bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_f = tl.arange(0, F)
+    offs_t = tl.arange(0, BT)
+    qk_base = b.to(tl.int64) * N * H * F + h * F
+    zs_base = pid_bh.to(tl.int64) * (1 + F + F * F)
+    z0, z1, z2 = _normaliser_start(zs_in_ptr, blk, block_stride_zs, zs_base, offs_f, F, BT, HAS_INIT)
+    t_begin, t_end = _token_range(blk, tokens_per_block, N, enc_len_ptr, b, HAS_ENC_LEN)
+    for t0 in range(t_begin, t_end, BT):
+        t = t0 + offs_t
+        t_ok = t < t_end
+        w = t_ok.to(tl.float32)
+        if HAS_MASK:
+            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+        tok = qk_base + t * (H * F)
+        ks = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        ks = ks * scale1
+        if WRITE_DEN:
+            qs = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+            qs = qs * scale1
+            # the same scores as _intra_chunk's (same operands, same products), row sums only
+            s = tl.dot(qs.to(DOT_DTYPE), tl.trans(ks.to(DOT_DTYPE)), input_precision=PRECISION)
+            a = 1.0 + s + 0.5 * s * s
+            a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
+            den = _normaliser_read(tl.sum(a, 1), qs, z0, z1, z2, False, tl.float32)
+            tl.store(den_ptr + pid_bh.to(tl.int64) * N + t, den, mask=t_ok)
+        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, False, tl.float32)
+    if not WRITE_DEN:
+        _normaliser_store(zs_out_ptr, blk, block_stride_zs, zs_base, z0, z1, z2, offs_f, F)
+
+
+@triton.jit
 def _chunked_kernel(
     q_ptr,
     k_ptr,
@@ -229,6 +303,7 @@ def _chunked_kernel(
     ks_in_ptr,
     kv_out_ptr,
     ks_out_ptr,
+    den_ptr,
     pair_i_ptr,
     pair_j_ptr,
     N,
@@ -256,6 +331,7 @@ def _chunked_kernel(
     SYM: tl.constexpr,
     NORM_SPLIT: tl.constexpr,
     NORM_DTYPE: tl.constexpr,
+    NORM_INLINE: tl.constexpr,
 ):
     """Chunked Based attention over tokens [split * tokens_per_split, ...) of one (batch, head).
 
@@ -332,7 +408,15 @@ def _chunked_kernel(
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
         sq = tl.zeros([NQ, BLOCK_DV], dtype=tl.float32)
-    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
+    # NORM_INLINE=False: the normaliser comes from _normaliser_kernel (den_ptr), none kept here
+    if NORM_INLINE:
+        z0, z1, z2 = _normaliser_start(
+            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT
+        )
+    else:
+        z0, z1, z2 = _normaliser_start(
+            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False
+        )
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
@@ -363,7 +447,10 @@ def _chunked_kernel(
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
             num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
             num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
+            if NORM_INLINE:
+                den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
+            else:
+                den = tl.load(den_ptr + pid_bh.to(tl.int64) * N + t, mask=t_ok, other=1.0)
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
                 o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
@@ -386,7 +473,8 @@ def _chunked_kernel(
         s0 = s0 + tl.sum(vw.to(tl.float32), 0)
         sl = tl.dot(kl.to(dtype), vw, sl, input_precision=PRECISION)
         sq = tl.dot(kq.to(dtype), vw, sq, input_precision=PRECISION)
-        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
+        if NORM_INLINE:
+            z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -398,8 +486,9 @@ def _chunked_kernel(
             tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
         else:
             tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
-        if pid_dv == 0:
-            _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
+        if NORM_INLINE:
+            if pid_dv == 0:
+                _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +592,7 @@ def _chunked_cyclic_kernel(
     ks_in_ptr,
     kv_out_ptr,
     ks_out_ptr,
+    den_ptr,
     N,
     H,
     DV,
@@ -526,6 +616,7 @@ def _chunked_cyclic_kernel(
     STATE_DTYPE: tl.constexpr,
     NORM_SPLIT: tl.constexpr,
     NORM_DTYPE: tl.constexpr,
+    NORM_INLINE: tl.constexpr,
 ):
     """_chunked_kernel (SYM) with the pair rows in the cyclic layout: same arguments, same
     results, same 273-row states in and out; the state is ten [BLOCK_DV, F] register tiles.
@@ -589,7 +680,15 @@ def _chunked_cyclic_kernel(
         s_p6 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p7 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p8 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
-    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
+    # NORM_INLINE=False: the normaliser comes from _normaliser_kernel (den_ptr), none kept here
+    if NORM_INLINE:
+        z0, z1, z2 = _normaliser_start(
+            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT
+        )
+    else:
+        z0, z1, z2 = _normaliser_start(
+            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False
+        )
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
@@ -614,7 +713,10 @@ def _chunked_cyclic_kernel(
             num = tl.dot(
                 qdia.to(STATE_DTYPE), tl.trans(s_dia.to(STATE_DTYPE)), num, input_precision=PRECISION
             )
-            den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
+            if NORM_INLINE:
+                den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
+            else:
+                den = tl.load(den_ptr + pid_bh.to(tl.int64) * N + t, mask=t_ok, other=1.0)
         else:
             # pure reduction: no queries, no output (placeholders keep one _cyc_group signature)
             qd = kd
@@ -651,7 +753,8 @@ def _chunked_cyclic_kernel(
                 o.to(o_ptr.dtype.element_ty),
                 mask=t_ok[:, None] & dv_mask[None, :],
             )
-        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
+        if NORM_INLINE:
+            z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, NORM_SPLIT, NORM_DTYPE)
 
     if STORE_STATE:
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
@@ -666,8 +769,9 @@ def _chunked_cyclic_kernel(
         _cyc_store(out_kv, s_p6, 6, F, offs_dv, dv_mask, DV)
         _cyc_store(out_kv, s_p7, 7, F, offs_dv, dv_mask, DV)
         _cyc_store(out_kv, s_p8, 8, F, offs_dv, dv_mask, DV)
-        if pid_dv == 0:
-            _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
+        if NORM_INLINE:
+            if pid_dv == 0:
+                _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
 
 
 @triton.jit
@@ -858,7 +962,11 @@ def _launch_chunked(
     write_output: bool,
     eps: float,
     config: ChunkConfig,
+    den=None,
+    norm_inline: bool = True,
 ):
+    """One launch of a chunked kernel. norm_inline=False: no normaliser in the kernel (ks_out is
+    not written); with write_output, den [b*h, n] (from _normaliser_pass) gives the denominators."""
     b, n, h, f = q.shape
     dv = v.shape[-1]
     block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
@@ -879,6 +987,7 @@ def _launch_chunked(
         init.ksum if init is not None else dummy,
         kv_out if kv_out is not None else dummy,
         ks_out if ks_out is not None else dummy,
+        den if den is not None else dummy,
     ]
     sizes = [
         n,
@@ -911,6 +1020,7 @@ def _launch_chunked(
         # inputs, exact fp32 products for fp32 inputs (see _split_dot)
         NORM_SPLIT=config.split_normaliser and v.dtype != torch.float32 and cyclic,
         NORM_DTYPE=_dot_dtype(torch.bfloat16),
+        NORM_INLINE=norm_inline,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
         **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
@@ -954,8 +1064,55 @@ def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
     return triton.cdiv(max(n, 1), tokens), tokens
 
 
-def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config):
-    """Per-split sums of phi(k) ⊗ v (fp32), one launch parallel over (value block, batch*head, split)."""
+def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den):
+    """(den [b*h, n] fp32 or None, total sum of phi(k) [b, h, 273] plus init_ksum) by
+    _normaliser_kernel: the blocks' sums of phi(k) in parallel, their exclusive prefix sum (plus
+    the initial normaliser) in torch, then each block's denominators in parallel."""
+    b, n, h, f = k.shape
+    feats = 1 + f + f * f
+    chunk = NORMALISER_CHUNK
+    block = triton.cdiv(max(block, chunk), chunk) * chunk
+    blocks = triton.cdiv(max(n, 1), block)
+    meta = dict(
+        F=f,
+        BT=chunk,
+        HAS_MASK=mask_u8 is not None,
+        HAS_ENC_LEN=enc_len is not None,
+        PRECISION=_precision(k.dtype),
+        DOT_DTYPE=_dot_dtype(k.dtype),
+        num_warps=4,
+    )
+    grid = (b * h, blocks)
+    stride = b * h * feats
+    dummy = k
+    mask_arg = mask_u8 if mask_u8 is not None else dummy
+    enc_arg = enc_len if enc_len is not None else dummy
+    sums = torch.empty(blocks, b * h, feats, device=k.device, dtype=torch.float32)
+    # fmt: off
+    _normaliser_kernel[grid](k, k, mask_arg, enc_arg, dummy, sums, dummy, n, h, block, stride, f**-0.25,
+                             WRITE_DEN=False, HAS_INIT=False, **meta)
+    # fmt: on
+    starts = torch.cumsum(sums, 0)
+    total = starts[-1].reshape(b, h, feats).clone()
+    if init_ksum is not None:
+        total += init_ksum
+    if not want_den:
+        return None, total
+    starts = starts.roll(1, 0)
+    starts[0].zero_()
+    if init_ksum is not None:
+        starts += init_ksum.reshape(1, b * h, feats)
+    den = torch.empty(b * h, n, device=k.device, dtype=torch.float32)
+    # fmt: off
+    _normaliser_kernel[grid](q, k, mask_arg, enc_arg, starts, dummy, den, n, h, block, stride, f**-0.25,
+                             WRITE_DEN=True, HAS_INIT=True, **meta)
+    # fmt: on
+    return den, total
+
+
+def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config, norm_inline=True):
+    """Per-split sums of phi(k) ⊗ v (fp32), one launch parallel over (value block, batch*head, split);
+    with norm_inline=False the kernel keeps no normaliser and the per-split ksums are not written."""
     b, n, h, f = k.shape
     dv = v.shape[-1]
     feats = 1 + f + f * f
@@ -977,8 +1134,9 @@ def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config)
         write_output=False,
         eps=0.0,
         config=config,
+        norm_inline=norm_inline,
     )
-    return kv_parts, ks_parts
+    return kv_parts, (ks_parts if norm_inline else None)
 
 
 def based_prefill(
@@ -1015,8 +1173,22 @@ def based_prefill(
         sms = _num_sms(q.device)
         want = 1 if programs >= sms else max(1, min(2 * sms // programs, n // 1024))
     segments, seg_tokens = _split_plan(n, want, config.chunk)
+    inline = config.normaliser_block <= 0
+    den = total_ksum = None
+    if not inline:
+        den, total_ksum = _normaliser_pass(
+            q,
+            k,
+            mask_u8=mask_u8,
+            enc_len=None,
+            init_ksum=init.ksum if init is not None else None,
+            block=config.normaliser_block,
+            want_den=True,
+        )
     if segments == 1:
         final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
+        if final is not None and not inline:
+            final.ksum = total_ksum
         _launch_chunked(
             q,
             k,
@@ -1033,11 +1205,22 @@ def based_prefill(
             write_output=True,
             eps=eps,
             config=config,
+            den=den,
+            norm_inline=inline,
         )
         return out, final
     kv_parts, ks_parts = _partial_states(
-        k, v, mask_u8=mask_u8, enc_len=None, splits=segments, tokens_per_split=seg_tokens, config=config
+        k,
+        v,
+        mask_u8=mask_u8,
+        enc_len=None,
+        splits=segments,
+        tokens_per_split=seg_tokens,
+        config=config,
+        norm_inline=inline,
     )
+    if ks_parts is None:  # the normaliser pass has the sums; the segments need only theirs
+        ks_parts = torch.zeros(segments, b, h, 1 + f + f * f, device=q.device, dtype=torch.float32)
     # starts[s] = initial + sum of segments before s
     kv_starts = torch.cumsum(kv_parts, 0).roll(1, 0)
     ks_starts = torch.cumsum(ks_parts, 0).roll(1, 0)
@@ -1052,6 +1235,8 @@ def based_prefill(
         if final is not None:
             final.kv += init.kv
             final.ksum += init.ksum
+    if final is not None and not inline:
+        final.ksum = total_ksum
     _launch_chunked(
         q,
         k,
@@ -1068,6 +1253,8 @@ def based_prefill(
         write_output=True,
         eps=eps,
         config=config,
+        den=den,
+        norm_inline=inline,
     )
     return out, final
 
@@ -1085,18 +1272,27 @@ def encoder_state(
     # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
     want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
     splits, tokens_per_split = _split_plan(n, want, config.chunk)
+    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    enc_len = enc_lengths.to(torch.int32).contiguous()
+    inline = config.normaliser_block <= 0
     kv_parts, ks_parts = _partial_states(
         k_enc,
         v_enc,
-        mask_u8=mask.to(torch.uint8).contiguous() if mask is not None else None,
-        enc_len=enc_lengths.to(torch.int32).contiguous(),
+        mask_u8=mask_u8,
+        enc_len=enc_len,
         splits=splits,
         tokens_per_split=tokens_per_split,
         config=config,
+        norm_inline=inline,
     )
-    if splits == 1:
-        return LinearAttentionState(kv_parts[0], ks_parts[0])
-    return LinearAttentionState(kv_parts.sum(0), ks_parts.sum(0))
+    kv = kv_parts[0] if splits == 1 else kv_parts.sum(0)
+    if inline:
+        return LinearAttentionState(kv, ks_parts[0] if splits == 1 else ks_parts.sum(0))
+    # fmt: off
+    _, ksum = _normaliser_pass(k_enc, k_enc, mask_u8=mask_u8, enc_len=enc_len, init_ksum=None,
+                               block=config.normaliser_block, want_den=False)
+    # fmt: on
+    return LinearAttentionState(kv, ksum)
 
 
 def pla_prefill(
