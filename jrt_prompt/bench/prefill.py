@@ -224,6 +224,8 @@ def _tuning_configs(op: str) -> list:
         cfg(64, 64, 4, 2),
         dataclasses.replace(cfg(64, 64, 4, 2), normaliser_block=512),
         dataclasses.replace(cfg(64, 64, 4, 2), normaliser_block=4096),
+        dataclasses.replace(cfg(64, 64, 4, 2), normaliser_warps=2),
+        dataclasses.replace(cfg(64, 64, 4, 2), normaliser_warps=8),
         cfg(32, 64, 4, 2),
         cfg(64, 64, 8, 2),
         cfg(128, 64, 8, 2),

@@ -67,6 +67,7 @@ class ChunkConfig:
     # tokens) and the prefill kernels only read its denominators; 0: the prefill kernels carry it
     # through their walk over the sequence (split_normaliser then applies).
     normaliser_block: int = 1024
+    normaliser_warps: int = 4
 
 
 PAIR_LAYOUTS = ("onehot", "cyclic")
@@ -76,6 +77,7 @@ DEFAULT_CONFIG = ChunkConfig()
 # chunk of _normaliser_kernel (its blocks are multiples of it): one compiled shape whatever the
 # prefill kernel's chunk, since a token's denominator does not depend on the chunking
 NORMALISER_CHUNK = 64
+NORMALISER_SUMS_CHUNK = 256
 # PLA's encoder reduction has no queries and no [chunk, chunk] scores, so it takes a larger chunk
 # (tuned separately: `jrt bench prefill --tune`, docs/benchmarks.md)
 DEFAULT_ENCODER_CONFIG = ChunkConfig(chunk=128)
@@ -178,7 +180,7 @@ def _normaliser_start(
 
 
 @triton.jit
-def _split_dot(a, b, acc, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
+def _split_dot(a, b, acc, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr, A_EXACT: tl.constexpr = False):
     """acc + a @ b for fp32 a, b, to fp32-level accuracy. SPLIT: on the tensor cores, each operand
     as hi + lo in SPLIT_DTYPE (bf16: 8 + 8 mantissa bits, fp32's range), three products with the
     lo @ lo term dropped (relative error ~2^-16 per product; exact when the operands are bf16 or
@@ -187,11 +189,13 @@ def _split_dot(a, b, acc, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
     these [.., 16] x [16, ..] shapes: the split form measured 3% faster for the causal pass and
     11% for the encoder pass (docs/benchmarks.md)."""
     if SPLIT:
+        # A_EXACT: a's values are SPLIT_DTYPE values (a_lo = 0), two products suffice
         a_hi = a.to(SPLIT_DTYPE)
-        a_lo = (a - a_hi.to(tl.float32)).to(SPLIT_DTYPE)
         b_hi = b.to(SPLIT_DTYPE)
         b_lo = (b - b_hi.to(tl.float32)).to(SPLIT_DTYPE)
-        acc = tl.dot(a_lo, b_hi, acc)
+        if not A_EXACT:
+            a_lo = (a - a_hi.to(tl.float32)).to(SPLIT_DTYPE)
+            acc = tl.dot(a_lo, b_hi, acc)
         acc = tl.dot(a_hi, b_lo, acc)
         return tl.dot(a_hi, b_hi, acc)
     else:
@@ -246,6 +250,9 @@ def _normaliser_kernel(
     HAS_INIT: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SPLIT_DTYPE: tl.constexpr,
+    Q_EXACT: tl.constexpr,
 ):
     """The normaliser on its own, one program per (batch*head, block of tokens_per_block tokens).
 
@@ -255,8 +262,13 @@ def _normaliser_kernel(
 
     The prefill kernels take den from here (NORM_INLINE=False) instead of carrying the
     normaliser through their serial walk over the sequence: these programs are many and short
-    (blocks run in parallel), so the normaliser's small products leave the prefill's critical
-    path. Products are exact fp32 ("ieee"), as the inline normaliser's are for fp32 inputs.
+    (blocks run in parallel), so the normaliser leaves the prefill's critical path.
+
+    Z2 is kept as sum k_i k_j of the scaled keys (no 1/sqrt2), so for half-precision inputs both
+    operands of its update are input-dtype values: one tensor-core product with fp32 accumulation
+    is exact. Its read-out q^T Z2 q takes Z2 split into hi + lo (SPLIT, see _split_dot): two
+    products when the queries are SPLIT_DTYPE values (Q_EXACT, bf16 inputs), three otherwise.
+    fp32 inputs: "ieee" products throughout.
     """
     pid_bh = tl.program_id(0)
     blk = tl.program_id(1)
@@ -267,6 +279,7 @@ def _normaliser_kernel(
     qk_base = b.to(tl.int64) * N * H * F + h * F
     zs_base = pid_bh.to(tl.int64) * (1 + F + F * F)
     z0, z1, z2 = _normaliser_start(zs_in_ptr, blk, block_stride_zs, zs_base, offs_f, F, BT, HAS_INIT)
+    z2 = z2 * 1.4142135623730951  # the 273-entry layout holds sum k_i k_j / sqrt2
     t_begin, t_end = _token_range(blk, tokens_per_block, N, enc_len_ptr, b, HAS_ENC_LEN)
     for t0 in range(t_begin, t_end, BT):
         t = t0 + offs_t
@@ -284,10 +297,15 @@ def _normaliser_kernel(
             s = tl.dot(qs.to(DOT_DTYPE), tl.trans(ks.to(DOT_DTYPE)), input_precision=PRECISION)
             a = 1.0 + s + 0.5 * s * s
             a = tl.where(offs_t[:, None] >= offs_t[None, :], a, 0.0) * w[None, :]
-            den = _normaliser_read(tl.sum(a, 1), qs, z0, z1, z2, False, tl.float32)
+            qz2 = _split_dot(qs, z2, tl.zeros([BT, F], tl.float32), SPLIT, SPLIT_DTYPE, Q_EXACT)
+            den = tl.sum(a, 1) + z0 + tl.sum(qs * (z1[None, :] + 0.5 * qz2), 1)
             tl.store(den_ptr + pid_bh.to(tl.int64) * N + t, den, mask=t_ok)
-        z0, z1, z2 = _normaliser_update(z0, z1, z2, ks, w, False, tl.float32)
+        kw = ks * w[:, None]  # w is 0 or 1: still an input-dtype value
+        z2 = tl.dot(tl.trans(kw.to(DOT_DTYPE)), ks.to(DOT_DTYPE), z2, input_precision=PRECISION)
+        z1 = z1 + tl.sum(kw, 0)
+        z0 = z0 + tl.sum(w, 0)
     if not WRITE_DEN:
+        z2 = z2 * 0.7071067811865476
         _normaliser_store(zs_out_ptr, blk, block_stride_zs, zs_base, z0, z1, z2, offs_f, F)
 
 
@@ -1064,7 +1082,7 @@ def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
     return triton.cdiv(max(n, 1), tokens), tokens
 
 
-def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den):
+def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den, num_warps=4):
     """(den [b*h, n] fp32 or None, total sum of phi(k) [b, h, 273] plus init_ksum) by
     _normaliser_kernel: the blocks' sums of phi(k) in parallel, their exclusive prefix sum (plus
     the initial normaliser) in torch, then each block's denominators in parallel."""
@@ -1073,15 +1091,20 @@ def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den):
     chunk = NORMALISER_CHUNK
     block = triton.cdiv(max(block, chunk), chunk) * chunk
     blocks = triton.cdiv(max(n, 1), block)
+    half = k.dtype != torch.float32
     meta = dict(
         F=f,
-        BT=chunk,
         HAS_MASK=mask_u8 is not None,
         HAS_ENC_LEN=enc_len is not None,
         PRECISION=_precision(k.dtype),
         DOT_DTYPE=_dot_dtype(k.dtype),
-        num_warps=4,
+        SPLIT=half,
+        SPLIT_DTYPE=_dot_dtype(torch.bfloat16),
+        Q_EXACT=k.dtype == torch.bfloat16,
+        num_warps=num_warps,
     )
+    # the sums need no [chunk, chunk] scores: larger chunks where the block allows
+    sums_chunk = NORMALISER_SUMS_CHUNK if block % NORMALISER_SUMS_CHUNK == 0 else chunk
     grid = (b * h, blocks)
     stride = b * h * feats
     dummy = k
@@ -1090,7 +1113,7 @@ def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den):
     sums = torch.empty(blocks, b * h, feats, device=k.device, dtype=torch.float32)
     # fmt: off
     _normaliser_kernel[grid](k, k, mask_arg, enc_arg, dummy, sums, dummy, n, h, block, stride, f**-0.25,
-                             WRITE_DEN=False, HAS_INIT=False, **meta)
+                             BT=sums_chunk, WRITE_DEN=False, HAS_INIT=False, **meta)
     # fmt: on
     starts = torch.cumsum(sums, 0)
     total = starts[-1].reshape(b, h, feats).clone()
@@ -1105,7 +1128,7 @@ def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den):
     den = torch.empty(b * h, n, device=k.device, dtype=torch.float32)
     # fmt: off
     _normaliser_kernel[grid](q, k, mask_arg, enc_arg, starts, dummy, den, n, h, block, stride, f**-0.25,
-                             WRITE_DEN=True, HAS_INIT=True, **meta)
+                             BT=chunk, WRITE_DEN=True, HAS_INIT=True, **meta)
     # fmt: on
     return den, total
 
@@ -1184,6 +1207,7 @@ def based_prefill(
             init_ksum=init.ksum if init is not None else None,
             block=config.normaliser_block,
             want_den=True,
+            num_warps=config.normaliser_warps,
         )
     if segments == 1:
         final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
@@ -1290,7 +1314,7 @@ def encoder_state(
         return LinearAttentionState(kv, ks_parts[0] if splits == 1 else ks_parts.sum(0))
     # fmt: off
     _, ksum = _normaliser_pass(k_enc, k_enc, mask_u8=mask_u8, enc_len=enc_len, init_ksum=None,
-                               block=config.normaliser_block, want_den=False)
+                               block=config.normaliser_block, want_den=False, num_warps=config.normaliser_warps)
     # fmt: on
     return LinearAttentionState(kv, ksum)
 
