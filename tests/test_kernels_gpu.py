@@ -127,12 +127,14 @@ def test_decode_step_full_size(batch):
     assert _rel(st.kv, st64.kv) < 1e-3
 
 
-@pytest.mark.parametrize("num_warps,chunk", [(4, 64), (8, 64), (8, 128), (4, 32)])
-def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk):
+@pytest.mark.parametrize(
+    "num_warps,chunk,stages", [(4, 64, 2), (8, 64, 2), (8, 128, 2), (4, 32, 2), (4, 64, 3)]
+)
+def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk, stages):
     """The tuned launch shapes of the cyclic kernel: same outputs and states as the one-hot kernel."""
     q, k, v, _, _ = _inputs(2, 5000, 8, 64, torch.bfloat16, seed=5)
     o_ref, st_ref = triton_ops.based_prefill(q, k, v, output_final_state=True, config=_config("onehot"))
-    cfg = _config("cyclic", num_warps=num_warps, chunk=chunk)
+    cfg = _config("cyclic", num_warps=num_warps, chunk=chunk, num_stages=stages)
     o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
     assert _rel(o, o_ref) < 1e-2 and _rel(st.kv, st_ref.kv) < 1e-4
 
@@ -151,3 +153,22 @@ def test_encoder_reduction_launch_shapes(num_warps, chunk, pairs):
     w = (torch.arange(9000, device="cuda")[None] < enc[:, None]).float() * mask.float()
     st_ref = ref.state_from_tokens(ke.float(), ve.float(), w)
     assert _rel(st.kv, st_ref.kv) < 1e-2 and _rel(st.ksum, st_ref.ksum) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("warps,block", [(1, 1024), (2, 512), (2, 2048), (4, 1024), (2, 64)])
+def test_normaliser_pass_launch_shapes(warps, block, dtype):
+    """The normaliser pass under the shapes its tuner tries: the same outputs as the normaliser
+    carried inside the kernel, and the reference normaliser, with padding and an initial state."""
+    q, k, v, _, _ = _inputs(2, 9000, 8, 64, dtype, seed=7)
+    mask = torch.ones(2, 9000, dtype=torch.bool, device="cuda")
+    mask[0, :700] = False
+    init = ref.state_from_tokens(k[:, :300].float(), v[:, :300].float(), torch.ones(2, 300, device="cuda"))
+    kw = dict(mask=mask, initial_state=init, output_final_state=True)
+    o_in, st_in = triton_ops.based_prefill(q, k, v, config=_config("cyclic-inline"), **kw)
+    cfg = _config(None, normaliser_warps=warps, normaliser_block=block)
+    o, st = triton_ops.based_prefill(q, k, v, config=cfg, **kw)
+    assert _rel(o, o_in) < 1e-2 and _rel(st.ksum, st_in.ksum) < 1e-6
+    w = mask.float()
+    st_ref = ref.state_from_tokens(k.float(), v.float(), w)
+    assert _rel(st.ksum, st_ref.ksum + init.ksum) < 1e-5

@@ -4,9 +4,12 @@ Algorithm of the prefill kernel (one program per (block of value columns, batch*
 walk the sequence in chunks of BT tokens while holding the running state in registers, split by
 feature order — s0 [dv] (constant feature), the linear and diagonal-square rows [2f, dv], the
 f(f-1)/2 pair rows i < j [128 for f=16, dv] (the quadratic features are symmetric, so the
-256 products k_i k_j collapse to 136 distinct ones) and the normaliser z0, z1 [f], Z2 [f, f] —
-all fp32 (for half-precision inputs the normaliser's two small products per chunk run as split
-bf16 tensor-core products that keep fp32-level accuracy, _split_dot). Inside a chunk the scores
+256 products k_i k_j collapse to 136 distinct ones) — all fp32. The normaliser (z0, z1 [f],
+Z2 [f, f], fp32) runs as its own pass before it (_normaliser_kernel: many short programs over
+blocks of tokens, exact tensor-core products), and the prefill kernel reads each token's
+denominator; ``ChunkConfig(normaliser_block=0)`` carries it inside the walk instead (its two
+small products per chunk as split bf16 tensor-core products, _split_dot), which measured slower
+because those products sit on the walk's serial path. Inside a chunk the scores
 are the polynomial 1 + s + s^2/2 of s = q·k/sqrt(f) (a [BT, BT] tile; the 273 features are
 never built for pairs of tokens); across chunks the query features meet the state. Only the
 state is ever expanded; the 273-row layout of :class:`LinearAttentionState` is read and written
@@ -67,7 +70,7 @@ class ChunkConfig:
     # tokens) and the prefill kernels only read its denominators; 0: the prefill kernels carry it
     # through their walk over the sequence (split_normaliser then applies).
     normaliser_block: int = 1024
-    normaliser_warps: int = 4
+    normaliser_warps: int = 2
 
 
 PAIR_LAYOUTS = ("onehot", "cyclic")
@@ -168,7 +171,7 @@ def _normaliser_start(
     quadratic part as an F x F matrix Z2 (Z2[i, j] = sum_t k_i k_j / sqrt2), whose read-out
     q^T Z2 q is two tiny products. From the initial state's 273-entry ksum, or zero."""
     if HAS_INIT:
-        ks_in = ks_in_ptr + pid_split.to(tl.int64) * in_split_stride_ks + zs_base
+        ks_in = ks_in_ptr + tl.cast(pid_split, tl.int64) * in_split_stride_ks + zs_base
         z0 = tl.load(ks_in)
         z1 = tl.load(ks_in + 1 + offs_f)
         z2 = tl.load(ks_in + 1 + F + offs_f[:, None] * F + offs_f[None, :])
@@ -222,7 +225,7 @@ def _normaliser_store(
     ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F: tl.constexpr
 ):
     """Write the normaliser in the 273-entry layout (Z2 as the f*f quadratic entries)."""
-    out_ks = ks_out_ptr + pid_split.to(tl.int64) * out_split_stride_ks + zs_base
+    out_ks = ks_out_ptr + tl.cast(pid_split, tl.int64) * out_split_stride_ks + zs_base
     tl.store(out_ks, z0)
     tl.store(out_ks + 1 + offs_f, z1)
     tl.store(out_ks + 1 + F + offs_f[:, None] * F + offs_f[None, :], z2)
@@ -235,6 +238,7 @@ def _normaliser_kernel(
     mask_ptr,
     enc_len_ptr,
     zs_in_ptr,
+    sums_ptr,
     zs_out_ptr,
     den_ptr,
     N,
@@ -256,9 +260,11 @@ def _normaliser_kernel(
 ):
     """The normaliser on its own, one program per (batch*head, block of tokens_per_block tokens).
 
-    WRITE_DEN=False: the block's sum of phi(k) (273-entry layout) into zs_out [block, b*h, 273].
-    WRITE_DEN=True: starting from zs_in [block, b*h, 273] (the sums of all earlier tokens), the
-    denominator phi(q_t) . sum_{j<=t} phi(k_j) of every token into den [b*h, N] (fp32).
+    WRITE_DEN=False: the block's sum of phi(k) (273-entry layout) into sums [block, b*h, 273].
+    WRITE_DEN=True: from the initial normaliser zs_in [b*h, 273] (HAS_INIT) plus the sums of the
+    earlier blocks (read from sums: a few kB per program, no separate prefix-sum launch), the
+    denominator phi(q_t) . sum_{j<=t} phi(k_j) of every token into den [b*h, N] (fp32); the last
+    block's program writes the total (init + every token) into zs_out [b*h, 273].
 
     The prefill kernels take den from here (NORM_INLINE=False) instead of carrying the
     normaliser through their serial walk over the sequence: these programs are many and short
@@ -278,7 +284,13 @@ def _normaliser_kernel(
     offs_t = tl.arange(0, BT)
     qk_base = b.to(tl.int64) * N * H * F + h * F
     zs_base = pid_bh.to(tl.int64) * (1 + F + F * F)
-    z0, z1, z2 = _normaliser_start(zs_in_ptr, blk, block_stride_zs, zs_base, offs_f, F, BT, HAS_INIT)
+    z0, z1, z2 = _normaliser_start(zs_in_ptr, 0, 0, zs_base, offs_f, F, BT, HAS_INIT)
+    if WRITE_DEN:
+        for j in range(0, blk):
+            y0, y1, y2 = _normaliser_start(sums_ptr, j, block_stride_zs, zs_base, offs_f, F, BT, True)
+            z0 += y0
+            z1 += y1
+            z2 += y2
     z2 = z2 * 1.4142135623730951  # the 273-entry layout holds sum k_i k_j / sqrt2
     t_begin, t_end = _token_range(blk, tokens_per_block, N, enc_len_ptr, b, HAS_ENC_LEN)
     for t0 in range(t_begin, t_end, BT):
@@ -304,9 +316,12 @@ def _normaliser_kernel(
         z2 = tl.dot(tl.trans(kw.to(DOT_DTYPE)), ks.to(DOT_DTYPE), z2, input_precision=PRECISION)
         z1 = z1 + tl.sum(kw, 0)
         z0 = z0 + tl.sum(w, 0)
-    if not WRITE_DEN:
-        z2 = z2 * 0.7071067811865476
-        _normaliser_store(zs_out_ptr, blk, block_stride_zs, zs_base, z0, z1, z2, offs_f, F)
+    z2 = z2 * 0.7071067811865476
+    if WRITE_DEN:
+        if blk == tl.num_programs(1) - 1:
+            _normaliser_store(zs_out_ptr, 0, 0, zs_base, z0, z1, z2, offs_f, F)
+    else:
+        _normaliser_store(sums_ptr, blk, block_stride_zs, zs_base, z0, z1, z2, offs_f, F)
 
 
 @triton.jit
@@ -1084,8 +1099,8 @@ def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
 
 def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den, num_warps=4):
     """(den [b*h, n] fp32 or None, total sum of phi(k) [b, h, 273] plus init_ksum) by
-    _normaliser_kernel: the blocks' sums of phi(k) in parallel, their exclusive prefix sum (plus
-    the initial normaliser) in torch, then each block's denominators in parallel."""
+    _normaliser_kernel: the blocks' sums of phi(k) in parallel (skipped for a single block), then
+    each block's denominators in parallel, every program starting from the sums before it."""
     b, n, h, f = k.shape
     feats = 1 + f + f * f
     chunk = NORMALISER_CHUNK
@@ -1110,25 +1125,23 @@ def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den, num_
     dummy = k
     mask_arg = mask_u8 if mask_u8 is not None else dummy
     enc_arg = enc_len if enc_len is not None else dummy
-    sums = torch.empty(blocks, b * h, feats, device=k.device, dtype=torch.float32)
-    # fmt: off
-    _normaliser_kernel[grid](k, k, mask_arg, enc_arg, dummy, sums, dummy, n, h, block, stride, f**-0.25,
-                             BT=sums_chunk, WRITE_DEN=False, HAS_INIT=False, **meta)
-    # fmt: on
-    starts = torch.cumsum(sums, 0)
-    total = starts[-1].reshape(b, h, feats).clone()
-    if init_ksum is not None:
-        total += init_ksum
+    init_arg = init_ksum if init_ksum is not None else dummy
+    sums = dummy
+    if blocks > 1 or not want_den:
+        sums = torch.empty(blocks, b * h, feats, device=k.device, dtype=torch.float32)
+        # fmt: off
+        _normaliser_kernel[grid](k, k, mask_arg, enc_arg, dummy, sums, dummy, dummy, n, h, block, stride,
+                                 f**-0.25, BT=sums_chunk, WRITE_DEN=False, HAS_INIT=False, **meta)
+        # fmt: on
     if not want_den:
-        return None, total
-    starts = starts.roll(1, 0)
-    starts[0].zero_()
-    if init_ksum is not None:
-        starts += init_ksum.reshape(1, b * h, feats)
+        total = sums[0] if blocks == 1 else sums.sum(0)
+        total = total.reshape(b, h, feats)
+        return None, (total + init_ksum if init_ksum is not None else total)
     den = torch.empty(b * h, n, device=k.device, dtype=torch.float32)
+    total = torch.empty(b, h, feats, device=k.device, dtype=torch.float32)
     # fmt: off
-    _normaliser_kernel[grid](q, k, mask_arg, enc_arg, starts, dummy, den, n, h, block, stride, f**-0.25,
-                             BT=chunk, WRITE_DEN=True, HAS_INIT=True, **meta)
+    _normaliser_kernel[grid](q, k, mask_arg, enc_arg, init_arg, sums, total, den, n, h, block, stride,
+                             f**-0.25, BT=chunk, WRITE_DEN=True, HAS_INIT=init_ksum is not None, **meta)
     # fmt: on
     return den, total
 
