@@ -211,6 +211,8 @@ def _tuning_configs(op: str) -> list:
         # the state-only pass: no queries, no [chunk, chunk] scores, so larger chunks may pay
         return [
             cfg(128, 64, 4, 2),
+            cfg(128, 64, 4, 3),
+            cfg(128, 32, 4, 2),
             cfg(64, 64, 4, 2),
             cfg(128, 64, 8, 2),
             cfg(256, 64, 8, 2),

@@ -1187,10 +1187,12 @@ def based_prefill(
     initial_state=None,
     output_final_state=False,
     config: ChunkConfig | None = None,
+    _normaliser=None,
 ):
     """Causal Based prefill. With ``config.segments > 1`` the sequence is cut into segments that run in
     parallel: one reduction launch gives each segment's state sum, an exclusive prefix sum gives each
-    segment its starting state, then the causal launch runs all segments at once."""
+    segment its starting state, then the causal launch runs all segments at once.
+    (``_normaliser``: the (den, total ksum) of _normaliser_pass, already computed by pla_prefill.)"""
     if not supports(q):
         return reference.based_chunked(
             q, k, v, mask=mask, eps=eps, initial_state=initial_state, output_final_state=output_final_state
@@ -1213,7 +1215,9 @@ def based_prefill(
     segments, seg_tokens = _split_plan(n, want, config.chunk)
     inline = config.normaliser_block <= 0
     den = total_ksum = None
-    if not inline:
+    if _normaliser is not None:
+        den, total_ksum = _normaliser
+    elif not inline:
         den, total_ksum = _normaliser_pass(
             q,
             k,
@@ -1303,16 +1307,34 @@ def encoder_state(
 ) -> LinearAttentionState:
     """Sum of phi(k_enc) ⊗ v_enc over encoder positions, parallel over token splits."""
     config = config or DEFAULT_ENCODER_CONFIG
+    k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
+    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    enc_len = enc_lengths.to(torch.int32).contiguous()
+    if config.normaliser_block <= 0:
+        return _encoder_kv(k_enc, v_enc, mask_u8=mask_u8, enc_len=enc_len, config=config)
+    ksum = _encoder_ksum(k_enc, mask_u8=mask_u8, enc_len=enc_len, config=config)
+    return LinearAttentionState(
+        _encoder_kv(k_enc, v_enc, mask_u8=mask_u8, enc_len=enc_len, config=config).kv, ksum
+    )
+
+
+def _encoder_ksum(k_enc, *, mask_u8, enc_len, config: ChunkConfig):
+    """The encoder's normaliser (sum of phi(k_enc)) by the normaliser pass."""
+    # fmt: off
+    return _normaliser_pass(k_enc, k_enc, mask_u8=mask_u8, enc_len=enc_len, init_ksum=None,
+                            block=config.normaliser_block, want_den=False, num_warps=config.normaliser_warps)[1]
+    # fmt: on
+
+
+def _encoder_kv(k_enc, v_enc, *, mask_u8, enc_len, config: ChunkConfig) -> LinearAttentionState:
+    """The encoder reduction: kv (and, with the inline normaliser, ksum; else ksum is None)."""
     b, n, h, f = k_enc.shape
     dv = v_enc.shape[-1]
-    k_enc, v_enc = k_enc.contiguous(), v_enc.contiguous()
     block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
     programs = triton.cdiv(dv, block_dv) * b * h
     # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
     want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
     splits, tokens_per_split = _split_plan(n, want, config.chunk)
-    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
-    enc_len = enc_lengths.to(torch.int32).contiguous()
     inline = config.normaliser_block <= 0
     kv_parts, ks_parts = _partial_states(
         k_enc,
@@ -1325,13 +1347,20 @@ def encoder_state(
         norm_inline=inline,
     )
     kv = kv_parts[0] if splits == 1 else kv_parts.sum(0)
+    ksum = None
     if inline:
-        return LinearAttentionState(kv, ks_parts[0] if splits == 1 else ks_parts.sum(0))
-    # fmt: off
-    _, ksum = _normaliser_pass(k_enc, k_enc, mask_u8=mask_u8, enc_len=enc_len, init_ksum=None,
-                               block=config.normaliser_block, want_den=False, num_warps=config.normaliser_warps)
-    # fmt: on
+        ksum = ks_parts[0] if splits == 1 else ks_parts.sum(0)
     return LinearAttentionState(kv, ksum)
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device: torch.device):
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[key]
 
 
 def pla_prefill(
@@ -1350,7 +1379,8 @@ def pla_prefill(
 ):
     """Prefix linear attention: the encoder reduction (``encoder_config``, default
     DEFAULT_ENCODER_CONFIG), then the causal prefill started from its state (``config``, default
-    DEFAULT_CONFIG)."""
+    DEFAULT_CONFIG). On a GPU, with both normalisers in their own pass, the encoder reduction runs
+    on a side stream beside the normaliser passes (they need only the encoder's normaliser)."""
     if not supports(q):
         return reference.pla_chunked(
             q,
@@ -1363,9 +1393,51 @@ def pla_prefill(
             eps=eps,
             output_final_state=output_final_state,
         )
-    enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config)
+    config = config or DEFAULT_CONFIG
+    encoder_config = encoder_config or DEFAULT_ENCODER_CONFIG
+    if not (q.is_cuda and config.normaliser_block > 0 and encoder_config.normaliser_block > 0):
+        enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config)
+        return based_prefill(
+            q,
+            k,
+            v,
+            mask=mask,
+            eps=eps,
+            initial_state=enc,
+            output_final_state=output_final_state,
+            config=config,
+        )
+    q, k, k_enc, v_enc = q.contiguous(), k.contiguous(), k_enc.contiguous(), v_enc.contiguous()
+    mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    enc_len = enc_lengths.to(torch.int32).contiguous()
+    main = torch.cuda.current_stream(q.device)
+    side = _side_stream(q.device)
+    side.wait_stream(main)  # the inputs above are ready
+    with torch.cuda.stream(side):
+        enc_kv = _encoder_kv(k_enc, v_enc, mask_u8=mask_u8, enc_len=enc_len, config=encoder_config).kv
+    enc_ksum = _encoder_ksum(k_enc, mask_u8=mask_u8, enc_len=enc_len, config=encoder_config)
+    normaliser = _normaliser_pass(
+        q,
+        k,
+        mask_u8=mask_u8,
+        enc_len=None,
+        init_ksum=enc_ksum,
+        block=config.normaliser_block,
+        want_den=True,
+        num_warps=config.normaliser_warps,
+    )
+    main.wait_stream(side)
+    enc_kv.record_stream(main)  # made on the side stream, used on this one from here on
     return based_prefill(
-        q, k, v, mask=mask, eps=eps, initial_state=enc, output_final_state=output_final_state, config=config
+        q,
+        k,
+        v,
+        mask=mask,
+        eps=eps,
+        initial_state=LinearAttentionState(enc_kv, enc_ksum),
+        output_final_state=output_final_state,
+        config=config,
+        _normaliser=normaliser,
     )
 
 
