@@ -128,7 +128,7 @@ def test_decode_step_full_size(batch):
 
 
 @pytest.mark.parametrize(
-    "num_warps,chunk,stages", [(4, 64, 2), (8, 64, 2), (8, 128, 2), (4, 32, 2), (4, 64, 3)]
+    "num_warps,chunk,stages", [(4, 64, 2), (8, 64, 2), (8, 128, 2), (4, 32, 2), (4, 64, 3), (4, 64, 4)]
 )
 def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk, stages):
     """The tuned launch shapes of the cyclic kernel: same outputs and states as the one-hot kernel."""
@@ -142,7 +142,15 @@ def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk, stages):
 @pytest.mark.parametrize("pairs", ["onehot", "cyclic", "cyclic-inline"])
 @pytest.mark.parametrize(
     "num_warps,chunk,stages,block_dv",
-    [(4, 64, 2, 64), (4, 128, 2, 64), (8, 128, 2, 64), (8, 256, 2, 64), (4, 128, 3, 64), (4, 128, 2, 32)],
+    [
+        (4, 64, 2, 64),
+        (4, 128, 2, 64),
+        (8, 128, 2, 64),
+        (8, 256, 2, 64),
+        (4, 128, 3, 64),
+        (4, 128, 4, 64),
+        (4, 128, 2, 32),
+    ],
 )
 def test_encoder_reduction_launch_shapes(num_warps, chunk, stages, block_dv, pairs):
     """The encoder pass under the shapes its tuner tries: the reference state, mixed lengths."""

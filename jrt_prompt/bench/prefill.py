@@ -210,8 +210,9 @@ def _tuning_configs(op: str) -> list:
     if op == "encoder":
         # the state-only pass: no queries, no [chunk, chunk] scores, so larger chunks may pay
         return [
-            cfg(128, 64, 4, 2),
             cfg(128, 64, 4, 3),
+            cfg(128, 64, 4, 2),
+            cfg(128, 64, 4, 4),
             cfg(128, 32, 4, 2),
             cfg(64, 64, 4, 2),
             cfg(128, 64, 8, 2),
@@ -225,6 +226,7 @@ def _tuning_configs(op: str) -> list:
     return [
         cfg(64, 64, 4, 3),
         cfg(64, 64, 4, 2),
+        cfg(64, 64, 4, 4),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_block=512),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_block=2048),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_warps=1),

@@ -85,7 +85,7 @@ NORMALISER_CHUNK = 64
 NORMALISER_SUMS_CHUNK = 256
 # PLA's encoder reduction has no queries and no [chunk, chunk] scores, so it takes a larger chunk
 # (tuned separately: `jrt bench prefill --tune`, docs/benchmarks.md)
-DEFAULT_ENCODER_CONFIG = ChunkConfig(chunk=128)
+DEFAULT_ENCODER_CONFIG = ChunkConfig(chunk=128, num_stages=3)
 
 
 @dataclass(frozen=True)
@@ -1354,6 +1354,9 @@ def _encoder_kv(k_enc, v_enc, *, mask_u8, enc_len, config: ChunkConfig) -> Linea
 
 
 _SIDE_STREAMS: dict = {}
+# PLA overlaps its encoder reduction with the normaliser passes from this prompt length on: faster
+# at 8k and above, slower at 2k (docs/benchmarks.md, eighth run)
+SIDE_STREAM_MIN_TOKENS = 8192
 
 
 def _side_stream(device: torch.device):
@@ -1395,7 +1398,8 @@ def pla_prefill(
         )
     config = config or DEFAULT_CONFIG
     encoder_config = encoder_config or DEFAULT_ENCODER_CONFIG
-    if not (q.is_cuda and config.normaliser_block > 0 and encoder_config.normaliser_block > 0):
+    overlap = q.is_cuda and q.shape[1] >= SIDE_STREAM_MIN_TOKENS
+    if not (overlap and config.normaliser_block > 0 and encoder_config.normaliser_block > 0):
         enc = encoder_state(k_enc, v_enc, enc_lengths=enc_lengths, mask=mask, config=encoder_config)
         return based_prefill(
             q,
