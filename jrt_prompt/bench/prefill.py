@@ -222,14 +222,14 @@ def _tuning_configs(op: str) -> list:
         ]
     # the pair features grouped by cyclic distance (ten [64, 16] state tiles, see
     # _chunked_cyclic_kernel) or in one [64, 128] tile by one-hot selection ("onehot"); the
-    # normaliser in its own pass (blocks of 1024 tokens, 2 warps by default) or inline
+    # normaliser in its own pass (blocks of 1024 tokens, 1 warp by default) or inline
     return [
         cfg(64, 64, 4, 3),
         cfg(64, 64, 4, 2),
         cfg(64, 64, 4, 4),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_block=512),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_block=2048),
-        dataclasses.replace(cfg(64, 64, 4, 3), normaliser_warps=1),
+        dataclasses.replace(cfg(64, 64, 4, 3), normaliser_warps=2),
         dataclasses.replace(cfg(64, 64, 4, 3), normaliser_warps=4),
         cfg(32, 64, 4, 2),
         cfg(64, 64, 8, 2),

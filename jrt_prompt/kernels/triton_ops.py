@@ -70,7 +70,7 @@ class ChunkConfig:
     # tokens) and the prefill kernels only read its denominators; 0: the prefill kernels carry it
     # through their walk over the sequence (split_normaliser then applies).
     normaliser_block: int = 1024
-    normaliser_warps: int = 2
+    normaliser_warps: int = 1
 
 
 PAIR_LAYOUTS = ("onehot", "cyclic")
