@@ -288,6 +288,27 @@ def plan(name: str, time_budget_s: float) -> dict[str, TrainConfig]:
         start = "kvl-c-f2-3forms-more"
         more("kvl-d-f2-3forms-more2", "kv-docs", lead, byte_based(2), start, three, **{**kv_run, "lr": 1e-3})
         return jobs
+    if name == "gpu-mqar-filter":
+        # One GPU, 4 jobs: MQAR where a state that keeps only the queried pairs has room to spare
+        # but one that keeps every pair does not — few queries (4) against 32 or 48 pairs at the
+        # smallest feature dims — so the question-first and JRT forms can only win by keeping
+        # what the leading question line asks for. From scratch, except the last job, which
+        # continues the gpu-lead-3 Based f=4 model (runs/init/<job>) on 4 queries of 64 pairs.
+        q4 = {"num_queries": 4, "num_keys": 254, "num_values": 256}
+        add("mqar32q4-based-f2-3forms", "mqar", {**q4, "num_pairs": 32}, based(2), forms=three, **long)
+        add("mqar32q4-based-f2-2forms", "mqar", {**q4, "num_pairs": 32}, based(2), forms=two, **long)
+        add("mqar48q4-based-f3-3forms", "mqar", {**q4, "num_pairs": 48}, based(3), forms=three, **long)
+        start = "mqar64-based-f4-3forms-more2"
+        more(
+            "mqar64q4-based-f4-3forms-more3",
+            "mqar",
+            {**m64, **q4},
+            based(4),
+            start,
+            three,
+            **{**long, "lr": 7e-4},
+        )
+        return jobs
     if name == "gpu-sd":
         # Set disjointness with sets large enough (8 and 48 of 252 elements) that the smallest
         # Based states cannot hold the long set: the order dependence of the paper's Fig. 2.
