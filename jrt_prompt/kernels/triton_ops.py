@@ -215,6 +215,50 @@ def _normaliser_read(den, qs, z0, z1, z2, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.c
 
 
 @triton.jit
+def _normaliser_begin(
+    ks_in_ptr,
+    pid_split,
+    in_split_stride_ks,
+    zs_base,
+    offs_f,
+    F: tl.constexpr,
+    BT: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    NORM_INLINE: tl.constexpr,
+):
+    """The prefill kernels' normaliser at the start: _normaliser_start's, or zeros (unused) when
+    NORM_INLINE=False (the denominators then come from _normaliser_kernel)."""
+    if NORM_INLINE:
+        return _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
+    else:
+        return _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False)
+
+
+@triton.jit
+def _denominator(
+    den,
+    qs,
+    z0,
+    z1,
+    z2,
+    den_ptr,
+    pid_bh,
+    N,
+    t,
+    t_ok,
+    NORM_INLINE: tl.constexpr,
+    NORM_SPLIT: tl.constexpr,
+    NORM_DTYPE: tl.constexpr,
+):
+    """The chunk's denominators [BT]: the intra-chunk part den plus the carried normaliser's
+    read-out (NORM_INLINE), or read from den [b*h, N] of _normaliser_kernel (den is then unused)."""
+    if NORM_INLINE:
+        return _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
+    else:
+        return tl.load(den_ptr + pid_bh.to(tl.int64) * N + t, mask=t_ok, other=1.0)
+
+
+@triton.jit
 def _normaliser_update(z0, z1, z2, ks, w, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.constexpr):
     """Add the chunk's weighted keys (ks = k / f^(1/4) [BT, F], weights w [BT])."""
     kw = tl.trans(ks) * w[None, :]
@@ -443,15 +487,10 @@ def _chunked_kernel(
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
         sq = tl.zeros([NQ, BLOCK_DV], dtype=tl.float32)
-    # NORM_INLINE=False: the normaliser comes from _normaliser_kernel (den_ptr), none kept here
-    if NORM_INLINE:
-        z0, z1, z2 = _normaliser_start(
-            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT
-        )
-    else:
-        z0, z1, z2 = _normaliser_start(
-            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False
-        )
+    # fmt: off
+    z0, z1, z2 = _normaliser_begin(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
+                                   HAS_INIT, NORM_INLINE)
+    # fmt: on
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
@@ -482,10 +521,10 @@ def _chunked_kernel(
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
             num = tl.dot(ql.to(STATE_DTYPE), sl.to(STATE_DTYPE), num, input_precision=PRECISION)
             num = tl.dot(qq.to(STATE_DTYPE), sq.to(STATE_DTYPE), num, input_precision=PRECISION)
-            if NORM_INLINE:
-                den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
-            else:
-                den = tl.load(den_ptr + pid_bh.to(tl.int64) * N + t, mask=t_ok, other=1.0)
+            # fmt: off
+            den = _denominator(den, qs, z0, z1, z2, den_ptr, pid_bh, N, t, t_ok,
+                               NORM_INLINE, NORM_SPLIT, NORM_DTYPE)
+            # fmt: on
             o = num / (den[:, None] + eps) * w[:, None]
             tl.store(
                 o_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
@@ -715,15 +754,10 @@ def _chunked_cyclic_kernel(
         s_p6 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p7 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p8 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
-    # NORM_INLINE=False: the normaliser comes from _normaliser_kernel (den_ptr), none kept here
-    if NORM_INLINE:
-        z0, z1, z2 = _normaliser_start(
-            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT
-        )
-    else:
-        z0, z1, z2 = _normaliser_start(
-            ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False
-        )
+    # fmt: off
+    z0, z1, z2 = _normaliser_begin(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
+                                   HAS_INIT, NORM_INLINE)
+    # fmt: on
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
 
@@ -748,10 +782,10 @@ def _chunked_cyclic_kernel(
             num = tl.dot(
                 qdia.to(STATE_DTYPE), tl.trans(s_dia.to(STATE_DTYPE)), num, input_precision=PRECISION
             )
-            if NORM_INLINE:
-                den = _normaliser_read(den, qs, z0, z1, z2, NORM_SPLIT, NORM_DTYPE)
-            else:
-                den = tl.load(den_ptr + pid_bh.to(tl.int64) * N + t, mask=t_ok, other=1.0)
+            # fmt: off
+            den = _denominator(den, qs, z0, z1, z2, den_ptr, pid_bh, N, t, t_ok,
+                               NORM_INLINE, NORM_SPLIT, NORM_DTYPE)
+            # fmt: on
         else:
             # pure reduction: no queries, no output (placeholders keep one _cyc_group signature)
             qd = kd
