@@ -215,26 +215,6 @@ def _normaliser_read(den, qs, z0, z1, z2, SPLIT: tl.constexpr, SPLIT_DTYPE: tl.c
 
 
 @triton.jit
-def _normaliser_begin(
-    ks_in_ptr,
-    pid_split,
-    in_split_stride_ks,
-    zs_base,
-    offs_f,
-    F: tl.constexpr,
-    BT: tl.constexpr,
-    HAS_INIT: tl.constexpr,
-    NORM_INLINE: tl.constexpr,
-):
-    """The prefill kernels' normaliser at the start: _normaliser_start's, or zeros (unused) when
-    NORM_INLINE=False (the denominators then come from _normaliser_kernel)."""
-    if NORM_INLINE:
-        return _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, HAS_INIT)
-    else:
-        return _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT, False)
-
-
-@triton.jit
 def _denominator(
     den,
     qs,
@@ -487,9 +467,10 @@ def _chunked_kernel(
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
         sq = tl.zeros([NQ, BLOCK_DV], dtype=tl.float32)
+    # without NORM_INLINE the denominators come from _normaliser_kernel and z stays unused
     # fmt: off
-    z0, z1, z2 = _normaliser_begin(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
-                                   HAS_INIT, NORM_INLINE)
+    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
+                                   HAS_INIT and NORM_INLINE)
     # fmt: on
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
@@ -754,9 +735,10 @@ def _chunked_cyclic_kernel(
         s_p6 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p7 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
         s_p8 = tl.zeros([BLOCK_DV, F], dtype=tl.float32)
+    # without NORM_INLINE the denominators come from _normaliser_kernel and z stays unused
     # fmt: off
-    z0, z1, z2 = _normaliser_begin(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
-                                   HAS_INIT, NORM_INLINE)
+    z0, z1, z2 = _normaliser_start(ks_in_ptr, pid_split, in_split_stride_ks, zs_base, offs_f, F, BT,
+                                   HAS_INIT and NORM_INLINE)
     # fmt: on
 
     t_begin, t_end = _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN)
