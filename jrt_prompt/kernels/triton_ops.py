@@ -111,6 +111,22 @@ def _token_range(pid_split, tokens_per_split, N, enc_len_ptr, b, HAS_ENC_LEN: tl
 
 
 @triton.jit
+def _load_keys(
+    t0, t_end, offs_t, offs_f, k_ptr, mask_ptr, b, N, H, qk_base, F: tl.constexpr, HAS_MASK: tl.constexpr
+):
+    """Positions, validity, key weights (0 for padding and masked tokens), q/k offsets and k of
+    the chunk starting at t0."""
+    t = t0 + offs_t
+    t_ok = t < t_end
+    w = t_ok.to(tl.float32)
+    if HAS_MASK:
+        w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
+    tok = qk_base + t * (H * F)
+    k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+    return t, t_ok, w, tok, k
+
+
+@triton.jit
 def _load_chunk(
     t0,
     t_end,
@@ -132,13 +148,7 @@ def _load_chunk(
 ):
     """Positions, validity, key weights (0 for padding and masked tokens), q/k offsets, k and v
     of the chunk starting at t0."""
-    t = t0 + offs_t
-    t_ok = t < t_end
-    w = t_ok.to(tl.float32)
-    if HAS_MASK:
-        w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
-    tok = qk_base + t * (H * F)
-    k = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0)
+    t, t_ok, w, tok, k = _load_keys(t0, t_end, offs_t, offs_f, k_ptr, mask_ptr, b, N, H, qk_base, F, HAS_MASK)
     v = tl.load(
         v_ptr + v_base + t[:, None] * (H * DV) + offs_dv[None, :],
         mask=t_ok[:, None] & dv_mask[None, :],
@@ -320,14 +330,10 @@ def _normaliser_kernel(
     z2 = z2 * 1.4142135623730951  # the 273-entry layout holds sum k_i k_j / sqrt2
     t_begin, t_end = _token_range(blk, tokens_per_block, N, enc_len_ptr, b, HAS_ENC_LEN)
     for t0 in range(t_begin, t_end, BT):
-        t = t0 + offs_t
-        t_ok = t < t_end
-        w = t_ok.to(tl.float32)
-        if HAS_MASK:
-            w = w * tl.load(mask_ptr + b.to(tl.int64) * N + t, mask=t_ok, other=0).to(tl.float32)
-        tok = qk_base + t * (H * F)
-        ks = tl.load(k_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        ks = ks * scale1
+        t, t_ok, w, tok, k = _load_keys(
+            t0, t_end, offs_t, offs_f, k_ptr, mask_ptr, b, N, H, qk_base, F, HAS_MASK
+        )
+        ks = k.to(tl.float32) * scale1
         if WRITE_DEN:
             qs = tl.load(q_ptr + tok[:, None] + offs_f[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
             qs = qs * scale1
