@@ -18,6 +18,8 @@ at the ends.
 Prefix linear attention runs the same kernel twice: first as a pure reduction over the encoder
 tokens (parallel over token splits, partial states summed), then as the causal pass starting
 from that encoder state — which is exactly the cross term of PLA with its shared normaliser.
+The causal pass's normaliser needs only the encoder's normaliser, so on a GPU the encoder
+reduction runs on a side stream beside the normaliser passes (from SIDE_STREAM_MIN_TOKENS).
 For small batch x heads the causal pass is cut into sequence segments that run in parallel from
 prefix-summed segment states. The decode step is one fused kernel per token (see
 _step_sym_kernel). Measured figures: docs/benchmarks.md.
