@@ -78,8 +78,8 @@ class ChunkConfig:
 PAIR_LAYOUTS = ("onehot", "cyclic")
 
 
-# 3 pipeline stages for the chunk loads: tuned on an H200 with the normaliser pass (3.59 ms vs
-# 3.91 ms at 2 stages, Based 32k x 16, docs/benchmarks.md)
+# 3 pipeline stages for the chunk loads: tuned on an H200 with the normaliser pass (Based 32k x 16:
+# 3.76 ms against 3.85 ms at 2 stages with the same pass; docs/benchmarks.md, eighth run)
 DEFAULT_CONFIG = ChunkConfig(num_stages=3)
 # chunk of _normaliser_kernel (its blocks are multiples of it): one compiled shape whatever the
 # prefill kernel's chunk, since a token's denominator does not depend on the chunking
