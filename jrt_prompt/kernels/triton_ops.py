@@ -1123,7 +1123,7 @@ def _split_plan(n: int, splits: int, chunk: int) -> tuple[int, int]:
     return triton.cdiv(max(n, 1), tokens), tokens
 
 
-def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den, num_warps=4):
+def _normaliser_pass(q, k, *, mask_u8, enc_len, init_ksum, block, want_den, num_warps):
     """(den [b*h, n] fp32 or None, total sum of phi(k) [b, h, 273] plus init_ksum) by
     _normaliser_kernel: the blocks' sums of phi(k) in parallel (skipped for a single block), then
     each block's denominators in parallel, every program starting from the sums before it."""
@@ -1201,6 +1201,26 @@ def _partial_states(k, v, *, mask_u8, enc_len, splits, tokens_per_split, config,
     return kv_parts, (ks_parts if norm_inline else None)
 
 
+def _segment_starts(parts, init):
+    """(starts, total) of per-segment sums ``parts`` [segments, ...]: starts[s] = init + the sums
+    of the segments before s, total = init + all of them (init may be None)."""
+    starts = torch.cumsum(parts, 0).roll(1, 0)
+    total = starts[0].clone()
+    starts[0].zero_()
+    if init is not None:
+        starts += init
+        total += init
+    return starts, total
+
+
+def _causal_normaliser(q, k, *, mask_u8, init_ksum, config: ChunkConfig):
+    """(den, total ksum) of the causal pass by the normaliser pass."""
+    # fmt: off
+    return _normaliser_pass(q, k, mask_u8=mask_u8, enc_len=None, init_ksum=init_ksum,
+                            block=config.normaliser_block, want_den=True, num_warps=config.normaliser_warps)
+    # fmt: on
+
+
 def based_prefill(
     q,
     k,
@@ -1242,16 +1262,8 @@ def based_prefill(
     if _normaliser is not None:
         den, total_ksum = _normaliser
     elif not inline:
-        den, total_ksum = _normaliser_pass(
-            q,
-            k,
-            mask_u8=mask_u8,
-            enc_len=None,
-            init_ksum=init.ksum if init is not None else None,
-            block=config.normaliser_block,
-            want_den=True,
-            num_warps=config.normaliser_warps,
-        )
+        init_ksum = init.ksum if init is not None else None
+        den, total_ksum = _causal_normaliser(q, k, mask_u8=mask_u8, init_ksum=init_ksum, config=config)
     if segments == 1:
         final = reference.empty_state(b, h, f, dv, q.device) if output_final_state else None
         if final is not None and not inline:
@@ -1286,24 +1298,12 @@ def based_prefill(
         config=config,
         norm_inline=inline,
     )
-    if ks_parts is None:  # the normaliser pass has the sums; the segments need only theirs
-        ks_parts = torch.zeros(segments, b, h, 1 + f + f * f, device=q.device, dtype=torch.float32)
-    # starts[s] = initial + sum of segments before s
-    kv_starts = torch.cumsum(kv_parts, 0).roll(1, 0)
-    ks_starts = torch.cumsum(ks_parts, 0).roll(1, 0)
-    final = None
-    if output_final_state:
-        final = LinearAttentionState(kv_starts[0].clone(), ks_starts[0].clone())  # the total
-    kv_starts[0].zero_()
-    ks_starts[0].zero_()
-    if init is not None:
-        kv_starts += init.kv
-        ks_starts += init.ksum
-        if final is not None:
-            final.kv += init.kv
-            final.ksum += init.ksum
-    if final is not None and not inline:
-        final.ksum = total_ksum
+    kv_starts, kv_total = _segment_starts(kv_parts, init.kv if init is not None else None)
+    if inline:
+        ks_starts, total_ksum = _segment_starts(ks_parts, init.ksum if init is not None else None)
+    else:  # the normaliser pass has the total; the kernel reads no per-segment normaliser
+        ks_starts = torch.zeros(segments, b, h, 1 + f + f * f, device=q.device, dtype=torch.float32)
+    final = LinearAttentionState(kv_total, total_ksum) if output_final_state else None
     _launch_chunked(
         q,
         k,
@@ -1444,16 +1444,7 @@ def pla_prefill(
     with torch.cuda.stream(side):
         enc_kv = _encoder_kv(k_enc, v_enc, mask_u8=mask_u8, enc_len=enc_len, config=encoder_config).kv
     enc_ksum = _encoder_ksum(k_enc, mask_u8=mask_u8, enc_len=enc_len, config=encoder_config)
-    normaliser = _normaliser_pass(
-        q,
-        k,
-        mask_u8=mask_u8,
-        enc_len=None,
-        init_ksum=enc_ksum,
-        block=config.normaliser_block,
-        want_den=True,
-        num_warps=config.normaliser_warps,
-    )
+    normaliser = _causal_normaliser(q, k, mask_u8=mask_u8, init_ksum=enc_ksum, config=config)
     main.wait_stream(side)
     enc_kv.record_stream(main)  # made on the side stream, used on this one from here on
     return based_prefill(
