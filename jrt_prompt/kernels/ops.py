@@ -1,34 +1,20 @@
-"""The public ops: check the inputs, then run the Triton kernel (CUDA) or the PyTorch reference (CPU).
+"""The public linear-attention ops: check the inputs, then run the Triton kernel or the reference.
 
-``JRT_KERNELS=reference`` forces the reference everywhere; ``JRT_KERNELS=triton`` forces Triton
-(on CPU together with ``TRITON_INTERPRET=1``). Anything else: Triton for CUDA tensors.
+Which one runs is decided in :mod:`jrt_prompt.kernels.dispatch` (``JRT_KERNELS``).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
 from jrt_prompt.errors import JRTError
 
 from . import reference
+from .dispatch import backend_for
 from .state import LinearAttentionState
 
 # Below this length the quadratic reference is cheaper on CPU than the chunked loop.
 _QUADRATIC_MAX_LEN = 128
-
-
-def backend_for(t: torch.Tensor) -> str:
-    """'triton' or 'reference' for a tensor, honouring ``JRT_KERNELS``."""
-    choice = os.environ.get("JRT_KERNELS", "").strip().lower()
-    if choice in ("reference", "ref", "torch"):
-        return "reference"
-    if choice == "triton":
-        return "triton"
-    if choice not in ("", "auto"):
-        raise JRTError(f"JRT_KERNELS={choice!r} is not known; use 'reference', 'triton' or leave it unset")
-    return "triton" if t.is_cuda else "reference"
 
 
 def _check_qkv(q, k, v, what: str = "q/k/v"):
