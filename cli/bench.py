@@ -116,22 +116,33 @@ def decode_command(
 def model_command(
     lengths: Annotated[str, typer.Option(help="Prompt lengths N, comma-separated.")] = "2048,8192,32768",
     models: Annotated[
-        str, typer.Option(help="Comma-separated: jrt-rnn-1.3b,based-1.3b,mamba2-1.3b,transformer-1.3b.")
-    ] = "jrt-rnn-1.3b,based-1.3b,mamba2-1.3b,transformer-1.3b",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    decode_tokens: Annotated[int, typer.Option(help="Tokens generated to time decoding.")] = 32,
+        str,
+        typer.Option(
+            help="Comma-separated: mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,gla-1.3b,transformer-1.3b."
+        ),
+    ] = "mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,gla-1.3b,transformer-1.3b",
+    batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    reps: Annotated[int, typer.Option(help="Timed repeats per row (median reported).")] = 3,
+    before_cap: Annotated[
+        float, typer.Option(help="Stop timing transformers' fallback once one prompt took this many seconds.")
+    ] = 30.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw prefill ms against tokens read (PNG) here.")] = None,
 ) -> None:
-    """Prefill and decode throughput of real-size models with random weights (JRT-Prompt ones read 2N)."""
-    from jrt_prompt.bench.model import format_model_table, run_model_bench
+    """Whole-model prefill of real-size models with random weights: this project's path, transformers'
+    fallback, the Transformer on N, and the matmul floor (JRT-Prompt models are timed on N and 2N)."""
+    from jrt_prompt.bench.model import format_model_table, plot_model_bench, run_model_bench
 
     result = run_model_bench(
         _ints(lengths, "--lengths"),
         models=[m.strip() for m in models.split(",") if m.strip()],
-        batch=batch,
-        decode_tokens=decode_tokens,
+        batches=_ints(batches, "--batches"),
         dtype=dtype,
+        reps=reps,
+        before_cap_s=before_cap,
     )
     console.print(format_model_table(result))
     _write_json(result, json_out)
+    if plot is not None:
+        console.print(f"wrote {plot_model_bench(result, plot)}")

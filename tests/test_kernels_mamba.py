@@ -59,13 +59,15 @@ def test_scan_reference_equals_transformers():
 @pytest.mark.parametrize("length", [1, 17, 40])
 @pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scan_triton_equals_reference(force_triton, length, chunks, dtype):
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_scan_triton_equals_reference(force_triton, length, chunks, dtype, prefetch):
     from jrt_prompt.kernels.mamba import triton as kernels
 
+    config = kernels.ScanConfig(block_d=16, num_warps=1, prefetch=prefetch)
     x, dt, A, B, C, D, z, bias, h0 = _scan_inputs(2, 20, length, 6, dtype, seed=length)
     for init in (None, h0):
         y_ref, h_ref = ref.selective_scan_reference(x, dt, A, B, C, D, z, bias, True, init, True)
-        y, h = kernels.selective_scan(x, dt, A, B, C, D, z, bias, True, init, True, chunks=chunks, block_d=16)
+        y, h = kernels.selective_scan(x, dt, A, B, C, D, z, bias, True, init, True, chunks=chunks, config=config)
         assert y.dtype == dtype and h.dtype == torch.float32
         assert _rel(y, y_ref) < TOL[dtype] and _rel(h, h_ref) < 1e-4
 

@@ -1,17 +1,25 @@
-"""Whole-model throughput: what JRT costs end to end, on real-size architectures with random weights.
+"""Whole-model prefill: what a user's command costs, on real-size architectures with random weights.
 
-Models are built from their configurations (no download): JRT-RNN and Based (this project's
-modeling code, the layer pattern and sizes of the released 1.3B checkpoints), Mamba-2 and a
-Llama-style Transformer (transformers' classes). JRT-Prompt models (Based, Mamba-2) read the
-prompt twice (2N tokens); JRT-RNN and the Transformer read N tokens.
+Models are built from their configurations (no download): Mamba-1.4B and Mamba-2-1.3B
+(transformers' classes, with this project's kernels wired in by ``accelerate``), JRT-RNN-1.3B and
+Based-1.3B (this project's modeling code, the layer pattern of the released checkpoints), GLA-1.3B
+(fla's class; needs fla) and a Llama-style 1.3B Transformer (SDPA). For every model and prompt
+length N the recurrent models are timed on N tokens and on 2N (what JRT-Prompt reads), JRT-RNN on N
+(it reads its prompt non-causally instead), the Transformer on N.
 
-Prefill: one forward over the prompt that builds the cache, logits for the last position only.
-Decode: greedy generation (``model.generate``), tokens/s from the difference between generating
-``decode_tokens + 1`` and 1 token(s), so the prefill cancels out.
+Columns, side by side in one run:
+- ``ms``: this project's path (``accelerate(model)``);
+- ``before_ms``: transformers' own PyTorch fallback for the Mamba families (what a user gets with no
+  mamba-ssm source build), dropped for longer prompts once one took longer than ``before_cap_s``;
+- ``transformer_ms``: the Transformer on N tokens at the same batch;
+- ``floor_pct``: the matmul floor (2 × parameters × tokens at the measured bf16 matmul rate) over the
+  measured time.
+Prefill is one forward that builds the cache and keeps the logits of the last position only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -24,13 +32,22 @@ from jrt_prompt.errors import JRTError
 from .prefill import _dtype
 from .timing import environment
 
-MODELS = ("jrt-rnn-1.3b", "based-1.3b", "mamba2-1.3b", "transformer-1.3b")
-READS_TWICE = {"based-1.3b": True, "mamba2-1.3b": True, "jrt-rnn-1.3b": False, "transformer-1.3b": False}
+MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
+# Models that JRT-Prompt repeats the context for (timed on N and 2N); JRT-RNN and the Transformer read N.
+READS_TWICE = {
+    "mamba-1.4b": True,
+    "mamba2-1.3b": True,
+    "based-1.3b": True,
+    "gla-1.3b": True,
+    "jrt-rnn-1.3b": False,
+    "transformer-1.3b": False,
+}
+TRANSFORMER = "transformer-1.3b"
 
 
 def build_config(name: str, *, tiny: bool = False):
     """Configuration of a benchmark model; ``tiny`` shrinks every size (for tests on CPU)."""
-    from transformers import LlamaConfig, Mamba2Config
+    from transformers import LlamaConfig, Mamba2Config, MambaConfig
 
     from jrt_prompt.models.modeling_jrt import JRTConfig, hazy_layer_schedule
 
@@ -48,7 +65,16 @@ def build_config(name: str, *, tiny: bool = False):
             feature_dim=16,
             enc_length=1024,
         )
-    if name == "mamba2-1.3b":
+    if name == "mamba-1.4b":  # state-spaces/mamba-1.4b
+        return MambaConfig(
+            vocab_size=50280,
+            hidden_size=64 if tiny else 2048,
+            num_hidden_layers=2 if tiny else 48,
+            state_size=16,
+            expand=2,
+            conv_kernel=4,
+        )
+    if name == "mamba2-1.3b":  # state-spaces/mamba2-1.3b
         d = 64 if tiny else 2048
         return Mamba2Config(
             vocab_size=50288,
@@ -60,6 +86,19 @@ def build_config(name: str, *, tiny: bool = False):
             num_heads=(2 * d) // (16 if tiny else 64),
             n_groups=1,
             chunk_size=256,
+        )
+    if name == "gla-1.3b":  # fla-hub/gla-1.3B-100B
+        try:
+            from fla.models import GLAConfig
+        except ImportError:
+            raise JRTError("gla-1.3b needs fla (pip install flash-linear-attention) and a CUDA GPU") from None
+        return GLAConfig(
+            vocab_size=32000,
+            hidden_size=64 if tiny else 2048,
+            num_hidden_layers=2 if tiny else 24,
+            num_heads=4,
+            expand_k=0.5,
+            expand_v=1,
         )
     if name == "transformer-1.3b":
         d = 64 if tiny else 2048
@@ -76,16 +115,42 @@ def build_config(name: str, *, tiny: bool = False):
     raise JRTError(f"unknown benchmark model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def build_model(name: str, *, device, dtype, tiny: bool = False):
-    from transformers import LlamaForCausalLM, Mamba2ForCausalLM
+def build_model(name: str, *, device, dtype, tiny: bool = False, accelerated: bool = True):
+    """A benchmark model with random weights, in eval mode; ``accelerated`` wires this project's kernels."""
+    from transformers import LlamaForCausalLM, Mamba2ForCausalLM, MambaForCausalLM
 
+    from jrt_prompt.models.accelerate import accelerate
     from jrt_prompt.models.modeling_jrt import JRTForCausalLM
 
     config = build_config(name, tiny=tiny)
-    cls = {"mamba2-1.3b": Mamba2ForCausalLM, "transformer-1.3b": LlamaForCausalLM}.get(name, JRTForCausalLM)
+    if name == "gla-1.3b":
+        from fla.models import GLAForCausalLM
+
+        cls = GLAForCausalLM
+    else:
+        cls = {
+            "mamba-1.4b": MambaForCausalLM,
+            "mamba2-1.3b": Mamba2ForCausalLM,
+            "transformer-1.3b": LlamaForCausalLM,
+        }.get(name, JRTForCausalLM)
     with torch.device(device):
         model = cls(config)
-    return model.to(dtype=dtype).eval()
+    model = model.to(dtype=dtype).eval()
+    return accelerate(model) if accelerated else model
+
+
+def _before_path(name: str):
+    """A context in which ``name`` runs what it ran before this project's path, or None if no such path."""
+    if name in ("mamba-1.4b", "mamba2-1.3b"):
+        from jrt_prompt.models.accelerate import restore
+
+        @contextlib.contextmanager
+        def transformers_fallback():
+            restore()  # transformers' own functions; the caller's accelerate() puts the kernels back
+            yield
+
+        return transformers_fallback
+    return None
 
 
 def _sync(device):
@@ -104,23 +169,47 @@ def _seconds(fn, device, reps: int) -> float:
     return statistics.median(times)
 
 
+def matmul_tflops(device, dtype, size: int = 8192, reps: int = 10) -> float:
+    """Measured dense matmul rate (TFLOP/s) on random data: the floor's denominator."""
+    if torch.device(device).type != "cuda":
+        size = 256
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds = _seconds(lambda: [a @ b for _ in range(reps)], device, 3) / reps
+    return 2 * size**3 / seconds / 1e12
+
+
+def _prefill(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+
+def _error_note(exc: BaseException) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory"
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
 def run_model_bench(
     lengths: Sequence[int] = (2048, 8192, 32768),
     *,
     models: Sequence[str] = MODELS,
-    batch: int = 1,
-    decode_tokens: int = 32,
+    batches: Sequence[int] = (1, 8),
     dtype: str = "bfloat16",
-    reps: int = 2,
-    max_prefill_s: float = 20.0,
+    reps: int = 3,
+    before_cap_s: float = 30.0,
     device: str | None = None,
     tiny: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Prefill ms and decode tokens/s per model and prompt length N (JRT-Prompt models read 2N).
+    """Prefill ms per model, prompt length N, tokens read (N, or 2N for JRT-Prompt) and batch size.
 
-    A model whose prefill took longer than ``max_prefill_s`` skips the longer lengths (e.g. the
-    Mamba-2 PyTorch fallback when mamba-ssm is not installed).
+    Each row holds this project's time, the time before (transformers' fallback, while under
+    ``before_cap_s``), the Transformer's time on N at that batch, and the share of the matmul floor.
     """
     if device is None:
         if not torch.cuda.is_available():
@@ -130,93 +219,142 @@ def run_model_bench(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise JRTError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    from jrt_prompt.models.accelerate import accelerate
+
+    tflops = matmul_tflops(device, torch_dtype)
+    log(f"measured matmul rate: {tflops:.0f} TFLOP/s ({dtype})")
+    # The Transformer first: every other row is compared with it.
+    order = [TRANSFORMER] + [m for m in models if m != TRANSFORMER]
+    transformer_ms: dict[tuple[int, int], float] = {}
     rows = []
-    for name in models:
-        model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
+    for name in order:
+        try:
+            model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
+        except Exception as exc:  # one family failing (e.g. fla missing) must not hide the others
+            note = _error_note(exc)
+            log(f"{name:<17} {note}")
+            rows.append({"model": name, "note": note})
+            continue
         params = sum(p.numel() for p in model.parameters())
         vocab = model.config.vocab_size
-        too_slow = False
+        before = _before_path(name)
+        before_ok = {b: before is not None for b in batches}
+        reads = (1, 2) if READS_TWICE[name] else (1,)
         for n in lengths:
-            tokens = 2 * n if READS_TWICE[name] else n
-            row = {"model": name, "params": params, "n": n, "tokens_read": tokens, "batch": batch}
-            if too_slow:
-                rows.append(
-                    {**row, "note": f"skipped: prefill of a shorter prompt took > {max_prefill_s:.0f} s"}
-                )
-                continue
-            gen = torch.Generator(device="cpu").manual_seed(n)
-            ids = torch.randint(0, vocab, (batch, tokens), generator=gen).to(device)
-            try:
-                with torch.inference_mode():
-                    if n == lengths[0]:  # warm-up: kernel compilation and allocator growth
-                        model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                    prefill = _seconds(
-                        lambda m=model, x=ids: m(input_ids=x, use_cache=True, logits_to_keep=1), device, reps
-                    )
-
-                    def generate(new_tokens, ids=ids, model=model):
-                        return model.generate(
-                            ids,
-                            attention_mask=torch.ones_like(ids),
-                            max_new_tokens=new_tokens,
-                            min_new_tokens=new_tokens,
-                            do_sample=False,
-                            pad_token_id=0,
-                        )
-
-                    if n == lengths[0]:
-                        generate(2)
-                    one = _seconds(lambda: generate(1), device, 1)
-                    many = _seconds(lambda: generate(decode_tokens + 1), device, 1)
-                per_token = max(many - one, 1e-9) / decode_tokens
-                row.update(
-                    prefill_ms=prefill * 1e3,
-                    prefill_tokens_per_s=batch * tokens / prefill,
-                    decode_ms_per_token=per_token * 1e3,
-                    decode_tokens_per_s=batch / per_token,
-                )
-                too_slow = prefill > max_prefill_s
-            except torch.cuda.OutOfMemoryError:
-                row["note"] = "out of GPU memory"
-            except Exception as exc:  # recorded per row: one family failing must not hide the others
-                row["note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            log(
-                f"{name:<18} N={n:>6} read {tokens:>6}: "
-                + (
-                    f"prefill {row['prefill_ms']:9.1f} ms  decode {row['decode_tokens_per_s']:8.1f} tok/s"
-                    if "prefill_ms" in row
-                    else row["note"]
-                )
-            )
-            rows.append(row)
-            ids = None
-            gc.collect()
-            if torch.device(device).type == "cuda":
-                torch.cuda.empty_cache()
+            for factor in reads:
+                tokens = factor * n
+                for batch in batches:
+                    row = {"model": name, "params": params, "n": n, "tokens_read": tokens, "batch": batch}
+                    gen = torch.Generator(device="cpu").manual_seed(tokens + batch)
+                    ids = torch.randint(0, vocab, (batch, tokens), generator=gen).to(device)
+                    try:
+                        _prefill(model, ids)  # warm-up: compilation, autotuning, allocator growth
+                        seconds = _seconds(lambda m=model, x=ids: _prefill(m, x), device, reps)
+                        row["ms"] = seconds * 1e3
+                        row["tokens_per_s"] = batch * tokens / seconds
+                        row["floor_pct"] = 100 * (2 * params * batch * tokens / (tflops * 1e12)) / seconds
+                    except Exception as exc:
+                        row["note"] = _error_note(exc)
+                    if before_ok[batch]:
+                        try:
+                            with before():
+                                row["before_ms"] = _seconds(lambda m=model, x=ids: _prefill(m, x), device, 1) * 1e3
+                        except Exception as exc:
+                            row["before_note"] = _error_note(exc)
+                        finally:
+                            accelerate(model)
+                        if row.get("before_ms", 0) > before_cap_s * 1e3 or "before_note" in row:
+                            before_ok[batch] = False
+                    elif before is not None:
+                        row["before_note"] = f"skipped: a shorter prompt took > {before_cap_s:.0f} s"
+                    if name == TRANSFORMER and factor == 1 and "ms" in row:
+                        transformer_ms[(n, batch)] = row["ms"]
+                    if (n, batch) in transformer_ms:
+                        row["transformer_ms"] = transformer_ms[(n, batch)]
+                    log(_row_line(row))
+                    rows.append(row)
+                    ids = None
+                    gc.collect()
+                    if torch.device(device).type == "cuda":
+                        torch.cuda.empty_cache()
         model = None
         gc.collect()
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
     return {
         "env": environment(),
-        "shape": {"batch": batch, "dtype": dtype, "decode_tokens": decode_tokens},
+        "shape": {"dtype": dtype, "batches": list(batches), "lengths": list(lengths), "reps": reps},
+        "matmul_tflops": tflops,
         "rows": rows,
     }
 
 
+def _row_line(row: dict) -> str:
+    head = f"{row['model']:<17} N={row['n']:>6} read {row['tokens_read']:>6} b={row['batch']:<2}"
+    if "ms" not in row:
+        return f"{head} {row.get('note', '')}"
+    parts = [f"{row['ms']:9.1f} ms", f"floor {row['floor_pct']:5.1f}%"]
+    if "before_ms" in row:
+        parts.append(f"before {row['before_ms']:10.1f} ms ({row['before_ms'] / row['ms']:.0f}x)")
+    if "transformer_ms" in row:
+        parts.append(f"Transformer(N) {row['transformer_ms']:8.1f} ms ({row['ms'] / row['transformer_ms']:.2f}x)")
+    return f"{head} " + "  ".join(parts)
+
+
 def format_model_table(result: dict) -> str:
     lines = [
-        "| model | N | tokens read | prefill ms | prefill tok/s | decode tok/s |",
-        "|---|---|---|---|---|---|",
+        "| model | batch | N | tokens read | ms | before (transformers fallback) ms | speed-up | "
+        "Transformer on N ms | ÷ Transformer | % of matmul floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        if "prefill_ms" in r:
+        if "n" not in r:
+            lines.append(f"| {r['model']} | — | — | — | — | — | — | — | — | {r.get('note', '')} |")
+            continue
+        if "ms" not in r:
             lines.append(
-                f"| {r['model']} | {r['n']:,} | {r['tokens_read']:,} | {r['prefill_ms']:.1f} | "
-                f"{r['prefill_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:.1f} |"
+                f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['tokens_read']:,} | {r.get('note', '')} "
+                "| — | — | — | — | — |"
             )
-        else:
-            lines.append(
-                f"| {r['model']} | {r['n']:,} | {r['tokens_read']:,} | — | — | {r.get('note', '')} |"
-            )
+            continue
+        before = f"{r['before_ms']:,.1f}" if "before_ms" in r else ("skipped" if "before_note" in r else "—")
+        speedup = f"{r['before_ms'] / r['ms']:,.0f}×" if "before_ms" in r else "—"
+        tr = f"{r['transformer_ms']:,.1f}" if "transformer_ms" in r else "—"
+        ratio = f"{r['ms'] / r['transformer_ms']:.2f}" if "transformer_ms" in r else "—"
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['tokens_read']:,} | {r['ms']:,.1f} | {before} | "
+            f"{speedup} | {tr} | {ratio} | {r['floor_pct']:.0f}% |"
+        )
     return "\n".join(lines)
+
+
+def plot_model_bench(result: dict, path) -> str:
+    """Prefill ms against tokens read, one panel per batch size, log-log; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in result["rows"] if "batch" in r})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for name in dict.fromkeys(r["model"] for r in result["rows"] if "ms" in r):
+            pts = sorted((r["tokens_read"], r["ms"]) for r in result["rows"]
+                         if r.get("batch") == batch and r["model"] == name and "ms" in r)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            before = sorted((r["tokens_read"], r["before_ms"]) for r in result["rows"]
+                            if r.get("batch") == batch and r["model"] == name and "before_ms" in r)
+            if before:
+                ax.plot(*zip(*before, strict=True), marker="x", linestyle="--", label=f"{name} (before)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens read")
+        ax.set_ylabel("prefill ms")
+        ax.set_title(f"batch {batch} — {result['env'].get('device', '')}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
