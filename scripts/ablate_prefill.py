@@ -3,8 +3,8 @@
 
     python scripts/ablate_prefill.py --json ablate.json        # needs a CUDA GPU
 
-Each variant is the source of jrt_prompt/kernels/triton_ops.py with one part of the chunk loop
-cut out (its results are wrong on purpose: timing only), timed on Based at 32k x 16 heads x
+Each variant is the source of jrt_prompt/kernels/based/triton_prefill.py with one part of the chunk
+loop cut out (its results are wrong on purpose: timing only), timed on Based at 32k x 16 heads x
 batch 16, bf16, default launch configuration. A variant runs in its own process, so a variant
 the compiler mishandles cannot poison the others' CUDA context. With a part's read-out removed,
 its state update becomes dead code too, so "no pair groups" is the pair features' whole cost.
@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SOURCE = ROOT / "jrt_prompt" / "kernels" / "triton_ops.py"
+SOURCE = ROOT / "jrt_prompt" / "kernels" / "based" / "triton_prefill.py"
+PACKAGE = "jrt_prompt.kernels.based"  # SOURCE's package, for its relative imports
 _GROUP_CALL = r"        num, s_p\d = _cyc_group\(.*?\n.*?\n"
 
 # variant -> (pattern, replacement) pairs applied to the kernel source. Variants named
@@ -52,16 +53,21 @@ def variant_source(name: str) -> str:
     """The kernel module's source with the variant's part removed (only in the cyclic kernel)."""
     text = SOURCE.read_text()
     start = text.index("def _chunked_cyclic_kernel(")
-    end = text.index("@triton.jit", start)
+    end = re.compile(r"\n\n\n(?=\S)").search(text, start).start()  # the next top-level statement
     body = text[start:end]
     for pattern, replacement in VARIANTS[name]:
         body, count = re.subn(pattern, lambda _m, r=replacement: r, body)
         if count == 0:
             raise SystemExit(f"variant {name}: the kernel no longer contains {pattern!r}; update VARIANTS")
     text = text[:start] + body + text[end:]
-    return text.replace("from . import reference", "from jrt_prompt.kernels import reference").replace(
-        "from .state import", "from jrt_prompt.kernels.state import"
-    )
+    return re.sub(r"^from (\.+)([\w.]*) import", _absolute_import, text, flags=re.MULTILINE)
+
+
+def _absolute_import(m: re.Match) -> str:
+    """``from ..x import`` in SOURCE as ``from jrt_prompt.kernels.x import``: the variant runs as a
+    module of its own, outside the package."""
+    base = PACKAGE.split(".")[: len(PACKAGE.split(".")) + 1 - len(m.group(1))]
+    return "from " + ".".join(base + ([m.group(2)] if m.group(2) else [])) + " import"
 
 
 def time_variant(name: str, n: int, reps: int) -> float:

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     tuning = None
     if args.tune:
         from jrt_prompt.bench.decode import tune_step
-        from jrt_prompt.kernels.triton_ops import StepConfig
+        from jrt_prompt.kernels.taylor.config import StepConfig
 
         tuning = tune_step(64, heads=args.heads, head_dim=args.head_dim, dtype=args.dtype)
         step_config = StepConfig(**tuning[0]["config"])

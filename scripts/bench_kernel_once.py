@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from jrt_prompt.kernels import triton_ops  # noqa: E402
+from jrt_prompt.kernels.based.triton_prefill import based_prefill  # noqa: E402
+from jrt_prompt.kernels.taylor.config import ChunkConfig  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,13 +24,13 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="{}", help='ChunkConfig fields as JSON, e.g. {"chunk": 64}')
     p.add_argument("--runs", type=int, default=3)
     args = p.parse_args(argv)
-    cfg = triton_ops.ChunkConfig(**json.loads(args.config))
+    cfg = ChunkConfig(**json.loads(args.config))
     q, k = (
         torch.randn(args.batch, args.n, args.heads, 16, device="cuda", dtype=torch.bfloat16) for _ in range(2)
     )
     v = torch.randn(args.batch, args.n, args.heads, 64, device="cuda", dtype=torch.bfloat16)
     for _ in range(args.runs):
-        triton_ops.based_prefill(q, k, v, config=cfg)
+        based_prefill(q, k, v, config=cfg)
     torch.cuda.synchronize()
     print("done", cfg)
     return 0

@@ -23,7 +23,7 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from jrt_prompt.kernels import triton_ops  # noqa: E402
+from jrt_prompt.kernels.based import triton_prefill  # noqa: E402
 
 _DTYPES = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
 _INT_POINTERS = ("enc_len_ptr", "pair_i_ptr", "pair_j_ptr")
@@ -67,7 +67,7 @@ def ptxas_report(
     instead of read from its own pass; ``split``: then its products as split bf16 products (None:
     as the launcher picks, i.e. the cyclic kernel with half-precision inputs)."""
     if split is None:
-        split = kernel is triton_ops._chunked_cyclic_kernel and dtype != "fp32"
+        split = kernel is triton_prefill._chunked_cyclic_kernel and dtype != "fp32"
     constants = dict(
         F=16,
         BT=chunk,
@@ -84,7 +84,7 @@ def ptxas_report(
         NORM_DTYPE=tl.bfloat16,
         NORM_INLINE=inline,
     )
-    if kernel is triton_ops._chunked_kernel:
+    if kernel is triton_prefill._chunked_kernel:
         constants.update(NP=128, SYM=True)
     source = ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants)
     compiled = triton.compile(
@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
     for name, kernel in (
-        ("onehot", triton_ops._chunked_kernel),
-        ("cyclic", triton_ops._chunked_cyclic_kernel),
+        ("onehot", triton_prefill._chunked_kernel),
+        ("cyclic", triton_prefill._chunked_cyclic_kernel),
     ):
         lines = ptxas_report(
             kernel,

@@ -10,9 +10,12 @@ from jrt_prompt.kernels import (
     based_linear_attention,
     linear_attention_step,
     prefix_linear_attention,
-    triton_ops,
 )
-from jrt_prompt.kernels import reference as ref
+from jrt_prompt.kernels.based.reference import based_chunked
+from jrt_prompt.kernels.based.triton_prefill import based_prefill
+from jrt_prompt.kernels.pla.triton_prefill import encoder_state, pla_prefill
+from jrt_prompt.kernels.taylor.config import DEFAULT_CONFIG
+from jrt_prompt.kernels.taylor.reference import state_from_tokens, step_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +26,7 @@ PAIRS = [None, "onehot", "cyclic-inline"]
 
 
 def _config(pairs, **kw):
-    config = dataclasses.replace(triton_ops.DEFAULT_CONFIG, **kw)
+    config = dataclasses.replace(DEFAULT_CONFIG, **kw)
     if pairs is None:
         return config
     layout, _, inline = pairs.partition("-")
@@ -33,7 +36,7 @@ def _config(pairs, **kw):
 def _based(q, k, v, pairs, **kw):
     if pairs is None:
         return based_linear_attention(q, k, v, **kw)
-    return triton_ops.based_prefill(q, k, v, config=_config(pairs), **kw)
+    return based_prefill(q, k, v, config=_config(pairs), **kw)
 
 
 def _rel(a, b):
@@ -49,7 +52,7 @@ def _inputs(b, n, h, dv, dtype, seed=0, scale=1.0):
 
 def _chunked_ref(q, k, v, **kw):
     """fp32 chunked reference on the GPU (big chunks: it is a loop of einsums)."""
-    return ref.based_chunked(q.float(), k.float(), v.float(), chunk_size=512, **kw)
+    return based_chunked(q.float(), k.float(), v.float(), chunk_size=512, **kw)
 
 
 @pytest.mark.parametrize("pairs", PAIRS)
@@ -77,11 +80,11 @@ def test_pla_full_size_mixed_encoder_lengths(dtype, pairs):
     if pairs is None:
         o, st = prefix_linear_attention(q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True)
     else:
-        o, st = triton_ops.pla_prefill(
+        o, st = pla_prefill(
             q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=_config(pairs)
         )
     w_enc = (torch.arange(n, device="cuda")[None] < enc[:, None]).float() * mask.float()
-    enc_state = ref.state_from_tokens(ke.float(), ve.float(), w_enc)
+    enc_state = state_from_tokens(ke.float(), ve.float(), w_enc)
     o_ref, st_ref = _chunked_ref(q, k, v, mask=mask, initial_state=enc_state, output_final_state=True)
     assert _rel(o, o_ref) < TOL[dtype]
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-5
@@ -92,7 +95,7 @@ def test_pla_full_size_mixed_encoder_lengths(dtype, pairs):
 def test_segmented_and_single_pass_agree_at_32k(segments, pairs):
     q, k, v, _, _ = _inputs(2, 32768, 4, 64, torch.bfloat16, seed=2)
     cfg = _config(pairs, segments=segments)
-    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
+    o, st = based_prefill(q, k, v, output_final_state=True, config=cfg)
     o_ref, st_ref = _chunked_ref(q, k, v, output_final_state=True)
     assert _rel(o, o_ref) < 2e-2 and _rel(st.kv, st_ref.kv) < 2e-2
 
@@ -120,7 +123,7 @@ def test_decode_step_full_size(batch):
     o_full, _ = _chunked_ref(q, k, v)
     for t in range(296, 300):
         o_t = linear_attention_step(q[:, t], k[:, t], v[:, t], st)
-        o_t_ref = ref.step_reference(q[:, t].double(), k[:, t].double(), v[:, t].double(), st64)
+        o_t_ref = step_reference(q[:, t].double(), k[:, t].double(), v[:, t].double(), st64)
         assert _rel(o_t, o_t_ref) < 2e-2
         assert _rel(o_t, o_full[:, t]) < 2e-2
     assert st.kv.data_ptr() == ptr
@@ -133,9 +136,9 @@ def test_decode_step_full_size(batch):
 def test_cyclic_layout_matches_onehot_kernel(num_warps, chunk, stages):
     """The tuned launch shapes of the cyclic kernel: same outputs and states as the one-hot kernel."""
     q, k, v, _, _ = _inputs(2, 5000, 8, 64, torch.bfloat16, seed=5)
-    o_ref, st_ref = triton_ops.based_prefill(q, k, v, output_final_state=True, config=_config("onehot"))
+    o_ref, st_ref = based_prefill(q, k, v, output_final_state=True, config=_config("onehot"))
     cfg = _config("cyclic", num_warps=num_warps, chunk=chunk, num_stages=stages)
-    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=cfg)
+    o, st = based_prefill(q, k, v, output_final_state=True, config=cfg)
     assert _rel(o, o_ref) < 1e-2 and _rel(st.kv, st_ref.kv) < 1e-4
 
 
@@ -158,7 +161,7 @@ def test_encoder_reduction_launch_shapes(num_warps, chunk, stages, block_dv, pai
     enc = torch.tensor([9000, 1, 4321], device="cuda")
     mask = torch.ones(3, 9000, dtype=torch.bool, device="cuda")
     mask[2, :500] = False
-    st = triton_ops.encoder_state(
+    st = encoder_state(
         ke,
         ve,
         enc_lengths=enc,
@@ -166,7 +169,7 @@ def test_encoder_reduction_launch_shapes(num_warps, chunk, stages, block_dv, pai
         config=_config(pairs, num_warps=num_warps, chunk=chunk, num_stages=stages, block_dv=block_dv),
     )
     w = (torch.arange(9000, device="cuda")[None] < enc[:, None]).float() * mask.float()
-    st_ref = ref.state_from_tokens(ke.float(), ve.float(), w)
+    st_ref = state_from_tokens(ke.float(), ve.float(), w)
     assert _rel(st.kv, st_ref.kv) < 1e-2 and _rel(st.ksum, st_ref.ksum) < 1e-5
 
 
@@ -178,13 +181,13 @@ def test_normaliser_pass_launch_shapes(warps, block, dtype):
     q, k, v, _, _ = _inputs(2, 9000, 8, 64, dtype, seed=7)
     mask = torch.ones(2, 9000, dtype=torch.bool, device="cuda")
     mask[0, :700] = False
-    init = ref.state_from_tokens(k[:, :300].float(), v[:, :300].float(), torch.ones(2, 300, device="cuda"))
+    init = state_from_tokens(k[:, :300].float(), v[:, :300].float(), torch.ones(2, 300, device="cuda"))
     kw = dict(mask=mask, initial_state=init, output_final_state=True)
-    o_in, st_in = triton_ops.based_prefill(q, k, v, config=_config("cyclic-inline"), **kw)
+    o_in, st_in = based_prefill(q, k, v, config=_config("cyclic-inline"), **kw)
     cfg = _config(None, normaliser_warps=warps, normaliser_block=block)
-    o, st = triton_ops.based_prefill(q, k, v, config=cfg, **kw)
+    o, st = based_prefill(q, k, v, config=cfg, **kw)
     assert _rel(o, o_in) < 1e-2 and _rel(st.ksum, st_in.ksum) < 1e-5  # fp32 sums in another order
-    st_ref = ref.state_from_tokens(k.double(), v.double(), mask.double())  # fp64: the error is ours
+    st_ref = state_from_tokens(k.double(), v.double(), mask.double())  # fp64: the error is ours
     # fp32 accumulation over 9k tokens on the tensor cores: measured 1.08e-5 for fp16 inputs in
     # blocks of 2048, under 1e-5 in the other shapes
     assert _rel(st.ksum, st_ref.ksum + init.ksum.double()) < 2e-5

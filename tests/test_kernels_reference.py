@@ -13,7 +13,9 @@ from jrt_prompt.kernels import (
     prefix_linear_attention,
     taylor_feature_map,
 )
-from jrt_prompt.kernels import reference as ref
+from jrt_prompt.kernels.based.reference import based_chunked, based_quadratic
+from jrt_prompt.kernels.pla.reference import pla_chunked, pla_quadratic
+from jrt_prompt.kernels.taylor.reference import empty_state, state_from_tokens
 
 
 def _rel(a, b):
@@ -44,7 +46,7 @@ def test_feature_map_is_second_order_taylor_of_exp():
 
 def test_quadratic_matches_direct_loop():
     q, k, v, _, _ = _inputs(b=1, n=9, h=1, f=4, dv=3, dtype=torch.float64)
-    o, _ = ref.based_quadratic(q, k, v, eps=1e-12)
+    o, _ = based_quadratic(q, k, v, eps=1e-12)
     pq, pk = taylor_feature_map(q[0, :, 0]), taylor_feature_map(k[0, :, 0])
     for i in range(9):
         a = pq[i] @ pk[: i + 1].T
@@ -56,11 +58,11 @@ def test_quadratic_matches_direct_loop():
 def test_chunked_equals_quadratic_with_mask_and_state(n):
     q, k, v, _, _ = _inputs(n=n, dtype=torch.float64)
     mask = torch.rand(2, n, generator=torch.Generator().manual_seed(1)) > 0.3
-    init = ref.state_from_tokens(
+    init = state_from_tokens(
         *_inputs(n=5, seed=3, dtype=torch.float64)[1:3], torch.ones(2, 5, dtype=torch.float64)
     )
-    oq, sq = ref.based_quadratic(q, k, v, mask=mask, initial_state=init, output_final_state=True)
-    oc, sc = ref.based_chunked(q, k, v, mask=mask, initial_state=init, output_final_state=True, chunk_size=16)
+    oq, sq = based_quadratic(q, k, v, mask=mask, initial_state=init, output_final_state=True)
+    oc, sc = based_chunked(q, k, v, mask=mask, initial_state=init, output_final_state=True, chunk_size=16)
     assert _rel(oc, oq) < 1e-10
     assert _rel(sc.kv, sq.kv) < 1e-10 and _rel(sc.ksum, sq.ksum) < 1e-10
     assert torch.all(oq[~mask] == 0)
@@ -70,8 +72,8 @@ def test_masked_positions_contribute_nothing():
     q, k, v, _, _ = _inputs(b=1, n=12, dtype=torch.float64)
     mask = torch.ones(1, 12, dtype=torch.bool)
     mask[0, :4] = False  # left padding
-    o_masked, s_masked = ref.based_quadratic(q, k, v, mask=mask, output_final_state=True)
-    o_short, s_short = ref.based_quadratic(q[:, 4:], k[:, 4:], v[:, 4:], output_final_state=True)
+    o_masked, s_masked = based_quadratic(q, k, v, mask=mask, output_final_state=True)
+    o_short, s_short = based_quadratic(q[:, 4:], k[:, 4:], v[:, 4:], output_final_state=True)
     assert _rel(o_masked[:, 4:], o_short) < 1e-12
     assert _rel(s_masked.kv, s_short.kv) < 1e-12
 
@@ -80,8 +82,8 @@ def test_masked_positions_contribute_nothing():
 def test_pla_chunked_equals_quadratic(lengths):
     q, k, v, ke, ve = _inputs(n=37, dtype=torch.float64)
     enc = torch.tensor(lengths) if isinstance(lengths, list) else torch.full((2,), lengths)
-    oq, sq = ref.pla_quadratic(q, k, v, ke, ve, enc_lengths=enc, output_final_state=True)
-    oc, sc = ref.pla_chunked(q, k, v, ke, ve, enc_lengths=enc, output_final_state=True, chunk_size=16)
+    oq, sq = pla_quadratic(q, k, v, ke, ve, enc_lengths=enc, output_final_state=True)
+    oc, sc = pla_chunked(q, k, v, ke, ve, enc_lengths=enc, output_final_state=True, chunk_size=16)
     assert _rel(oc, oq) < 1e-10
     assert _rel(sc.kv, sq.kv) < 1e-10
 
@@ -109,7 +111,7 @@ def test_decode_continues_prefill():
 
 def test_step_updates_state_in_place():
     q, k, v, _, _ = _inputs(b=2, n=1, h=3, f=4, dv=5)
-    state = ref.empty_state(2, 3, 4, 5, "cpu")
+    state = empty_state(2, 3, 4, 5, "cpu")
     kv_ptr = state.kv.data_ptr()
     linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state)
     assert state.kv.data_ptr() == kv_ptr

@@ -15,18 +15,31 @@ if not torch.cuda.is_available():
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-import jrt_prompt.kernels.triton_ops as triton_ops  # noqa: E402
-from jrt_prompt.kernels import reference as ref  # noqa: E402
+from jrt_prompt.kernels.based import triton_normaliser  # noqa: E402
+from jrt_prompt.kernels.based import triton_prefill as based_triton  # noqa: E402
+from jrt_prompt.kernels.based.reference import based_quadratic  # noqa: E402
+from jrt_prompt.kernels.pla import triton_prefill as pla_triton  # noqa: E402
+from jrt_prompt.kernels.pla.reference import pla_quadratic  # noqa: E402
+from jrt_prompt.kernels.taylor import triton_common  # noqa: E402
+from jrt_prompt.kernels.taylor import triton_step as step_triton  # noqa: E402
+from jrt_prompt.kernels.taylor.config import DEFAULT_CONFIG, ChunkConfig, StepConfig  # noqa: E402
+from jrt_prompt.kernels.taylor.reference import state_from_tokens, step_reference  # noqa: E402
+from jrt_prompt.kernels.taylor.state import LinearAttentionState  # noqa: E402
 
-if not torch.cuda.is_available() and not isinstance(triton_ops._chunked_kernel, InterpretedFunction):
-    triton_ops = importlib.reload(triton_ops)  # imported earlier in compiled mode
+if not torch.cuda.is_available() and not isinstance(based_triton._chunked_kernel, InterpretedFunction):
+    # imported earlier in compiled mode: decorate again, each module after the helpers it imports
+    triton_common = importlib.reload(triton_common)
+    triton_normaliser = importlib.reload(triton_normaliser)
+    based_triton = importlib.reload(based_triton)
+    pla_triton = importlib.reload(pla_triton)
+    step_triton = importlib.reload(step_triton)
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter tests run on CPU only")
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 # several chunks and value blocks on tiny inputs; pair features by one-hot selection products;
 # the normaliser in its own pass over blocks of two chunks (several blocks per row)
-SMALL = triton_ops.ChunkConfig(chunk=32, block_dv=16, pairs="onehot", normaliser_block=64)
+SMALL = ChunkConfig(chunk=32, block_dv=16, pairs="onehot", normaliser_block=64)
 SMALL_FULL = dataclasses.replace(SMALL, symmetric=False)  # all f*f quadratic features
 SMALL_CYCLIC = dataclasses.replace(SMALL, pairs="cyclic")  # pair groups by cyclic distance
 # the normaliser carried inside the prefill kernels' walk (normaliser_block=0)
@@ -39,7 +52,7 @@ PAIRS = ["onehot", "cyclic", "cyclic-inline"]
 
 def _with_pairs(config, pairs):
     layout, _, inline = pairs.partition("-")
-    config = dataclasses.replace(config or triton_ops.DEFAULT_CONFIG, pairs=layout)
+    config = dataclasses.replace(config or DEFAULT_CONFIG, pairs=layout)
     return dataclasses.replace(config, normaliser_block=0) if inline else config
 
 
@@ -78,23 +91,19 @@ def _f64(*ts):
         (torch.float16, 77, SMALL_CYCLIC_INLINE),
     ],
     ids=lambda x: (
-        (x.pairs + ("-inline" if x.normaliser_block <= 0 else ""))
-        if isinstance(x, triton_ops.ChunkConfig)
-        else None
+        (x.pairs + ("-inline" if x.normaliser_block <= 0 else "")) if isinstance(x, ChunkConfig) else None
     ),
 )
 def test_based_prefill_matches_reference(dtype, n, config):
     q, k, v, _, _ = _inputs(2, n, 2, 24, dtype)  # dv=24: partial value block
     g = torch.Generator().manual_seed(5)
     mask = torch.rand(2, n, generator=g) > 0.25
-    init = ref.state_from_tokens(*_inputs(2, 9, 2, 24, torch.float32, seed=7)[1:3], torch.ones(2, 9))
-    o, st = triton_ops.based_prefill(
+    init = state_from_tokens(*_inputs(2, 9, 2, 24, torch.float32, seed=7)[1:3], torch.ones(2, 9))
+    o, st = based_triton.based_prefill(
         q, k, v, mask=mask, initial_state=init, output_final_state=True, config=config
     )
-    init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
-    o_ref, st_ref = ref.based_quadratic(
-        *_f64(q, k, v), mask=mask, initial_state=init64, output_final_state=True
-    )
+    init64 = LinearAttentionState(init.kv.double(), init.ksum.double())
+    o_ref, st_ref = based_quadratic(*_f64(q, k, v), mask=mask, initial_state=init64, output_final_state=True)
     assert o.dtype == dtype and not torch.isnan(o).any()
     assert _rel(o, o_ref) < TOL[dtype]
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-6
@@ -104,8 +113,8 @@ def test_based_prefill_matches_reference(dtype, n, config):
 @pytest.mark.parametrize("pairs", PAIRS)
 def test_based_prefill_default_chunk_no_mask(pairs):
     q, k, v, _, _ = _inputs(1, 150, 1, 64, torch.float32, seed=2)  # 150 = 2 chunks of 64 + 22
-    o, st = triton_ops.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(None, pairs))
-    o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), output_final_state=True)
+    o, st = based_triton.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(None, pairs))
+    o_ref, st_ref = based_quadratic(*_f64(q, k, v), output_final_state=True)
     assert _rel(o, o_ref) < 1e-4 and _rel(st.kv, st_ref.kv) < 1e-4
 
 
@@ -126,12 +135,10 @@ def test_pla_prefill_matches_reference(dtype, lengths, pairs):
     mask = torch.ones(2, n, dtype=torch.bool)
     mask[1, :6] = False  # left padding of the second row
     enc = torch.tensor(lengths)
-    o, st = triton_ops.pla_prefill(
+    o, st = pla_triton.pla_prefill(
         q, k, v, ke, ve, enc_lengths=enc, mask=mask, output_final_state=True, config=_with_pairs(SMALL, pairs)
     )
-    o_ref, st_ref = ref.pla_quadratic(
-        *_f64(q, k, v, ke, ve), enc_lengths=enc, mask=mask, output_final_state=True
-    )
+    o_ref, st_ref = pla_quadratic(*_f64(q, k, v, ke, ve), enc_lengths=enc, mask=mask, output_final_state=True)
     assert _rel(o, o_ref) < TOL[dtype]
     assert _rel(st.kv, st_ref.kv) < TOL[dtype] and _rel(st.ksum, st_ref.ksum) < 1e-6
 
@@ -141,11 +148,11 @@ def test_encoder_reduction_over_several_splits(pairs):
     n = 2500  # > 1024 tokens: the reduction splits the encoder over several programs
     _, _, _, ke, ve = _inputs(1, n, 1, 16, torch.float32, seed=4)
     enc = torch.tensor([2100])
-    st = triton_ops.encoder_state(
-        ke, ve, enc_lengths=enc, config=_with_pairs(triton_ops.ChunkConfig(chunk=64, block_dv=16), pairs)
+    st = pla_triton.encoder_state(
+        ke, ve, enc_lengths=enc, config=_with_pairs(ChunkConfig(chunk=64, block_dv=16), pairs)
     )
     w = (torch.arange(n) < 2100).double()[None]
-    st_ref = ref.state_from_tokens(ke.double(), ve.double(), w)
+    st_ref = state_from_tokens(ke.double(), ve.double(), w)
     assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
 
 
@@ -155,18 +162,18 @@ def test_encoder_reduction_over_several_splits(pairs):
 def test_decode_step_matches_reference_and_updates_in_place(dtype, symmetric):
     g = torch.Generator().manual_seed(6)
     b, h, dv = 3, 2, 40
-    state = ref.state_from_tokens(
+    state = state_from_tokens(
         _rand(b, 20, h, 16, gen=g, dtype=torch.float32),
         _rand(b, 20, h, dv, gen=g, dtype=torch.float32),
         torch.ones(b, 20),
     )
-    state64 = ref.LinearAttentionState(state.kv.double(), state.ksum.double())
+    state64 = LinearAttentionState(state.kv.double(), state.ksum.double())
     kv_ptr = state.kv.data_ptr()
     for _ in range(3):
         q, k = _rand(b, h, 16, gen=g, dtype=dtype), _rand(b, h, 16, gen=g, dtype=dtype)
         v = _rand(b, h, dv, gen=g, dtype=dtype)
-        o = triton_ops.decode_step(q, k, v, state, config=triton_ops.StepConfig(symmetric=symmetric))
-        o_ref = ref.step_reference(*_f64(q, k, v), state64)
+        o = step_triton.decode_step(q, k, v, state, config=StepConfig(symmetric=symmetric))
+        o_ref = step_reference(*_f64(q, k, v), state64)
         assert o.dtype == dtype and _rel(o, o_ref) < TOL[dtype]
     assert state.kv.data_ptr() == kv_ptr
     assert _rel(state.kv, state64.kv) < 1e-6 and _rel(state.ksum, state64.ksum) < 1e-6
@@ -184,7 +191,7 @@ def test_dispatch_prefill_then_decode_through_public_ops(monkeypatch):
         q[:, :n], k[:, :n], v[:, :n], ke[:, :n], ve[:, :n], enc_lengths=enc, output_final_state=True
     )
     outs = [linear_attention_step(q[:, t], k[:, t], v[:, t], st) for t in (n, n + 1)]
-    o_ref, _ = ref.pla_quadratic(*_f64(q, k, v, ke, ve), enc_lengths=enc)
+    o_ref, _ = pla_quadratic(*_f64(q, k, v, ke, ve), enc_lengths=enc)
     assert _rel(o_pre, o_ref[:, :n]) < 1e-4
     for t, o_t in zip((n, n + 1), outs, strict=True):
         assert _rel(o_t, o_ref[:, t]) < 1e-4
@@ -196,15 +203,13 @@ def test_segmented_prefill_equals_single_pass(pairs):
     q, k, v, _, _ = _inputs(2, 90, 1, 16, torch.float32, seed=9)
     mask = torch.ones(2, 90, dtype=torch.bool)
     mask[0, :13] = False
-    init = ref.state_from_tokens(*_inputs(2, 5, 1, 16, torch.float32, seed=10)[1:3], torch.ones(2, 5))
-    seg = _with_pairs(triton_ops.ChunkConfig(chunk=32, block_dv=16, segments=3, normaliser_block=32), pairs)
-    o, st = triton_ops.based_prefill(
+    init = state_from_tokens(*_inputs(2, 5, 1, 16, torch.float32, seed=10)[1:3], torch.ones(2, 5))
+    seg = _with_pairs(ChunkConfig(chunk=32, block_dv=16, segments=3, normaliser_block=32), pairs)
+    o, st = based_triton.based_prefill(
         q, k, v, mask=mask, initial_state=init, output_final_state=True, config=seg
     )
-    init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
-    o_ref, st_ref = ref.based_quadratic(
-        *_f64(q, k, v), mask=mask, initial_state=init64, output_final_state=True
-    )
+    init64 = LinearAttentionState(init.kv.double(), init.ksum.double())
+    o_ref, st_ref = based_quadratic(*_f64(q, k, v), mask=mask, initial_state=init64, output_final_state=True)
     assert _rel(o, o_ref) < 1e-4
     assert _rel(st.kv, st_ref.kv) < 1e-5 and _rel(st.ksum, st_ref.ksum) < 1e-6
 
@@ -214,14 +219,14 @@ def test_symmetric_prefill_reads_any_initial_state_exactly(pairs):
     """An initial state whose quadratic block is not symmetric still gives the exact output."""
     q, k, v, _, _ = _inputs(1, 40, 1, 16, torch.float32, seed=11)
     g = torch.Generator().manual_seed(12)
-    init = ref.LinearAttentionState(
+    init = LinearAttentionState(
         torch.randn(1, 1, 273, 16, generator=g), torch.rand(1, 1, 273, generator=g) + 1
     )
-    o, st = triton_ops.based_prefill(
+    o, st = based_triton.based_prefill(
         q, k, v, initial_state=init, output_final_state=True, config=_with_pairs(SMALL, pairs)
     )
-    init64 = ref.LinearAttentionState(init.kv.double(), init.ksum.double())
-    o_ref, st_ref = ref.based_quadratic(*_f64(q, k, v), initial_state=init64, output_final_state=True)
+    init64 = LinearAttentionState(init.kv.double(), init.ksum.double())
+    o_ref, st_ref = based_quadratic(*_f64(q, k, v), initial_state=init64, output_final_state=True)
     assert _rel(o, o_ref) < 1e-4
 
     def sym(kv):  # the quadratic block, symmetrised: what any read-out sees
@@ -235,7 +240,7 @@ def test_symmetric_prefill_reads_any_initial_state_exactly(pairs):
 @pytest.mark.parametrize("pairs", PAIRS)
 def test_states_of_the_ops_are_symmetric(pairs):
     q, k, v, ke, ve = _inputs(2, 50, 2, 16, torch.float32, seed=13)
-    _, st = triton_ops.pla_prefill(
+    _, st = pla_triton.pla_prefill(
         q,
         k,
         v,
@@ -259,8 +264,8 @@ def test_cyclic_layout_reads_and_writes_each_pair_row():
     for i, j in [(0, 1), (3, 11), (15, 0), (2, 10), (10, 2), (7, 15), (9, 14)]:
         kv = torch.zeros(1, 1, 273, 16)
         kv[0, 0, 17 + i * 16 + j] = torch.arange(1.0, 17.0)
-        init = ref.LinearAttentionState(kv, torch.ones(1, 1, 273))
-        _, st = triton_ops.based_prefill(
+        init = LinearAttentionState(kv, torch.ones(1, 1, 273))
+        _, st = based_triton.based_prefill(
             q, k, v, mask=mask, initial_state=init, output_final_state=True, config=cfg
         )
         expect = torch.zeros_like(kv)
@@ -271,7 +276,7 @@ def test_cyclic_layout_reads_and_writes_each_pair_row():
 def test_cyclic_and_onehot_layouts_agree_on_states():
     q, k, v, _, _ = _inputs(2, 70, 2, 24, torch.float32, seed=15)
     outs = [
-        triton_ops.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(SMALL, p))
+        based_triton.based_prefill(q, k, v, output_final_state=True, config=_with_pairs(SMALL, p))
         for p in PAIRS
     ]
     for p, (o, st) in zip(PAIRS[1:], outs[1:], strict=True):
@@ -285,7 +290,7 @@ def test_cyclic_and_onehot_layouts_agree_on_states():
 def test_pair_layout_is_validated():
     q, k, v, _, _ = _inputs(1, 8, 1, 16, torch.float32)
     with pytest.raises(ValueError, match="pairs"):
-        triton_ops.based_prefill(q, k, v, config=_with_pairs(SMALL, "diagonal"))
+        based_triton.based_prefill(q, k, v, config=_with_pairs(SMALL, "diagonal"))
     # the full f*f map has no pair layout: it runs the one-hot kernel whatever `pairs` says
-    full = triton_ops.based_prefill(q, k, v, config=dataclasses.replace(SMALL_CYCLIC, symmetric=False))
-    assert _rel(full[0], triton_ops.based_prefill(q, k, v, config=SMALL_FULL)[0]) == 0
+    full = based_triton.based_prefill(q, k, v, config=dataclasses.replace(SMALL_CYCLIC, symmetric=False))
+    assert _rel(full[0], based_triton.based_prefill(q, k, v, config=SMALL_FULL)[0]) == 0

@@ -24,7 +24,8 @@ def _sdpa_decode(b, h, d, cache_len, dtype, device):
 
 
 def _linear_step(b, h, d, f, dtype, device, fused: bool, step_config=None):
-    from jrt_prompt.kernels import reference, triton_ops
+    from jrt_prompt.kernels.taylor import reference
+    from jrt_prompt.kernels.taylor.triton_step import decode_step
 
     state = reference.empty_state(b, h, f, d, device)
     state.kv.normal_()
@@ -32,7 +33,7 @@ def _linear_step(b, h, d, f, dtype, device, fused: bool, step_config=None):
     q, k = (torch.randn(b, h, f, device=device, dtype=dtype) * 0.1 for _ in range(2))
     v = torch.randn(b, h, d, device=device, dtype=dtype)
     if fused:
-        return lambda: triton_ops.decode_step(q, k, v, state, config=step_config)
+        return lambda: decode_step(q, k, v, state, config=step_config)
     return lambda: reference.step_reference(q, k, v, state)
 
 
@@ -105,14 +106,14 @@ def tune_step(
     batch: int = 64, *, heads: int = 16, head_dim: int = 64, dtype: str = "bfloat16", log=print
 ) -> list[dict]:
     """Graph-replay microseconds of the fused step under several launch configs; fastest first."""
-    from jrt_prompt.kernels import triton_ops
+    from jrt_prompt.kernels.taylor.config import StepConfig
 
     device = require_cuda()
     out = []
     for symmetric in (True,):
         for block_r in (16, 32, 64):
             for warps in (1, 2, 4, 8):
-                cfg = triton_ops.StepConfig(block_r=block_r, num_warps=warps, symmetric=symmetric)
+                cfg = StepConfig(block_r=block_r, num_warps=warps, symmetric=symmetric)
                 fn = _linear_step(batch, heads, head_dim, 16, _dtype(dtype), device, True, cfg)
                 us = time_graph_ms(fn, steps=20, warmup=3, reps=10)["median"] * 1e3
                 out.append({"config": vars(cfg), "us": us})

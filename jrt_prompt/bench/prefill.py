@@ -61,12 +61,12 @@ def _fla_based(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_confi
 
 def _based(length_factor: int):
     def make(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
-        from jrt_prompt.kernels import triton_ops
+        from jrt_prompt.kernels.based.triton_prefill import based_prefill
 
         m = n * length_factor
         q, k = (torch.randn(b, m, h, f, device=device, dtype=dtype) for _ in range(2))
         v = torch.randn(b, m, h, d, device=device, dtype=dtype)
-        return lambda: triton_ops.based_prefill(q, k, v, config=config)
+        return lambda: based_prefill(q, k, v, config=config)
 
     return make
 
@@ -76,13 +76,13 @@ def _pla(fixed_encoder: int | None = None):
     released JRT-RNN checkpoints read 1024)."""
 
     def make(b, n, h, d, f, dtype, device, enc_fraction, config, encoder_config=None):
-        from jrt_prompt.kernels import triton_ops
+        from jrt_prompt.kernels.pla.triton_prefill import pla_prefill
 
         q, k, ke = (torch.randn(b, n, h, f, device=device, dtype=dtype) for _ in range(3))
         v, ve = (torch.randn(b, n, h, d, device=device, dtype=dtype) for _ in range(2))
         e = min(n, fixed_encoder) if fixed_encoder else int(round(enc_fraction * n))
         enc = torch.full((b,), e, device=device, dtype=torch.long)
-        return lambda: triton_ops.pla_prefill(
+        return lambda: pla_prefill(
             q, k, v, ke, ve, enc_lengths=enc, config=config, encoder_config=encoder_config
         )
 
@@ -132,10 +132,11 @@ def run_prefill_bench(
         raise JRTError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if not 0.0 <= enc_fraction <= 1.0:
         raise JRTError("--enc-fraction must be between 0 and 1 (share of the prompt read as the encoder)")
-    from jrt_prompt.kernels import triton_ops
+    from jrt_prompt.kernels.pla.triton_prefill import DEFAULT_ENCODER_CONFIG
+    from jrt_prompt.kernels.taylor.config import DEFAULT_CONFIG
 
-    config = config or triton_ops.DEFAULT_CONFIG
-    encoder_config = encoder_config or triton_ops.DEFAULT_ENCODER_CONFIG
+    config = config or DEFAULT_CONFIG
+    encoder_config = encoder_config or DEFAULT_ENCODER_CONFIG
     rows = []
     for n in lengths:
         results = {}
@@ -196,12 +197,10 @@ def run_prefill_bench(
 
 
 def _tuning_configs(op: str) -> list:
-    from jrt_prompt.kernels import triton_ops
+    from jrt_prompt.kernels.taylor.config import ChunkConfig
 
     def cfg(chunk, block_dv, warps, stages, pairs="cyclic"):
-        return triton_ops.ChunkConfig(
-            chunk=chunk, block_dv=block_dv, num_warps=warps, num_stages=stages, pairs=pairs
-        )
+        return ChunkConfig(chunk=chunk, block_dv=block_dv, num_warps=warps, num_stages=stages, pairs=pairs)
 
     # (every shape here is also run by the GPU tests: a miscompiled shape would end the process)
     def inline(config, **kw):  # the normaliser carried through the kernel's walk (earlier form)
@@ -259,7 +258,8 @@ def tune_chunked(
     reduction over the whole prompt (E = N), which ``pla_prefill(encoder_config=...)`` launches.
     Segments are not tuned: at batch 16 x 16 heads they measured slower (an extra reduction pass).
     """
-    from jrt_prompt.kernels import triton_ops
+    from jrt_prompt.kernels.based.triton_prefill import based_prefill
+    from jrt_prompt.kernels.pla.triton_prefill import encoder_state
 
     if op not in ("based", "encoder"):
         raise JRTError(f"unknown tuning op {op!r}; choose based or encoder")
@@ -272,8 +272,8 @@ def tune_chunked(
 
     def launch(cfg):
         if op == "encoder":
-            return triton_ops.encoder_state(k, v, enc_lengths=enc, config=cfg)
-        return triton_ops.based_prefill(q, k, v, config=cfg)
+            return encoder_state(k, v, enc_lengths=enc, config=cfg)
+        return based_prefill(q, k, v, config=cfg)
 
     out = []
     for cfg in configs:
@@ -295,7 +295,7 @@ def tune_chunked(
 
 def tune_prefill(n: int = 32768, *, log: Callable[[str], None] = print, **shape) -> tuple:
     """Tune the Based kernel and PLA's encoder reduction: (config, encoder_config, tuning rows)."""
-    from jrt_prompt.kernels.triton_ops import ChunkConfig
+    from jrt_prompt.kernels.taylor.config import ChunkConfig
 
     rows = {op: tune_chunked(n, op=op, log=log, **shape) for op in ("based", "encoder")}
     best = {op: ChunkConfig(**r[0]["config"]) if r[0]["ms"] is not None else None for op, r in rows.items()}
@@ -315,11 +315,11 @@ def profile_prefill(
     """GPU time per kernel (torch.profiler) of one Based and one PLA prefill: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from jrt_prompt.kernels import triton_ops
+    from jrt_prompt.kernels.taylor.config import DEFAULT_CONFIG
 
     device = require_cuda()
     torch_dtype = _dtype(dtype)
-    config = config or triton_ops.DEFAULT_CONFIG
+    config = config or DEFAULT_CONFIG
     out = {}
     for name, make in (("based", _based(1)), ("pla", _pla())):
         fn = make(batch, n, heads, head_dim, 16, torch_dtype, device, 1.0, config, encoder_config)

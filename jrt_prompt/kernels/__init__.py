@@ -1,12 +1,22 @@
 """Linear-attention kernels: Based (Taylor) attention, prefix linear attention and the decode step.
 
 Each op runs a Triton kernel on CUDA tensors and the plain-PyTorch reference on CPU
-(``JRT_KERNELS=reference|triton`` overrides the choice). Layout: ``[batch, seq, heads, dim]``.
+(``JRT_KERNELS=reference|triton`` overrides the choice, in :mod:`.dispatch`). Layout:
+``[batch, seq, heads, dim]``. One folder per op family, each with its reference, its Triton code
+and its public op:
+
+- :mod:`.based` — causal Based linear attention (:func:`based_linear_attention`);
+- :mod:`.pla` — prefix linear attention, the JRT-RNN mixer (:func:`prefix_linear_attention`);
+- :mod:`.taylor` — what both share: the Taylor feature map, :class:`LinearAttentionState`, the
+  recurrent decode step (:func:`linear_attention_step`), launch configurations and Triton helpers.
+
+Triton is imported only when a kernel runs.
 """
 
-from .ops import backend_for, based_linear_attention, linear_attention_step, prefix_linear_attention
-from .reference import taylor_feature_map
-from .state import LinearAttentionState
+from .based import based_linear_attention
+from .dispatch import backend_for
+from .pla import prefix_linear_attention
+from .taylor import LinearAttentionState, linear_attention_step, taylor_feature_map
 
 __all__ = [
     "LinearAttentionState",
