@@ -85,7 +85,7 @@ def ptxas_report(
         NORM_INLINE=inline,
     )
     if kernel is triton_prefill._chunked_kernel:
-        constants.update(NP=128, SYM=True)
+        constants.update(NP=128)
     source = ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants)
     compiled = triton.compile(
         source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages}

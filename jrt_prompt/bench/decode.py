@@ -110,13 +110,12 @@ def tune_step(
 
     device = require_cuda()
     out = []
-    for symmetric in (True,):
-        for block_r in (16, 32, 64):
-            for warps in (1, 2, 4, 8):
-                cfg = StepConfig(block_r=block_r, num_warps=warps, symmetric=symmetric)
-                fn = _linear_step(batch, heads, head_dim, 16, _dtype(dtype), device, True, cfg)
-                us = time_graph_ms(fn, steps=20, warmup=3, reps=10)["median"] * 1e3
-                out.append({"config": vars(cfg), "us": us})
-                log(f"step tune {vars(cfg)} -> {us:.1f} us")
+    for block_r in (16, 32, 64):
+        for warps in (1, 2, 4, 8):
+            cfg = StepConfig(block_r=block_r, num_warps=warps)
+            fn = _linear_step(batch, heads, head_dim, 16, _dtype(dtype), device, True, cfg)
+            us = time_graph_ms(fn, steps=20, warmup=3, reps=10)["median"] * 1e3
+            out.append({"config": vars(cfg), "us": us})
+            log(f"step tune {vars(cfg)} -> {us:.1f} us")
     out.sort(key=lambda r: r["us"])
     return out

@@ -89,7 +89,6 @@ def _chunked_kernel(
     PRECISION: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
-    SYM: tl.constexpr,
     NORM_SPLIT: tl.constexpr,
     NORM_DTYPE: tl.constexpr,
     NORM_INLINE: tl.constexpr,
@@ -98,8 +97,8 @@ def _chunked_kernel(
 
     WRITE_OUTPUT=False turns it into a pure state reduction (encoder pass, segment pass).
 
-    SYM=True uses that the quadratic features are symmetric: q_i q_j k_i k_j appears twice for
-    i != j, so the kernel works on the f diagonal terms plus the f(f-1)/2 pairs i < j (120 for
+    The quadratic features are symmetric: q_i q_j k_i k_j appears twice for i != j, so the
+    kernel works on the f diagonal terms plus the f(f-1)/2 pairs i < j (120 for
     f=16, padded to NP=128) instead of all f*f = 256 products — 40% fewer products and a smaller
     state. Reading a state in, pair (i, j) takes S_ij + S_ji, which is exact for any state;
     writing it out gives both rows the same value, the form every state of these ops has.
@@ -111,12 +110,8 @@ def _chunked_kernel(
     h = pid_bh % H
     FEAT: tl.constexpr = 1 + F + F * F
     R2: tl.constexpr = 0.7071067811865476  # 1/sqrt(2) of the quadratic features
-    if SYM:
-        NL: tl.constexpr = 2 * F  # linear features, then the diagonal squares
-        NQ: tl.constexpr = NP  # pairs i < j (padded)
-    else:
-        NL: tl.constexpr = F
-        NQ: tl.constexpr = F * F
+    NL: tl.constexpr = 2 * F  # linear features, then the diagonal squares
+    NQ: tl.constexpr = NP  # pairs i < j (padded)
 
     offs_f = tl.arange(0, F)
     offs_l = tl.arange(0, NL)
@@ -132,26 +127,21 @@ def _chunked_kernel(
     dtype = DOT_DTYPE  # operand type of the tensor-core products (the input dtype on a GPU)
 
     # Row of the 273-feature layout for each internal state row.
-    if SYM:
-        feat_l = offs_l % F  # which input component a linear/diagonal row uses
-        is_diag = offs_l >= F
-        row_l = tl.where(is_diag, 1 + F + feat_l * (F + 1), 1 + feat_l)
-        pi = tl.load(pair_i_ptr + offs_q)
-        pj = tl.load(pair_j_ptr + offs_q)
-        p_ok = pi != pj  # padding pairs are (0, 0)
-        row_q = 1 + F + pi * F + pj
-        row_q_mirror = 1 + F + pj * F + pi
-        # one-hot selection matrices; padding pairs select nothing, so their features are 0
-        sel_l = (feat_l[:, None] == offs_f[None, :]).to(dtype)  # [NL, F]
-        sel_i = ((pi[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)  # [NQ, F]
-        sel_j = ((pj[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)
-        sel_l_t = tl.trans(sel_l)
-        sel_i_t = tl.trans(sel_i)
-        sel_j_t = tl.trans(sel_j)
-    else:
-        feat_l = offs_l
-        row_l = 1 + offs_l
-        row_q = 1 + F + offs_q
+    feat_l = offs_l % F  # which input component a linear/diagonal row uses
+    is_diag = offs_l >= F
+    row_l = tl.where(is_diag, 1 + F + feat_l * (F + 1), 1 + feat_l)
+    pi = tl.load(pair_i_ptr + offs_q)
+    pj = tl.load(pair_j_ptr + offs_q)
+    p_ok = pi != pj  # padding pairs are (0, 0)
+    row_q = 1 + F + pi * F + pj
+    row_q_mirror = 1 + F + pj * F + pi
+    # one-hot selection matrices; padding pairs select nothing, so their features are 0
+    sel_l = (feat_l[:, None] == offs_f[None, :]).to(dtype)  # [NL, F]
+    sel_i = ((pi[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)  # [NQ, F]
+    sel_j = ((pj[:, None] == offs_f[None, :]) & p_ok[:, None]).to(dtype)
+    sel_l_t = tl.trans(sel_l)
+    sel_i_t = tl.trans(sel_i)
+    sel_j_t = tl.trans(sel_j)
 
     # Running state (fp32): s0 [dv] constant feature, sl [NL, dv] linear (+ diagonal) rows,
     # sq [NQ, dv] quadratic rows; the normaliser as in _normaliser_start.
@@ -159,12 +149,9 @@ def _chunked_kernel(
         kv_in = kv_in_ptr + pid_split.to(tl.int64) * in_split_stride_kv + st_base
         s0 = tl.load(kv_in + offs_dv, mask=dv_mask, other=0.0)
         sl = tl.load(kv_in + row_l[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
-        if SYM:
-            m = p_ok[:, None] & dv_mask[None, :]
-            sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)
-            sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
-        else:
-            sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=dv_mask[None, :], other=0.0)
+        m = p_ok[:, None] & dv_mask[None, :]
+        sq = tl.load(kv_in + row_q[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)
+        sq = (sq + tl.load(kv_in + row_q_mirror[:, None] * DV + offs_dv[None, :], mask=m, other=0.0)) * R2
     else:
         s0 = tl.zeros([BLOCK_DV], dtype=tl.float32)
         sl = tl.zeros([NL, BLOCK_DV], dtype=tl.float32)
@@ -188,17 +175,13 @@ def _chunked_kernel(
             qs = q.to(tl.float32) * scale1
             num, den = _intra_chunk(qs, ks, v, w, offs_t, dtype, PRECISION)
             # Inter-chunk: query features against the state of all earlier tokens.
-            if SYM:
-                # Expand q by one-hot selection products on the tensor cores: no reshapes, no
-                # gathers, and the tiles come out in the accumulator layout the next product takes.
-                ql = tl.dot(q.to(dtype), sel_l_t, input_precision=PRECISION) * scale1  # [BT, NL]
-                ql = tl.where(is_diag[None, :], ql * ql * R2, ql)
-                qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION)  # [BT, NQ]: q_i
-                qb = tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION)  # q_j
-                qq = qa * qb * (scale1 * scale1)
-            else:
-                ql = qs
-                qq = tl.reshape(qs[:, :, None] * qs[:, None, :], [BT, F * F]) * R2
+            # Expand q by one-hot selection products on the tensor cores: no reshapes, no
+            # gathers, and the tiles come out in the accumulator layout the next product takes.
+            ql = tl.dot(q.to(dtype), sel_l_t, input_precision=PRECISION) * scale1  # [BT, NL]
+            ql = tl.where(is_diag[None, :], ql * ql * R2, ql)
+            qa = tl.dot(q.to(dtype), sel_i_t, input_precision=PRECISION)  # [BT, NQ]: q_i
+            qb = tl.dot(q.to(dtype), sel_j_t, input_precision=PRECISION)  # q_j
+            qq = qa * qb * (scale1 * scale1)
             num = num + s0[None, :]
             # the state enters the read-out products as STATE_DTYPE: the input dtype, except fp32
             # (tf32 products) for fp16 inputs, whose range a long sequence's sums can exceed
@@ -216,17 +199,12 @@ def _chunked_kernel(
             )
         # State update with this chunk's (weighted) keys and values.
         vw = (v.to(tl.float32) * w[:, None]).to(dtype)
-        kst = tl.trans(ks)  # [F, BT]
-        if SYM:
-            kt = tl.trans(k.to(dtype))  # [F, BT]
-            kl = tl.dot(sel_l, kt, input_precision=PRECISION) * scale1  # [NL, BT]
-            kl = tl.where(is_diag[:, None], kl * kl * R2, kl)
-            ka = tl.dot(sel_i, kt, input_precision=PRECISION)  # [NQ, BT]: k_i (padding rows 0)
-            kb = tl.dot(sel_j, kt, input_precision=PRECISION)
-            kq = ka * kb * (scale1 * scale1)
-        else:
-            kl = kst
-            kq = tl.reshape(kst[:, None, :] * kst[None, :, :], [F * F, BT]) * R2
+        kt = tl.trans(k.to(dtype))  # [F, BT]
+        kl = tl.dot(sel_l, kt, input_precision=PRECISION) * scale1  # [NL, BT]
+        kl = tl.where(is_diag[:, None], kl * kl * R2, kl)
+        ka = tl.dot(sel_i, kt, input_precision=PRECISION)  # [NQ, BT]: k_i (padding rows 0)
+        kb = tl.dot(sel_j, kt, input_precision=PRECISION)
+        kq = ka * kb * (scale1 * scale1)
         s0 = s0 + tl.sum(vw.to(tl.float32), 0)
         sl = tl.dot(kl.to(dtype), vw, sl, input_precision=PRECISION)
         sq = tl.dot(kq.to(dtype), vw, sq, input_precision=PRECISION)
@@ -237,12 +215,9 @@ def _chunked_kernel(
         out_kv = kv_out_ptr + pid_split.to(tl.int64) * out_split_stride_kv + st_base
         tl.store(out_kv + offs_dv, s0, mask=dv_mask)
         tl.store(out_kv + row_l[:, None] * DV + offs_dv[None, :], sl, mask=dv_mask[None, :])
-        if SYM:
-            m = p_ok[:, None] & dv_mask[None, :]
-            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
-            tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
-        else:
-            tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq, mask=dv_mask[None, :])
+        m = p_ok[:, None] & dv_mask[None, :]
+        tl.store(out_kv + row_q[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
+        tl.store(out_kv + row_q_mirror[:, None] * DV + offs_dv[None, :], sq * R2, mask=m)
         if NORM_INLINE:
             if pid_dv == 0:
                 _normaliser_store(ks_out_ptr, pid_split, out_split_stride_ks, zs_base, z0, z1, z2, offs_f, F)
@@ -257,7 +232,7 @@ def _chunked_kernel(
 # whose rows i >= 8 are always zero. A group's query features are one [BT, 16] tile
 # q * q[:, (i + d) mod 16], so the state is ten [BLOCK_DV, 16] fp32 tiles (linear, diagonal,
 # eight pair groups) and every temporary is [BT, 16] instead of the [BT, 128] pair expansion of
-# the one-hot layout. The state holds exactly what the SYM rows of _chunked_kernel hold (pair
+# the one-hot layout. The state holds exactly what the pair rows of _chunked_kernel hold (pair
 # (i, j) carries k_i k_j / f^(1/2) with no 1/sqrt2), only in another row order.
 
 
@@ -288,7 +263,7 @@ def _cyc_rows(D: tl.constexpr, F: tl.constexpr):
 @triton.jit
 def _cyc_load(kv_in, D: tl.constexpr, F: tl.constexpr, offs_dv, dv_mask, DV):
     # [BLOCK_DV, F] tile of group D (the state is held transposed, see _chunked_cyclic_kernel):
-    # (S_ij + S_ji) / sqrt2, exact for any state, symmetric or not (as the SYM path reads it)
+    # (S_ij + S_ji) / sqrt2, exact for any state, symmetric or not (as _chunked_kernel reads it)
     row, mirror, ok = _cyc_rows(D, F)
     m = dv_mask[:, None] & ok[None, :]
     s = tl.load(kv_in + row[None, :] * DV + offs_dv[:, None], mask=m, other=0.0).to(tl.float32)
@@ -375,7 +350,7 @@ def _chunked_cyclic_kernel(
     NORM_DTYPE: tl.constexpr,
     NORM_INLINE: tl.constexpr,
 ):
-    """_chunked_kernel (SYM) with the pair rows in the cyclic layout: same arguments, same
+    """_chunked_kernel with the pair rows in the cyclic layout: same arguments, same
     results, same 273-row states in and out; the state is ten [BLOCK_DV, F] register tiles.
 
     The tiles are held transposed (value columns first): the update vw^T @ features then has
@@ -584,8 +559,8 @@ def _launch_chunked(
         f**-0.25,
     ]
     # The pair layout orders the symmetric kernel's features; the cyclic kernel is written out for
-    # feature dim 16 (8 groups), so other dims and the full f*f map take the one-hot kernel.
-    cyclic = config.pairs == "cyclic" and config.symmetric and f == 16
+    # feature dim 16 (8 groups), so other dims take the one-hot kernel.
+    cyclic = config.pairs == "cyclic" and f == 16
     meta = dict(
         F=f,
         BT=config.chunk,
@@ -616,7 +591,6 @@ def _launch_chunked(
         pair_j,
         *sizes,
         NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
-        SYM=config.symmetric,
         **meta,
     )
 

@@ -16,14 +16,13 @@ class ChunkConfig:
     block_dv: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    symmetric: bool = True  # work on the f(f+1)/2 distinct quadratic features (see the kernel)
     segments: int = 0  # >1: cut the sequence into this many parallel segments; 0: pick from the shape
     maxnreg: int = 0  # >0: cap registers per thread (more programs per SM, more spills)
-    # Order of the pair features i < j when symmetric=True and f=16: "onehot" (_chunked_kernel:
-    # one [pairs, dv] tile, features by one-hot selection products) or "cyclic"
-    # (_chunked_cyclic_kernel: eight [f, dv] tiles grouped by cyclic distance, partners by a
-    # one-hot [f, f] product). Same results and states; "cyclic" measured 5% faster on an H200
-    # (docs/benchmarks.md). Other shapes run the one-hot kernel.
+    # The kernels work on the f(f+1)/2 distinct quadratic features. Order of the pair features
+    # i < j when f=16: "onehot" (_chunked_kernel: one [pairs, dv] tile, features by one-hot
+    # selection products) or "cyclic" (_chunked_cyclic_kernel: eight [f, dv] tiles grouped by
+    # cyclic distance, partners by a one-hot [f, f] product). Same results and states; "cyclic"
+    # measured 5% faster on an H200 (docs/benchmarks.md). Other shapes run the one-hot kernel.
     pairs: str = "cyclic"
     # Half-precision inputs, cyclic kernel: take the normaliser's fp32 products as split bf16
     # products on the tensor cores (_split_dot) instead of fp32 products on the CUDA cores (3%
@@ -47,11 +46,10 @@ DEFAULT_CONFIG = ChunkConfig(num_stages=3)
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Launch parameters of the decode-step kernel: state rows per block, warps per program."""
+    """Launch parameters of the decode-step kernel: pair rows per block, warps per program."""
 
     block_r: int = 32
     num_warps: int = 1
-    symmetric: bool = True  # read each symmetric pair of quadratic rows once (_step_sym_kernel)
 
 
 DEFAULT_STEP_CONFIG = StepConfig()

@@ -1,8 +1,7 @@
 """Triton kernel of the recurrent decode step: one fused kernel per token.
 
 One program per (batch, head) adds phi(k) ⊗ v to the fp32 state in place and reads it out with
-phi(q). The shipped kernel (_step_sym_kernel) reads each symmetric pair of quadratic rows once;
-_step_kernel walks all 273 rows (``StepConfig(symmetric=False)``). Reference:
+phi(q), reading each symmetric pair of quadratic rows once (_step_sym_kernel). Reference:
 :func:`jrt_prompt.kernels.taylor.reference.step_reference`; measured figures: docs/benchmarks.md.
 """
 
@@ -16,58 +15,6 @@ from . import reference
 from .config import DEFAULT_STEP_CONFIG, StepConfig
 from .state import LinearAttentionState
 from .triton_common import _pair_tables
-
-
-@triton.jit
-def _step_kernel(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    o_ptr,
-    kv_ptr,
-    ks_ptr,
-    DV,
-    eps,
-    scale1,
-    F: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_DV: tl.constexpr,
-):
-    """One token for one (batch, head): state += phi(k) ⊗ v in place, read out with phi(q)."""
-    pid = tl.program_id(0).to(tl.int64)
-    FEAT: tl.constexpr = 1 + F + F * F
-    offs_dv = tl.arange(0, BLOCK_DV)
-    dv_mask = offs_dv < DV
-    v = tl.load(v_ptr + pid * DV + offs_dv, mask=dv_mask, other=0.0).to(tl.float32)
-    num = tl.zeros([BLOCK_DV], dtype=tl.float32)
-    den = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for r0 in tl.static_range(0, FEAT, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_ok = r < FEAT
-        linear = (r >= 1) & (r <= F)
-        quad = (r > F) & r_ok
-        idx = r - 1 - F
-        i = tl.where(quad, idx // F, r - 1)
-        j = tl.where(quad, idx % F, 0)
-        first_ok = r_ok & (r >= 1)
-        ki = tl.load(k_ptr + pid * F + i, mask=first_ok, other=0.0).to(tl.float32) * scale1
-        kj = tl.load(k_ptr + pid * F + j, mask=quad, other=0.0).to(tl.float32) * scale1
-        qi = tl.load(q_ptr + pid * F + i, mask=first_ok, other=0.0).to(tl.float32) * scale1
-        qj = tl.load(q_ptr + pid * F + j, mask=quad, other=0.0).to(tl.float32) * scale1
-        phi_k = tl.where(r == 0, 1.0, tl.where(linear, ki, ki * kj * 0.7071067811865476))
-        phi_q = tl.where(r == 0, 1.0, tl.where(linear, qi, qi * qj * 0.7071067811865476))
-        phi_k = tl.where(r_ok, phi_k, 0.0)
-        phi_q = tl.where(r_ok, phi_q, 0.0)
-        ptrs = kv_ptr + pid * FEAT * DV + r[:, None] * DV + offs_dv[None, :]
-        st_mask = r_ok[:, None] & dv_mask[None, :]
-        st = tl.load(ptrs, mask=st_mask, other=0.0) + phi_k[:, None] * v[None, :]
-        tl.store(ptrs, st, mask=st_mask)
-        num += tl.sum(phi_q[:, None] * st, 0)
-        z = tl.load(ks_ptr + pid * FEAT + r, mask=r_ok, other=0.0) + phi_k
-        tl.store(ks_ptr + pid * FEAT + r, z, mask=r_ok)
-        den += phi_q * z
-    o = num / (tl.sum(den, 0) + eps)
-    tl.store(o_ptr + pid * DV + offs_dv, o.to(o_ptr.dtype.element_ty), mask=dv_mask)
 
 
 @triton.jit
@@ -170,40 +117,23 @@ def decode_step(q, k, v, state: LinearAttentionState, *, eps=1e-12, config: Step
         kv, ksum = kv.contiguous(), ksum.contiguous()
     config = config or DEFAULT_STEP_CONFIG
     out = torch.empty_like(v)
-    if config.symmetric:
-        _step_sym_kernel[(b * h,)](
-            q,
-            k,
-            v,
-            out,
-            kv,
-            ksum,
-            *_pair_tables(f, q.device),
-            dv,
-            eps,
-            f**-0.25,
-            F=f,
-            NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
-            BLOCK_P=min(config.block_r, triton.next_power_of_2(max(f * (f - 1) // 2, 1))),
-            BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-            num_warps=config.num_warps,
-        )
-    else:
-        _step_kernel[(b * h,)](
-            q,
-            k,
-            v,
-            out,
-            kv,
-            ksum,
-            dv,
-            eps,
-            f**-0.25,
-            F=f,
-            BLOCK_R=config.block_r,
-            BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-            num_warps=config.num_warps,
-        )
+    _step_sym_kernel[(b * h,)](
+        q,
+        k,
+        v,
+        out,
+        kv,
+        ksum,
+        *_pair_tables(f, q.device),
+        dv,
+        eps,
+        f**-0.25,
+        F=f,
+        NP=triton.next_power_of_2(max(f * (f - 1) // 2, 1)),
+        BLOCK_P=min(config.block_r, triton.next_power_of_2(max(f * (f - 1) // 2, 1))),
+        BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+        num_warps=config.num_warps,
+    )
     if copy_back:
         state.kv.copy_(kv)
         state.ksum.copy_(ksum)
