@@ -287,3 +287,31 @@ def test_pair_layout_is_validated():
     q, k, v, _, _ = _inputs(1, 8, 1, 16, torch.float32)
     with pytest.raises(ValueError, match="pairs"):
         based_triton.based_prefill(q, k, v, config=_with_pairs(SMALL, "diagonal"))
+
+
+def test_ablation_variants_run_as_modules_of_their_own(tmp_path):
+    """scripts/ablate_prefill.py times each variant as a copy of based/triton_prefill.py loaded
+    outside the package (its relative imports made absolute): the uncut copy computes what the
+    shipped kernel does, a copy with a part cut out does not."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ablate_prefill.py"
+    spec = importlib.util.spec_from_file_location("ablate_prefill", script)
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    q, k, v, _, _ = _inputs(1, 40, 1, 16, torch.float32, seed=16)
+    shipped, _ = based_triton.based_prefill(q, k, v, config=SMALL_CYCLIC)
+    for name in ("full", "no_den_read"):
+        path = tmp_path / f"ablate_{name}.py"
+        path.write_text(ablate.variant_source(name))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # dataclasses look their module up by name
+        try:
+            spec.loader.exec_module(module)
+            o, _ = module.based_prefill(q, k, v, config=SMALL_CYCLIC)
+        finally:
+            del sys.modules[path.stem]
+        assert (_rel(o, shipped) == 0) == (name == "full"), name
