@@ -32,7 +32,7 @@ The mixers call only the ops of :mod:`jrt_prompt.kernels` (Triton on CUDA, PyTor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,16 @@ from jrt_prompt.kernels import (
     linear_attention_step,
     prefix_linear_attention,
     taylor_feature_map,
+)
+
+from . import fused
+from .sliding_window import (
+    block_size_for,
+    flex_window_mask,
+    sliding_window_attention_blocks,
+    sliding_window_attention_flex,
+    sliding_window_attention_masked,
+    window_block_mask,
 )
 
 MIXER_KINDS = ("base_conv", "based", "prefix_linear", "sliding_window", "attention")
@@ -209,12 +219,39 @@ class MixerInputs:
     reference: the published harness's numerics (see the module docstring).
     harness_pad_mask: [b, l] bool, reference mode only: False on the padding the harness added
         to reach ``enc_length`` tokens (read by prefix linear attention only).
+    fast: run the fused functions and the blocked sliding window (``JRT_STACK=fast``, the
+        default) rather than the earlier op-by-op path (``JRT_STACK=legacy``).
+    shared: tensors derived once per call and reused by every layer (rotary tables, the
+        sliding-window masks).
     """
 
     mask: torch.Tensor | None
     positions: torch.Tensor
     reference: bool
     harness_pad_mask: torch.Tensor | None = None
+    fast: bool = True
+    shared: dict = field(default_factory=dict)
+
+    def rotary_tables(self, rotary_dim: int, base: float):
+        """cos, sin [b, l, 1, ceil(rotary_dim / 2)] fp32 at ``positions``, computed once per call."""
+        key = ("rotary", rotary_dim, base)
+        if key not in self.shared:
+            angles = self.positions.to(torch.float32)[..., None] * _inv_freq(rotary_dim, base, self.positions.device)
+            self.shared[key] = (angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
+        return self.shared[key]
+
+
+_INV_FREQ: dict = {}
+
+
+def _inv_freq(rotary_dim: int, base: float, device) -> torch.Tensor:
+    key = (rotary_dim, float(base), str(device))
+    if key not in _INV_FREQ:
+        with torch.inference_mode(False), torch.no_grad():
+            _INV_FREQ[key] = 1.0 / base ** (
+            torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float32) / rotary_dim
+        )
+    return _INV_FREQ[key]
 
 
 class JRTCache:
@@ -290,10 +327,19 @@ class JRTRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(self.weight.dtype)
+    def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        if fast:
+            return fused.run(fused.rms_norm, x, self.weight, self.eps)
+        return fused.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor | None, fast: bool):
+        """(residual + delta, norm(residual + delta)) in one fused pass on the fast path."""
+        if delta is None:
+            return residual, self(residual, fast)
+        if fast:
+            return fused.run(fused.add_rms_norm, residual, delta, self.weight, self.eps)
+        residual = residual + delta.to(residual.dtype)
+        return residual, self(residual)
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
@@ -326,7 +372,9 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        if fast:
+            return self.fc2(fused.run(fused.swiglu, self.fc1(x)))
         value, gate = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(value * F.silu(gate))
 
@@ -352,6 +400,22 @@ class BaseConv(nn.Module):
         self.out_proj = nn.Linear(self.inner, d, bias=True)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        if not inputs.fast:
+            return self._forward_legacy(x, inputs, use_cache)
+        l = x.shape[1]
+        projected = self.in_proj(x)  # [b, l, conv branch | gate]
+        weight = self.conv.conv.weight[:, 0, :]
+        y = self.out_proj(fused.run(fused.short_conv_gate, projected, weight, inputs.mask))
+        state = None
+        if use_cache:
+            keep = self.kernel_size - 1
+            tail = projected[:, max(0, l - keep) :, : self.inner]
+            if inputs.mask is not None:
+                tail = tail * inputs.mask[:, max(0, l - keep) :, None].to(tail.dtype)
+            state = F.pad(tail.transpose(1, 2), (max(0, keep - l), 0)).contiguous()
+        return y, state
+
+    def _forward_legacy(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         l = x.shape[1]
         conv_in, gate = self.in_proj(x).split(self.inner, dim=-1)
         if inputs.mask is not None:
@@ -525,7 +589,63 @@ class SoftmaxAttention(nn.Module):
         )
         return o.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
 
+    def _qkv_fast(self, x: torch.Tensor, inputs: MixerInputs):
+        b, l, _ = x.shape
+        qkv = self.Wqkv(x).view(b, l, 3, self.num_heads, self.head_dim)
+        if self.rotary_dim <= 0:
+            return qkv.unbind(2)
+        cos, sin = inputs.rotary_tables(self.rotary_dim, self.rotary_base)
+        return fused.run(fused.rotary_qkv, qkv, cos, sin)
+
+    def _attend_window(self, q, k, v, inputs: MixerInputs):
+        """Sliding-window attention of a whole prompt, never an l × l mask."""
+        l = q.shape[1]
+        valid = None if inputs.reference else inputs.mask
+        scale = self.head_dim**-0.5
+        # flex_attention has no backward on CPU: training there takes the blocked path.
+        if fused.swa_implementation() == "flex" and (q.device.type == "cuda" or not q.requires_grad):
+            key = ("flex", l, self.window)
+            if key not in inputs.shared:
+                inputs.shared[key] = flex_window_mask(l, self.window, valid, device=q.device)
+            return sliding_window_attention_flex(
+                q, k, v, self.window, valid, scale=scale, block_mask=inputs.shared[key]
+            )
+        block = block_size_for(self.window)
+        key = ("blocks", l, self.window, block)
+        if key not in inputs.shared:
+            inputs.shared[key] = window_block_mask(l, self.window, block, valid, device=q.device)
+        return sliding_window_attention_blocks(
+            q, k, v, self.window, valid, scale=scale, block=block, mask=inputs.shared[key]
+        )
+
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        if not inputs.fast:
+            return self._forward_legacy(x, inputs, use_cache)
+        b, l, _ = x.shape
+        q, k, v = self._qkv_fast(x, inputs)
+        valid = inputs.mask if inputs.mask is not None and not inputs.reference else None
+        if self.window is not None:
+            o = self._attend_window(q, k, v, inputs)
+        elif valid is None:
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.head_dim**-0.5
+            ).transpose(1, 2)
+        else:
+            o = sliding_window_attention_masked(q, k, v, None, valid, scale=self.head_dim**-0.5)
+        y = self.out_proj(o.reshape(b, l, -1))
+        state = None
+        if use_cache:
+            keep = l if self.window is None else min(l, self.window)
+            if valid is None:
+                valid = torch.ones(b, l, dtype=torch.bool, device=x.device)
+            state = {
+                "k": k[:, l - keep :].contiguous(),
+                "v": v[:, l - keep :].contiguous(),
+                "valid": valid[:, l - keep :].contiguous(),
+            }
+        return y, state
+
+    def _forward_legacy(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         b, l, _ = x.shape
         q, k, v = self._qkv(x, inputs.positions)
         idx = torch.arange(l, device=x.device)
@@ -550,7 +670,7 @@ class SoftmaxAttention(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
-        q, k, v = self._qkv(x, inputs.positions)
+        q, k, v = self._qkv_fast(x, inputs) if inputs.fast else self._qkv(x, inputs.positions)
         valid_now = (
             inputs.mask
             if inputs.mask is not None and not inputs.reference
@@ -594,16 +714,27 @@ class JRTBlock(nn.Module):
         self.norm2 = JRTRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, residual, inputs: MixerInputs, cache: JRTCache | None, decoding: bool, use_cache: bool):
-        normed = self.norm1(residual)
+    def forward(
+        self,
+        residual,
+        delta,
+        inputs: MixerInputs,
+        cache: JRTCache | None,
+        decoding: bool,
+        use_cache: bool,
+    ):
+        """residual: the stream so far; delta: the previous block's MLP output, not yet added
+        (None before the first block), so that the add and the norm run as one pass.
+        Returns the stream and this block's MLP output (again not yet added)."""
+        residual, normed = self.norm1.add_and_norm(residual, delta, inputs.fast)
         if decoding:
             mixed = self.mixer.step(normed, inputs, cache.layers[self.layer_idx])
         else:
             mixed, state = self.mixer(normed, inputs, use_cache)
             if use_cache:
                 cache.layers[self.layer_idx] = state
-        residual = residual + mixed.to(residual.dtype)
-        return residual, self.mlp(self.norm2(residual))
+        residual, normed = self.norm2.add_and_norm(residual, mixed, inputs.fast)
+        return residual, self.mlp(normed, inputs.fast)
 
 
 class JRTEmbeddings(nn.Module):
@@ -661,10 +792,13 @@ class JRTModel(JRTPreTrainedModel):
             cache = JRTCache(self.config.num_hidden_layers)
         prefilled = cache is not None and cache.seen_tokens > 0
 
+        fast = fused.stack_mode() == "fast"
         mask = None
         if attention_mask is not None:
             mask = attention_mask[:, -l:].to(torch.bool)
-            if mask.all():
+            # Skipping the masks when nothing is padded costs a host sync: worth it once per
+            # prompt, not per decoded token (a decode step reads its token's mask as a tensor).
+            if not (prefilled and fast) and mask.all():
                 mask = None
 
         if not prefilled:
@@ -674,7 +808,7 @@ class JRTModel(JRTPreTrainedModel):
                 positions = (mask.long().cumsum(1) - 1).clamp(min=0)
             else:
                 positions = torch.arange(l, device=input_ids.device)[None].expand(b, l)
-            inputs = MixerInputs(mask, positions, reference, harness_pad_mask)
+            inputs = MixerInputs(mask, positions, reference, harness_pad_mask, fast=fast)
             hidden = self._run_layers(input_ids, inputs, cache, decoding=False, use_cache=use_cache)
             if cache is not None:
                 cache.seen_tokens = l
@@ -689,25 +823,25 @@ class JRTModel(JRTPreTrainedModel):
         for t in range(l):
             token_mask = None if mask is None else mask[:, t : t + 1]
             positions = cache.next_positions[:, None]
-            inputs = MixerInputs(token_mask, positions, reference)
+            inputs = MixerInputs(token_mask, positions, reference, fast=fast)
             outputs.append(
                 self._run_layers(input_ids[:, t : t + 1], inputs, cache, decoding=True, use_cache=True)
             )
-            step = torch.ones_like(cache.next_positions) if token_mask is None else token_mask[:, 0].long()
-            cache.next_positions = cache.next_positions + step
+            if token_mask is None:
+                cache.next_positions = cache.next_positions + 1
+            else:
+                cache.next_positions = cache.next_positions + token_mask[:, 0].long()
             cache.seen_tokens += 1
-        return torch.cat(outputs, dim=1), cache
+        return (outputs[0] if l == 1 else torch.cat(outputs, dim=1)), cache
 
     def _run_layers(self, input_ids, inputs: MixerInputs, cache, decoding: bool, use_cache: bool):
         hidden = self.embeddings(input_ids)
         residual_dtype = torch.float32 if self.config.residual_in_fp32 else hidden.dtype
         residual = hidden.to(residual_dtype)
-        hidden = None
+        delta = None
         for layer in self.layers:
-            if hidden is not None:
-                residual = residual + hidden.to(residual_dtype)
-            residual, hidden = layer(residual, inputs, cache, decoding, use_cache)
-        return self.ln_f(residual + hidden.to(residual_dtype))
+            residual, delta = layer(residual, delta, inputs, cache, decoding, use_cache)
+        return self.ln_f.add_and_norm(residual, delta, inputs.fast)[1]
 
 
 class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
