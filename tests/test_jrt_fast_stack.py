@@ -258,3 +258,48 @@ def test_gpu_decode_step_has_no_host_sync():
             model(ids[:, 39:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/bench_jrt_layers.py: every variant and item runs, one failure stays in its cell
+
+
+def _bench_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_jrt_layers.py"
+    spec = importlib.util.spec_from_file_location("bench_jrt_layers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_bench_jrt_layers_smoke_on_cpu(monkeypatch):
+    import time
+
+    bench = _bench_script()
+
+    def timer(fn, warmup, reps):
+        fn()
+        start = time.perf_counter()
+        fn()
+        return {"median": (time.perf_counter() - start) * 1e3}
+
+    monkeypatch.setitem(bench.VARIANTS, "broken", {"JRT_STACK": "nonsense"})
+    variants = ["legacy", "fast", "fast-flex", "broken"]
+    rows = bench.run(
+        [70], variants, warmup=1, reps=1, transformer=True, log=lambda _: None, timer=timer, device="cpu", tiny=True
+    )
+    items = {row["item"] for row in rows}
+    assert set(bench.LAYER_ITEMS) <= items and "decode step (1 token)" in items
+    assert "transformer-1.3b (SDPA)" in items
+    for row in rows:
+        if "reference" in row["cells"]:
+            assert "ms" in row["cells"]["reference"]
+            continue
+        assert all("ms" in row["cells"][v] for v in variants[:3]), row
+        assert "JRT_STACK" in row["cells"]["broken"]["error"]
+    table = bench.format_table(rows, variants)
+    assert table.count("\n") == len(rows) + 1 and "legacy / fast" in table
