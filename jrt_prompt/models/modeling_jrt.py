@@ -611,9 +611,9 @@ class SoftmaxAttention(nn.Module):
                 q, k, v, self.window, valid, scale=scale, block_mask=inputs.shared[key]
             )
         block = block_size_for(self.window)
-        key = ("blocks", l, self.window, block)
+        key = ("blocks", l, self.window, block, q.dtype)
         if key not in inputs.shared:
-            inputs.shared[key] = window_block_mask(l, self.window, block, valid, device=q.device)
+            inputs.shared[key] = window_block_mask(l, self.window, block, valid, device=q.device, dtype=q.dtype)
         return sliding_window_attention_blocks(
             q, k, v, self.window, valid, scale=scale, block=block, mask=inputs.shared[key]
         )

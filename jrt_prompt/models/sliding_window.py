@@ -53,11 +53,13 @@ def block_size_for(window: int, block: int | None = None) -> int:
     return block
 
 
-def window_block_mask(l: int, window: int, block: int, valid=None, device=None) -> torch.Tensor:
-    """The boolean mask of :func:`sliding_window_attention_blocks`: [b·nb or nb, 1, block, 2·block].
+def window_block_mask(l: int, window: int, block: int, valid=None, device=None, dtype=None) -> torch.Tensor:
+    """The mask of :func:`sliding_window_attention_blocks`: [b·nb or nb, 1, block, 2·block].
 
     Row r of query block n is position n·block + r; column c is key position (n - 1)·block + c.
     Without ``valid`` the mask has one entry per block (broadcast over the batch by the caller).
+    Boolean (True = attend), or with a floating ``dtype`` the additive form (0 or -inf) that
+    SDPA's kernels read directly.
     """
     nb = math.ceil(l / block)
     r = torch.arange(block, device=device)[:, None]
@@ -67,20 +69,29 @@ def window_block_mask(l: int, window: int, block: int, valid=None, device=None) 
     allowed = band[None].repeat(nb, 1, 1)
     allowed[0, :, :block] = False  # block 0 has no previous block (its slots are zero padding)
     if valid is None:
-        return allowed[:, None]
-    b = valid.shape[0]
-    padded = F.pad(valid, (block, nb * block - l), value=False).view(b, nb + 1, block)
-    keys_valid = torch.cat([padded[:, :-1], padded[:, 1:]], dim=2)  # [b, nb, 2·block]
-    allowed = allowed[None] & (keys_valid[:, :, None, :] | (distance == 0))
-    return allowed.reshape(b * nb, 1, block, 2 * block)
+        allowed = allowed[:, None]
+    else:
+        b = valid.shape[0]
+        padded = F.pad(valid, (block, nb * block - l), value=False).view(b, nb + 1, block)
+        keys_valid = torch.cat([padded[:, :-1], padded[:, 1:]], dim=2)  # [b, nb, 2·block]
+        allowed = allowed[None] & (keys_valid[:, :, None, :] | (distance == 0))
+        allowed = allowed.reshape(b * nb, 1, block, 2 * block)
+    if dtype is None or dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
 
 
 def _key_windows(x: torch.Tensor, block: int, nb: int) -> torch.Tensor:
-    """[b, l, h, hd] -> [b·nb, h, 2·block, hd]: for block n the keys of blocks n - 1 and n."""
+    """[b, l, h, hd] -> [b·nb, h, 2·block, hd]: for block n the keys of blocks n - 1 and n.
+
+    The windows overlap in memory (one padded copy of the keys, viewed with strides); at batch 1
+    nothing else is copied.
+    """
     b, l, h, hd = x.shape
-    padded = F.pad(x, (0, 0, 0, 0, block, nb * block - l)).view(b, nb + 1, block, h, hd)
-    windows = torch.cat([padded[:, :-1], padded[:, 1:]], dim=2)  # [b, nb, 2·block, h, hd]
-    return windows.permute(0, 1, 3, 2, 4).reshape(b * nb, h, 2 * block, hd)
+    padded = F.pad(x, (0, 0, 0, 0, block, nb * block - l))  # [b, (nb + 1)·block, h, hd], contiguous
+    sb, st, sh, sd = padded.stride()
+    windows = padded.as_strided((b, nb, h, 2 * block, hd), (sb, block * st, sh, st, sd))
+    return windows.reshape(b * nb, h, 2 * block, hd)
 
 
 def sliding_window_attention_blocks(
@@ -98,7 +109,8 @@ def sliding_window_attention_blocks(
         mask = window_block_mask(l, window, block, valid, device=q.device)
     if mask.shape[0] != b * nb:
         mask = mask[None].expand(b, *mask.shape).reshape(b * nb, *mask.shape[1:])
-    qb = F.pad(q, (0, 0, 0, 0, 0, nb * block - l)).view(b, nb, block, h, hd)
+    qb = q if nb * block == l else F.pad(q, (0, 0, 0, 0, 0, nb * block - l))
+    qb = qb.reshape(b, nb, block, h, hd)
     qb = qb.permute(0, 1, 3, 2, 4).reshape(b * nb, h, block, hd)
     o = F.scaled_dot_product_attention(
         qb, _key_windows(k, block, nb), _key_windows(v, block, nb), attn_mask=mask, scale=scale
