@@ -72,7 +72,7 @@ def _layer_fns(model, ids):
     positions = torch.arange(l, device=ids.device)[None].expand(b, l)
 
     def inputs():
-        return MixerInputs(None, positions, False, fast=fused.stack_mode() == "fast")
+        return MixerInputs(None, positions, False, settings=fused.stack_settings())
 
     def block_fn(kind):
         layer = transformer.layers[kinds.index(kind)]
@@ -81,8 +81,8 @@ def _layer_fns(model, ids):
     mlp_layer = transformer.layers[0]
 
     def mlp():
-        fast = fused.stack_mode() == "fast"
-        return mlp_layer.mlp(mlp_layer.norm2(hidden, fast), fast)
+        settings = fused.stack_settings()
+        return mlp_layer.mlp(mlp_layer.norm2(hidden, settings), settings)
 
     return {
         "base_conv block": block_fn("base_conv"),
@@ -145,7 +145,9 @@ def run(
     rows = []
     model = build_model("jrt-rnn-1.3b", device=device, dtype=dtype, tiny=tiny)
     whole_item = f"whole model ({model.config.num_hidden_layers} layers)"
-    log(f"jrt-rnn-1.3b: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, {model.config.layer_mixers.count('sliding_window')} sliding-window layers")
+    log(
+        f"jrt-rnn-1.3b: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, {model.config.layer_mixers.count('sliding_window')} sliding-window layers"
+    )
     for n in lengths:
         gen = torch.Generator(device="cpu").manual_seed(n)
         ids = torch.randint(0, model.config.vocab_size, (1, n), generator=gen).to(device)
@@ -156,15 +158,19 @@ def run(
                     fns = _layer_fns(model, ids)
                     for item in LAYER_ITEMS:
                         results.setdefault(item, {})[variant] = _cell(fns[item], warmup, reps, timer)
-                    whole = lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1)  # noqa: E731
+                    whole = lambda ids=ids: model(input_ids=ids, use_cache=True, logits_to_keep=1)  # noqa: E731
                     results.setdefault(whole_item, {})[variant] = _cell(whole, warmup, reps, timer)
                     results.setdefault("decode step (1 token)", {})[variant] = _cell(
                         _decode_fn(model, ids), 5, 4 * reps, timer, setup=True
                     )
                     _free()
-                    log(f"N={n} {variant}: " + ", ".join(
-                        f"{item} {cells[variant].get('ms', float('nan')):.2f} ms" for item, cells in results.items()
-                    ))
+                    log(
+                        f"N={n} {variant}: "
+                        + ", ".join(
+                            f"{item} {cells[variant].get('ms', float('nan')):.2f} ms"
+                            for item, cells in results.items()
+                        )
+                    )
         for item, cells in results.items():
             rows.append({"item": item, "n": n, "cells": cells})
         ids = None
@@ -176,7 +182,12 @@ def run(
         with torch.inference_mode():
             for n in lengths:
                 ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
-                cell = _cell(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1), warmup, reps, timer)
+                cell = _cell(
+                    lambda ids=ids: model(input_ids=ids, use_cache=True, logits_to_keep=1),
+                    warmup,
+                    reps,
+                    timer,
+                )
                 rows.append({"item": "transformer-1.3b (SDPA)", "n": n, "cells": {"reference": cell}})
                 log(f"N={n} transformer-1.3b: {cell}")
                 ids = None
@@ -234,7 +245,9 @@ def profile(n: int, variants, log=print) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--warmup", type=int, default=3)
@@ -244,18 +257,25 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows and the environment here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_jrt_layers.py needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)", file=sys.stderr)
+        print(
+            "bench_jrt_layers.py needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)",
+            file=sys.stderr,
+        )
         return 2
     from jrt_prompt.bench.timing import environment
 
     env = environment()
-    rows = run(args.lengths, args.variants, warmup=args.warmup, reps=args.reps, transformer=not args.no_transformer)
+    rows = run(
+        args.lengths, args.variants, warmup=args.warmup, reps=args.reps, transformer=not args.no_transformer
+    )
     if args.profile:
         profile(args.profile, [v for v in ("legacy", "fast") if v in args.variants])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": env, "batch": 1, "dtype": "bfloat16", "rows": rows}, fh, indent=1)
-    print(f"\nJRT-RNN-1.3B layers, batch 1, bf16, {env['device']}, torch {env['torch']}, triton {env['triton']}")
+    print(
+        f"\nJRT-RNN-1.3B layers, batch 1, bf16, {env['device']}, torch {env['torch']}, triton {env['triton']}"
+    )
     print(format_table(rows, args.variants))
     return 0
 

@@ -125,7 +125,9 @@ def test_add_rms_norm_and_swiglu():
     total, normed = fused.add_rms_norm(residual, delta, weight, 1e-5)
     expected = residual + delta.float()
     torch.testing.assert_close(total, expected)
-    torch.testing.assert_close(normed, expected / expected.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * weight)
+    torch.testing.assert_close(
+        normed, expected / expected.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * weight
+    )
     h = torch.randn(3, 10, generator=gen)
     torch.testing.assert_close(fused.swiglu(h), h[:, :5] * torch.sigmoid(h[:, 5:]) * h[:, 5:])
 
@@ -151,7 +153,9 @@ def test_whole_model_long_prompt_matches_naive(stack, monkeypatch):
     model = _long_window_model()
     ids = torch.randint(0, 61, (150,), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids[None]).logits[0], naive_forward(model, ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(ids[None]).logits[0], naive_forward(model, ids), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_fast_equals_legacy_left_padded_batch(monkeypatch):
@@ -212,10 +216,19 @@ def test_fast_stack_trains():
 @pytest.mark.parametrize("swa", ["blocks", "flex"])
 def test_gpu_fast_stack_matches_legacy_bf16(swa, monkeypatch):
     torch.manual_seed(0)
-    model = tiny_model(
-        ALL_MIXERS, hidden_size=1792 // 4, num_heads=4, attention_heads=4, feature_dim=16, enc_length=300,
-        sliding_window=128,
-    ).cuda().to(torch.bfloat16)
+    model = (
+        tiny_model(
+            ALL_MIXERS,
+            hidden_size=1792 // 4,
+            num_heads=4,
+            attention_heads=4,
+            feature_dim=16,
+            enc_length=300,
+            sliding_window=128,
+        )
+        .cuda()
+        .to(torch.bfloat16)
+    )
     ids = torch.randint(0, 61, (2, 700), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, :150] = 0
@@ -251,7 +264,9 @@ def test_gpu_decode_step_has_no_host_sync():
     mask[0, :5] = 0
     with torch.no_grad():
         out = model(ids[:, :39], attention_mask=mask[:, :39], use_cache=True)
-        model(ids[:, 39:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)  # warm up
+        model(
+            ids[:, 39:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
+        )  # warm up
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -290,7 +305,15 @@ def test_bench_jrt_layers_smoke_on_cpu(monkeypatch):
     monkeypatch.setitem(bench.VARIANTS, "broken", {"JRT_STACK": "nonsense"})
     variants = ["legacy", "fast", "fast-flex", "broken"]
     rows = bench.run(
-        [70], variants, warmup=1, reps=1, transformer=True, log=lambda _: None, timer=timer, device="cpu", tiny=True
+        [70],
+        variants,
+        warmup=1,
+        reps=1,
+        transformer=True,
+        log=lambda _: None,
+        timer=timer,
+        device="cpu",
+        tiny=True,
     )
     items = {row["item"] for row in rows}
     assert set(bench.LAYER_ITEMS) <= items and "decode step (1 token)" in items

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,22 @@ def swa_implementation() -> str:
 
 def compile_enabled() -> bool:
     return _choice("JRT_COMPILE", "1", ("0", "1")) == "1"
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The three choices above, read once per forward call (not once per layer)."""
+
+    fast: bool = True
+    compile: bool = True
+    swa: str = "blocks"
+
+
+LEGACY = StackSettings(fast=False, compile=False)
+
+
+def stack_settings() -> StackSettings:
+    return StackSettings(fast=stack_mode() == "fast", compile=compile_enabled(), swa=swa_implementation())
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,18 +137,18 @@ _COMPILED: dict = {}
 _BROKEN: set = set()
 
 
-def run(fn, *args):
-    """``fn(*args)``, through ``torch.compile`` for CUDA inference (see the module docstring).
+def run(fn, *args, compile: bool = True):
+    """``fn(*args)``, through ``torch.compile`` for CUDA inference when ``compile`` (see the
+    module docstring); eagerly on other devices, with gradients on, or inside a compiled model.
 
     If compiling fails (an old Triton, a missing compiler), the function runs eagerly from then on
     and one warning says why.
     """
-    first = args[0]
     if (
-        first.device.type != "cuda"
+        not compile
+        or args[0].device.type != "cuda"
         or torch.is_grad_enabled()
         or fn in _BROKEN
-        or not compile_enabled()
         or torch.compiler.is_compiling()
     ):
         return fn(*args)

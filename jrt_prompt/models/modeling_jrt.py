@@ -219,8 +219,8 @@ class MixerInputs:
     reference: the published harness's numerics (see the module docstring).
     harness_pad_mask: [b, l] bool, reference mode only: False on the padding the harness added
         to reach ``enc_length`` tokens (read by prefix linear attention only).
-    fast: run the fused functions and the blocked sliding window (``JRT_STACK=fast``, the
-        default) rather than the earlier op-by-op path (``JRT_STACK=legacy``).
+    settings: which stack runs (:class:`fused.StackSettings`: the fused functions and the blocked
+        sliding window by default, the earlier op-by-op path with ``JRT_STACK=legacy``).
     shared: tensors derived once per call and reused by every layer (rotary tables, the
         sliding-window masks).
     """
@@ -229,14 +229,20 @@ class MixerInputs:
     positions: torch.Tensor
     reference: bool
     harness_pad_mask: torch.Tensor | None = None
-    fast: bool = True
+    settings: fused.StackSettings = fused.StackSettings()
     shared: dict = field(default_factory=dict)
+
+    @property
+    def fast(self) -> bool:
+        return self.settings.fast
 
     def rotary_tables(self, rotary_dim: int, base: float):
         """cos, sin [b, l, 1, ceil(rotary_dim / 2)] fp32 at ``positions``, computed once per call."""
         key = ("rotary", rotary_dim, base)
         if key not in self.shared:
-            angles = self.positions.to(torch.float32)[..., None] * _inv_freq(rotary_dim, base, self.positions.device)
+            angles = self.positions.to(torch.float32)[..., None] * _inv_freq(
+                rotary_dim, base, self.positions.device
+            )
             self.shared[key] = (angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
         return self.shared[key]
 
@@ -249,8 +255,8 @@ def _inv_freq(rotary_dim: int, base: float, device) -> torch.Tensor:
     if key not in _INV_FREQ:
         with torch.inference_mode(False), torch.no_grad():
             _INV_FREQ[key] = 1.0 / base ** (
-            torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float32) / rotary_dim
-        )
+                torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float32) / rotary_dim
+            )
     return _INV_FREQ[key]
 
 
@@ -327,17 +333,19 @@ class JRTRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        if fast:
-            return fused.run(fused.rms_norm, x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
+        if settings.fast:
+            return fused.run(fused.rms_norm, x, self.weight, self.eps, compile=settings.compile)
         return fused.rms_norm(x, self.weight, self.eps)
 
-    def add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor | None, fast: bool):
+    def add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor | None, settings: fused.StackSettings):
         """(residual + delta, norm(residual + delta)) in one fused pass on the fast path."""
         if delta is None:
-            return residual, self(residual, fast)
-        if fast:
-            return fused.run(fused.add_rms_norm, residual, delta, self.weight, self.eps)
+            return residual, self(residual, settings)
+        if settings.fast:
+            return fused.run(
+                fused.add_rms_norm, residual, delta, self.weight, self.eps, compile=settings.compile
+            )
         residual = residual + delta.to(residual.dtype)
         return residual, self(residual)
 
@@ -372,9 +380,9 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        if fast:
-            return self.fc2(fused.run(fused.swiglu, self.fc1(x)))
+    def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
+        if settings.fast:
+            return self.fc2(fused.run(fused.swiglu, self.fc1(x), compile=settings.compile))
         value, gate = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(value * F.silu(gate))
 
@@ -405,7 +413,10 @@ class BaseConv(nn.Module):
         l = x.shape[1]
         projected = self.in_proj(x)  # [b, l, conv branch | gate]
         weight = self.conv.conv.weight[:, 0, :]
-        y = self.out_proj(fused.run(fused.short_conv_gate, projected, weight, inputs.mask))
+        gated = fused.run(
+            fused.short_conv_gate, projected, weight, inputs.mask, compile=inputs.settings.compile
+        )
+        y = self.out_proj(gated)
         state = None
         if use_cache:
             keep = self.kernel_size - 1
@@ -595,7 +606,7 @@ class SoftmaxAttention(nn.Module):
         if self.rotary_dim <= 0:
             return qkv.unbind(2)
         cos, sin = inputs.rotary_tables(self.rotary_dim, self.rotary_base)
-        return fused.run(fused.rotary_qkv, qkv, cos, sin)
+        return fused.run(fused.rotary_qkv, qkv, cos, sin, compile=inputs.settings.compile)
 
     def _attend_window(self, q, k, v, inputs: MixerInputs):
         """Sliding-window attention of a whole prompt, never an l × l mask."""
@@ -603,7 +614,7 @@ class SoftmaxAttention(nn.Module):
         valid = None if inputs.reference else inputs.mask
         scale = self.head_dim**-0.5
         # flex_attention has no backward on CPU: training there takes the blocked path.
-        if fused.swa_implementation() == "flex" and (q.device.type == "cuda" or not q.requires_grad):
+        if inputs.settings.swa == "flex" and (q.device.type == "cuda" or not q.requires_grad):
             key = ("flex", l, self.window)
             if key not in inputs.shared:
                 inputs.shared[key] = flex_window_mask(l, self.window, valid, device=q.device)
@@ -613,7 +624,9 @@ class SoftmaxAttention(nn.Module):
         block = block_size_for(self.window)
         key = ("blocks", l, self.window, block, q.dtype)
         if key not in inputs.shared:
-            inputs.shared[key] = window_block_mask(l, self.window, block, valid, device=q.device, dtype=q.dtype)
+            inputs.shared[key] = window_block_mask(
+                l, self.window, block, valid, device=q.device, dtype=q.dtype
+            )
         return sliding_window_attention_blocks(
             q, k, v, self.window, valid, scale=scale, block=block, mask=inputs.shared[key]
         )
@@ -628,7 +641,11 @@ class SoftmaxAttention(nn.Module):
             o = self._attend_window(q, k, v, inputs)
         elif valid is None:
             o = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.head_dim**-0.5
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=True,
+                scale=self.head_dim**-0.5,
             ).transpose(1, 2)
         else:
             o = sliding_window_attention_masked(q, k, v, None, valid, scale=self.head_dim**-0.5)
@@ -726,15 +743,15 @@ class JRTBlock(nn.Module):
         """residual: the stream so far; delta: the previous block's MLP output, not yet added
         (None before the first block), so that the add and the norm run as one pass.
         Returns the stream and this block's MLP output (again not yet added)."""
-        residual, normed = self.norm1.add_and_norm(residual, delta, inputs.fast)
+        residual, normed = self.norm1.add_and_norm(residual, delta, inputs.settings)
         if decoding:
             mixed = self.mixer.step(normed, inputs, cache.layers[self.layer_idx])
         else:
             mixed, state = self.mixer(normed, inputs, use_cache)
             if use_cache:
                 cache.layers[self.layer_idx] = state
-        residual, normed = self.norm2.add_and_norm(residual, mixed, inputs.fast)
-        return residual, self.mlp(normed, inputs.fast)
+        residual, normed = self.norm2.add_and_norm(residual, mixed, inputs.settings)
+        return residual, self.mlp(normed, inputs.settings)
 
 
 class JRTEmbeddings(nn.Module):
@@ -792,7 +809,8 @@ class JRTModel(JRTPreTrainedModel):
             cache = JRTCache(self.config.num_hidden_layers)
         prefilled = cache is not None and cache.seen_tokens > 0
 
-        fast = fused.stack_mode() == "fast"
+        settings = fused.stack_settings()
+        fast = settings.fast
         mask = None
         if attention_mask is not None:
             mask = attention_mask[:, -l:].to(torch.bool)
@@ -808,7 +826,7 @@ class JRTModel(JRTPreTrainedModel):
                 positions = (mask.long().cumsum(1) - 1).clamp(min=0)
             else:
                 positions = torch.arange(l, device=input_ids.device)[None].expand(b, l)
-            inputs = MixerInputs(mask, positions, reference, harness_pad_mask, fast=fast)
+            inputs = MixerInputs(mask, positions, reference, harness_pad_mask, settings=settings)
             hidden = self._run_layers(input_ids, inputs, cache, decoding=False, use_cache=use_cache)
             if cache is not None:
                 cache.seen_tokens = l
@@ -823,7 +841,7 @@ class JRTModel(JRTPreTrainedModel):
         for t in range(l):
             token_mask = None if mask is None else mask[:, t : t + 1]
             positions = cache.next_positions[:, None]
-            inputs = MixerInputs(token_mask, positions, reference, fast=fast)
+            inputs = MixerInputs(token_mask, positions, reference, settings=settings)
             outputs.append(
                 self._run_layers(input_ids[:, t : t + 1], inputs, cache, decoding=True, use_cache=True)
             )
@@ -841,7 +859,7 @@ class JRTModel(JRTPreTrainedModel):
         delta = None
         for layer in self.layers:
             residual, delta = layer(residual, delta, inputs, cache, decoding, use_cache)
-        return self.ln_f.add_and_norm(residual, delta, inputs.fast)[1]
+        return self.ln_f.add_and_norm(residual, delta, inputs.settings)[1]
 
 
 class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):

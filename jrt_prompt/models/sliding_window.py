@@ -95,7 +95,15 @@ def _key_windows(x: torch.Tensor, block: int, nb: int) -> torch.Tensor:
 
 
 def sliding_window_attention_blocks(
-    q, k, v, window: int, valid=None, *, scale: float, block: int | None = None, mask: torch.Tensor | None = None
+    q,
+    k,
+    v,
+    window: int,
+    valid=None,
+    *,
+    scale: float,
+    block: int | None = None,
+    mask: torch.Tensor | None = None,
 ):
     """q, k, v [b, l, h, hd] -> [b, l, h, hd], exact sliding-window attention in O(l · block).
 
