@@ -100,6 +100,10 @@ def test_short_conv_gate_equals_conv1d():
         conv = F.conv1d(x.transpose(1, 2), weight[:, None], padding=k - 1, groups=c)[..., :l]
         expected = F.silu(conv).transpose(1, 2) * u[..., c:]
         torch.testing.assert_close(fused.short_conv_gate(u, weight, m), expected, atol=1e-6, rtol=1e-6)
+    state = torch.zeros(b, c, k - 1)
+    for t in range(l):
+        gated, state = fused.short_conv_gate_step(u[:, t], state, weight)
+        torch.testing.assert_close(gated, fused.short_conv_gate(u, weight, None)[:, t], atol=1e-6, rtol=1e-6)
 
 
 def test_rotary_qkv_equals_apply_rotary():

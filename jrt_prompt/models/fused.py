@@ -112,6 +112,16 @@ def short_conv_gate(u: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | 
     return (F.silu(acc) * gate.float()).to(u.dtype)
 
 
+def short_conv_gate_step(u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor):
+    """One decode step of :func:`short_conv_gate`: u [b, 2c], state [b, c, k - 1] (the last conv
+    inputs, oldest first) -> (gated [b, c], the new state)."""
+    c = weight.shape[0]
+    x = u[..., :c]
+    window = torch.cat([state, x[..., None].to(state.dtype)], dim=-1)  # [b, c, k]
+    acc = (window.float() * weight.float()).sum(-1)
+    return (F.silu(acc) * u[..., c:].float()).to(u.dtype), window[..., 1:]
+
+
 def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """qkv [b, l, 3, h, hd] -> rotated q, rotated k, v (each [b, l, h, hd]).
 

@@ -444,6 +444,13 @@ class BaseConv(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: torch.Tensor):
+        if inputs.fast:
+            weight = self.conv.conv.weight[:, 0, :]
+            gated, window = fused.run(
+                fused.short_conv_gate_step, self.in_proj(x[:, 0]), state, weight, compile=inputs.settings.compile
+            )
+            state.copy_(window)
+            return self.out_proj(gated)[:, None]
         conv_in, gate = self.in_proj(x[:, 0]).split(self.inner, dim=-1)  # [b, c]
         window = torch.cat([state, conv_in[..., None]], dim=-1)  # [b, c, k]
         conv_out = (window * self.conv.conv.weight[:, 0, :]).sum(-1)
