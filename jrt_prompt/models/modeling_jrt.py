@@ -694,7 +694,9 @@ class SoftmaxAttention(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
-        q, k, v = self._qkv_fast(x, inputs) if inputs.fast else self._qkv(x, inputs.positions)
+        if inputs.fast:
+            return self._step_fast(x, inputs, state)
+        q, k, v = self._qkv(x, inputs.positions)
         valid_now = (
             inputs.mask
             if inputs.mask is not None and not inputs.reference
@@ -709,6 +711,29 @@ class SoftmaxAttention(nn.Module):
         if self.window is not None and keys.shape[1] > self.window:
             keys, values, valid = keys[:, -self.window :], values[:, -self.window :], valid[:, -self.window :]
         state["k"], state["v"], state["valid"] = keys.contiguous(), values.contiguous(), valid.contiguous()
+        return y
+
+    def _step_fast(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        b = x.shape[0]
+        q, k, v = self._qkv_fast(x, inputs)
+        keys = torch.cat([state["k"], k], dim=1)
+        values = torch.cat([state["v"], v], dim=1)
+        # The new token always sees itself; whether later tokens see it depends on its mask.
+        allowed = torch.cat([state["valid"], torch.ones(b, 1, dtype=torch.bool, device=x.device)], dim=1)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=allowed[:, None, None, :],
+            scale=self.head_dim**-0.5,
+        )
+        y = self.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+        valid = allowed
+        if inputs.mask is not None and not inputs.reference:
+            valid = torch.cat([state["valid"], inputs.mask.to(torch.bool)], dim=1)
+        # Views of this step's concatenation (the next step copies them into its own).
+        start = 0 if self.window is None or keys.shape[1] <= self.window else keys.shape[1] - self.window
+        state["k"], state["v"], state["valid"] = keys[:, start:], values[:, start:], valid[:, start:]
         return y
 
 
