@@ -541,8 +541,17 @@ class PrefixLinearAttention(BasedLinearAttention):
             wanted = inputs.mask.sum(1).clamp(max=self.enc_length)
             enc_lengths = (real_so_far <= wanted[:, None]).sum(1)
             mask = inputs.mask
-        k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
-        v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
+        if inputs.fast and isinstance(enc_lengths, int) and enc_lengths < l:
+            # Only the encoder positions are read: project those, zeros elsewhere (on a long
+            # prompt this saves most of two projections' work).
+            e = enc_lengths
+            k_enc = F.pad(self.proj_k_enc(enc_x[:, :e]), (0, 0, 0, l - e))
+            v_enc = F.pad(self.proj_v_enc(enc_x[:, :e]), (0, 0, 0, l - e))
+            k_enc = k_enc.view(b, l, self.num_heads, self.feature_dim)
+            v_enc = v_enc.view(b, l, self.num_heads, self.head_dim)
+        else:
+            k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
+            v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
         if inputs.reference and inputs.harness_pad_mask is not None and 1 < l <= self.enc_length:
             keep = inputs.harness_pad_mask[:, :, None, None].to(k.dtype)
             k = k * keep
