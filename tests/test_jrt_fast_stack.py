@@ -330,3 +330,24 @@ def test_bench_jrt_layers_smoke_on_cpu(monkeypatch):
         assert "JRT_STACK" in row["cells"]["broken"]["error"]
     table = bench.format_table(rows, variants)
     assert table.count("\n") == len(rows) + 1 and "legacy / fast" in table
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["jrt-rnn-1.3b", "based-1.3b"])
+def test_gpu_full_size_fast_equals_legacy(name, monkeypatch):
+    """The 1.3B layouts in bf16, random weights, 2,300 tokens (several window blocks, past the
+    1,024-token encoder): fast (compiled) against legacy, and fast prefill + decode."""
+    from jrt_prompt.bench.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, 50257, (1, 2300), device="cuda")
+    with torch.inference_mode():
+        monkeypatch.setenv("JRT_STACK", "legacy")
+        legacy = model(ids).logits[0, -300:].float().softmax(-1)
+        monkeypatch.setenv("JRT_STACK", "fast")
+        fast = model(ids).logits[0, -300:].float().softmax(-1)
+        stepped, _ = _prefill_then_decode(model, ids, 2296)
+    assert not fused._BROKEN, "torch.compile failed; the fused functions ran eagerly"
+    assert (fast - legacy).abs().max() < 2e-2
+    assert (stepped[0, -4:].float().softmax(-1) - fast[-4:]).abs().max() < 2e-2
