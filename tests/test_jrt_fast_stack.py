@@ -342,12 +342,18 @@ def test_gpu_full_size_fast_equals_legacy(name, monkeypatch):
     torch.manual_seed(0)
     model = build_model(name, device="cuda", dtype=torch.bfloat16)
     ids = torch.randint(0, 50257, (1, 2300), device="cuda")
+
+    def relative_error(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
     with torch.inference_mode():
         monkeypatch.setenv("JRT_STACK", "legacy")
-        legacy = model(ids).logits[0, -300:].float().softmax(-1)
+        legacy = model(ids).logits[0, -300:]
         monkeypatch.setenv("JRT_STACK", "fast")
-        fast = model(ids).logits[0, -300:].float().softmax(-1)
+        fast = model(ids).logits[0, -300:]
         stepped, _ = _prefill_then_decode(model, ids, 2296)
     assert not fused._BROKEN, "torch.compile failed; the fused functions ran eagerly"
-    assert (fast - legacy).abs().max() < 2e-2
-    assert (stepped[0, -4:].float().softmax(-1) - fast[-4:]).abs().max() < 2e-2
+    # bf16 rounding differs between the paths (fp32 accumulation in the fused functions);
+    # a wrong mask or position moves the logits by far more than this.
+    assert relative_error(fast, legacy) < 3e-2
+    assert relative_error(stepped[0, -4:], fast[-4:]) < 3e-2
