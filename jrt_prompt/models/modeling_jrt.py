@@ -629,6 +629,11 @@ class SoftmaxAttention(nn.Module):
         l = q.shape[1]
         valid = None if inputs.reference else inputs.mask
         scale = self.head_dim**-0.5
+        if valid is None and l <= self.window + 1:
+            # A prompt within the window: the window is all of the causal past.
+            return F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale
+            ).transpose(1, 2)
         # flex_attention has no backward on CPU: training there takes the blocked path.
         if inputs.settings.swa == "flex" and (q.device.type == "cuda" or not q.requires_grad):
             key = ("flex", l, self.window)
