@@ -277,6 +277,11 @@ def main(argv=None) -> int:
         f"\nJRT-RNN-1.3B layers, batch 1, bf16, {env['device']}, torch {env['torch']}, triton {env['triton']}"
     )
     print(format_table(rows, args.variants))
+    from jrt_prompt.models import fused
+
+    if fused._BROKEN:
+        names = ", ".join(sorted(fn.__name__ for fn in fused._BROKEN))
+        print(f"\nNote: torch.compile failed for {names}; those ran eagerly in the compiled variants.")
     return 0
 
 
