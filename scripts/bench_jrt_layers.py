@@ -279,8 +279,8 @@ def main(argv=None) -> int:
     print(format_table(rows, args.variants))
     from jrt_prompt.models import fused
 
-    if fused._BROKEN:
-        names = ", ".join(sorted(fn.__name__ for fn in fused._BROKEN))
+    if fused.compile_failures():
+        names = ", ".join(fused.compile_failures())
         print(f"\nNote: torch.compile failed for {names}; those ran eagerly in the compiled variants.")
     return 0
 

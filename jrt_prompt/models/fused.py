@@ -147,6 +147,11 @@ _COMPILED: dict = {}
 _BROKEN: set = set()
 
 
+def compile_failures() -> list[str]:
+    """Names of the fused functions whose compilation failed (they run eagerly since)."""
+    return sorted(fn.__name__ for fn in _BROKEN)
+
+
 def run(fn, *args, compile: bool = True):
     """``fn(*args)``, through ``torch.compile`` for CUDA inference when ``compile`` (see the
     module docstring); eagerly on other devices, with gradients on, or inside a compiled model.
