@@ -34,8 +34,11 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 VARIANTS = {
     "legacy": {"JRT_STACK": "legacy", "JRT_COMPILE": "1", "JRT_SWA": "blocks"},
