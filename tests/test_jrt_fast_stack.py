@@ -167,7 +167,9 @@ def test_prompt_within_the_window_matches_naive(l):
     model = tiny_model(["sliding_window", "base_conv", "sliding_window"], sliding_window=5)
     ids = torch.randint(0, 61, (l,), generator=torch.Generator().manual_seed(l))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids[None]).logits[0], naive_forward(model, ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(ids[None]).logits[0], naive_forward(model, ids), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_fast_equals_legacy_left_padded_batch(monkeypatch):

@@ -27,6 +27,10 @@ Two inference modes (``config.inference_mode``, see docs/inference_modes.md):
   rounded to bf16 after every update, Based decoding adds ``φ(k)⊗v`` to its state twice.
 
 The mixers call only the ops of :mod:`jrt_prompt.kernels` (Triton on CUDA, PyTorch elsewhere).
+Around them the fast stack (the default) runs sliding-window attention over windowed blocks
+(:mod:`.sliding_window`, never an N×N mask) and the element-wise parts as single functions
+compiled on CUDA (:mod:`.fused`: add + RMSNorm, SwiGLU, BaseConv's conv and gate, rotary);
+``JRT_STACK=legacy`` selects the earlier op-by-op path, same math, kept to measure against.
 """
 
 from __future__ import annotations
@@ -447,7 +451,11 @@ class BaseConv(nn.Module):
         if inputs.fast:
             weight = self.conv.conv.weight[:, 0, :]
             gated, window = fused.run(
-                fused.short_conv_gate_step, self.in_proj(x[:, 0]), state, weight, compile=inputs.settings.compile
+                fused.short_conv_gate_step,
+                self.in_proj(x[:, 0]),
+                state,
+                weight,
+                compile=inputs.settings.compile,
             )
             state.copy_(window)
             return self.out_proj(gated)[:, None]
