@@ -136,6 +136,33 @@ def test_add_rms_norm_and_swiglu():
     torch.testing.assert_close(fused.swiglu(h), h[:, :5] * torch.sigmoid(h[:, 5:]) * h[:, 5:])
 
 
+def test_compile_failure_falls_back_to_eager_once(monkeypatch):
+    calls = []
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args):
+            calls.append(fn.__name__)
+            raise RuntimeError("no compiler here\nsecond line")
+
+        return compiled
+
+    monkeypatch.setattr(fused, "_compiles_on", lambda t: True)
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.setattr(fused, "_BROKEN", set())
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    h = torch.randn(2, 6)
+    with torch.no_grad():
+        with pytest.warns(
+            UserWarning, match="torch.compile of swiglu failed .RuntimeError: no compiler here"
+        ):
+            first = fused.run(fused.swiglu, h)
+        second = fused.run(fused.swiglu, h)
+        assert torch.equal(fused.run(fused.swiglu, h, compile=False), first)
+    torch.testing.assert_close(first, fused.swiglu(h))
+    torch.testing.assert_close(second, first)
+    assert calls == ["swiglu"] and fused.compile_failures() == ["swiglu"]
+
+
 def test_bad_stack_choice_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("JRT_STACK", "turbo")
     with pytest.raises(JRTError, match="JRT_STACK='turbo' is not one of"):

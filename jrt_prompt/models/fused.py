@@ -147,6 +147,10 @@ _COMPILED: dict = {}
 _BROKEN: set = set()
 
 
+def _compiles_on(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
 def compile_failures() -> list[str]:
     """Names of the fused functions whose compilation failed (they run eagerly since)."""
     return sorted(fn.__name__ for fn in _BROKEN)
@@ -161,7 +165,7 @@ def run(fn, *args, compile: bool = True):
     """
     if (
         not compile
-        or args[0].device.type != "cuda"
+        or not _compiles_on(args[0])
         or torch.is_grad_enabled()
         or fn in _BROKEN
         or torch.compiler.is_compiling()
