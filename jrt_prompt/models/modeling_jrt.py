@@ -681,15 +681,32 @@ class SoftmaxAttention(nn.Module):
         y = self.out_proj(o.reshape(b, l, -1))
         state = None
         if use_cache:
-            keep = l if self.window is None else min(l, self.window)
             if valid is None:
                 valid = torch.ones(b, l, dtype=torch.bool, device=x.device)
-            state = {
-                "k": k[:, l - keep :].contiguous(),
-                "v": v[:, l - keep :].contiguous(),
-                "valid": valid[:, l - keep :].contiguous(),
-            }
+            if self.window is None:
+                state = {"k": k.contiguous(), "v": v.contiguous(), "valid": valid.contiguous()}
+            else:
+                state = self._window_ring(k, v, valid)
         return y, state
+
+    def _window_ring(self, k, v, valid) -> dict:
+        """The decode state of a sliding-window layer: a ring of ``window`` slots, updated in
+        place (fixed shapes, no copies per step). Slots 0.. hold the last min(l, window) keys in
+        order; ``slot`` [b] is the next slot to overwrite (the oldest, or the first empty one).
+        Rotary is applied before keys are stored, so the order of the slots does not matter."""
+        b, l, h, hd = k.shape
+        keep = min(l, self.window)
+        ring = {
+            "k": k.new_zeros(b, self.window, h, hd),
+            "v": v.new_zeros(b, self.window, h, hd),
+            "valid": torch.zeros(b, self.window, dtype=torch.bool, device=k.device),
+            "slot": torch.full((b,), keep % max(self.window, 1), dtype=torch.long, device=k.device),
+        }
+        if keep:
+            ring["k"][:, :keep] = k[:, l - keep :]
+            ring["v"][:, :keep] = v[:, l - keep :]
+            ring["valid"][:, :keep] = valid[:, l - keep :]
+        return ring
 
     def _forward_legacy(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         b, l, _ = x.shape
@@ -716,6 +733,10 @@ class SoftmaxAttention(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        # The state's layout (set at prefill) decides: a ring (fast prefill of a window layer)
+        # or a list of the last keys (legacy prefill, full attention).
+        if "slot" in state:
+            return self._step_ring(x, inputs, state)
         if inputs.fast:
             return self._step_fast(x, inputs, state)
         q, k, v = self._qkv(x, inputs.positions)
@@ -734,6 +755,29 @@ class SoftmaxAttention(nn.Module):
             keys, values, valid = keys[:, -self.window :], values[:, -self.window :], valid[:, -self.window :]
         state["k"], state["v"], state["valid"] = keys.contiguous(), values.contiguous(), valid.contiguous()
         return y
+
+    def _step_ring(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        b = x.shape[0]
+        q, k, v = self._qkv_fast(x, inputs) if inputs.fast else self._qkv(x, inputs.positions)
+        now = torch.ones(b, 1, dtype=torch.bool, device=x.device)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            torch.cat([state["k"], k], dim=1).transpose(1, 2),
+            torch.cat([state["v"], v], dim=1).transpose(1, 2),
+            attn_mask=torch.cat([state["valid"], now], dim=1)[:, None, None, :],
+            scale=self.head_dim**-0.5,
+        )
+        if self.window > 0:
+            rows = torch.arange(b, device=x.device)
+            slot = state["slot"]
+            state["k"][rows, slot] = k[:, 0]
+            state["v"][rows, slot] = v[:, 0]
+            valid_now = (
+                now[:, 0] if inputs.mask is None or inputs.reference else inputs.mask[:, 0].to(torch.bool)
+            )
+            state["valid"][rows, slot] = valid_now
+            slot.add_(1).remainder_(self.window)
+        return self.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
 
     def _step_fast(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
         b = x.shape[0]
