@@ -269,8 +269,9 @@ class JRTCache:
 
     ``layers[i]`` is set at prefill: a :class:`LinearAttentionState` (fp32 kv and k sums) for
     linear attention, a [b, channels, kernel-1] tensor of the last conv inputs for BaseConv, a
-    dict ``{"k", "v", "valid"}`` for softmax attention (the window only for sliding-window
-    layers). ``next_positions[b]`` is the rotary position of row b's next token.
+    dict ``{"k", "v", "valid"}`` for softmax attention (sliding-window layers: the window only,
+    and after a fast prefill a ring of ``window`` slots updated in place, with ``"slot"`` the next
+    one to overwrite). ``next_positions[b]`` is the rotary position of row b's next token.
     """
 
     is_compileable = False
