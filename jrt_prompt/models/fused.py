@@ -11,6 +11,9 @@ both in one process:
   ``legacy`` the earlier one-op-at-a-time path with an N×N sliding-window mask (kept to measure
   against and to check the fast path).
 * ``JRT_COMPILE``: ``1`` (default) compile the fused functions on CUDA; ``0`` run them eagerly.
+  Compiling costs seconds per function and shape family on a process's first calls (less once
+  inductor's on-disk cache holds them): worth it for long prompts and long generations, not for
+  a single short question, where ``JRT_COMPILE=0`` answers sooner.
 * ``JRT_SWA``: ``blocks`` (default; SDPA over windowed blocks, exact, any device) or ``flex``
   (``flex_attention`` with a sliding-window block mask).
 """
@@ -179,7 +182,8 @@ def run(fn, *args, compile: bool = True):
     except Exception as error:  # noqa: BLE001 - a compiler failure must not stop inference
         _BROKEN.add(fn)
         warnings.warn(
-            f"torch.compile of {fn.__name__} failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            f"torch.compile of {fn.__name__} failed ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0][:200]}); "
             "running it eagerly (set JRT_COMPILE=0 to skip compiling)",
             stacklevel=2,
         )
