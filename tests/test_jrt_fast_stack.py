@@ -284,8 +284,8 @@ def test_gpu_fast_stack_matches_legacy_bf16(swa, monkeypatch):
         fast = model(ids, attention_mask=mask).logits
         stepped, _ = _prefill_then_decode(model, ids, 690, attention_mask=mask)
     assert not fused.compile_failures(), "torch.compile failed; the fused functions ran eagerly"
-    assert (fast.float().softmax(-1) - legacy.float().softmax(-1)).abs().max() < 2e-2
-    assert (stepped.float().softmax(-1) - fast.float().softmax(-1)).abs().max() < 2e-2
+    assert (fast.float().softmax(-1) - legacy.float().softmax(-1)).abs().max() < 5e-2
+    assert (stepped.float().softmax(-1) - fast.float().softmax(-1)).abs().max() < 5e-2
 
 
 @pytest.mark.gpu
