@@ -27,12 +27,16 @@ Two inference modes (``config.inference_mode``, see docs/inference_modes.md):
   rounded to bf16 after every update, Based decoding adds ``φ(k)⊗v`` to its state twice.
 
 The mixers call only the ops of :mod:`jrt_prompt.kernels` (Triton on CUDA, PyTorch elsewhere).
+Around them the fast stack (the default) runs sliding-window attention over windowed blocks
+(:mod:`.sliding_window`, never an N×N mask) and the element-wise parts as single functions
+compiled on CUDA (:mod:`.fused`: add + RMSNorm, SwiGLU, BaseConv's conv and gate, rotary);
+``JRT_STACK=legacy`` selects the earlier op-by-op path, same math, kept to measure against.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +52,16 @@ from jrt_prompt.kernels import (
     linear_attention_step,
     prefix_linear_attention,
     taylor_feature_map,
+)
+
+from . import fused
+from .sliding_window import (
+    block_size_for,
+    flex_window_mask,
+    sliding_window_attention_blocks,
+    sliding_window_attention_flex,
+    sliding_window_attention_masked,
+    window_block_mask,
 )
 
 MIXER_KINDS = ("base_conv", "based", "prefix_linear", "sliding_window", "attention")
@@ -209,12 +223,45 @@ class MixerInputs:
     reference: the published harness's numerics (see the module docstring).
     harness_pad_mask: [b, l] bool, reference mode only: False on the padding the harness added
         to reach ``enc_length`` tokens (read by prefix linear attention only).
+    settings: which stack runs (:class:`fused.StackSettings`: the fused functions and the blocked
+        sliding window by default, the earlier op-by-op path with ``JRT_STACK=legacy``).
+    shared: tensors derived once per call and reused by every layer (rotary tables, the
+        sliding-window masks).
     """
 
     mask: torch.Tensor | None
     positions: torch.Tensor
     reference: bool
     harness_pad_mask: torch.Tensor | None = None
+    settings: fused.StackSettings = fused.StackSettings()
+    shared: dict = field(default_factory=dict)
+
+    @property
+    def fast(self) -> bool:
+        return self.settings.fast
+
+    def rotary_tables(self, rotary_dim: int, base: float):
+        """cos, sin [b, l, 1, ceil(rotary_dim / 2)] fp32 at ``positions``, computed once per call."""
+        key = ("rotary", rotary_dim, base)
+        if key not in self.shared:
+            angles = self.positions.to(torch.float32)[..., None] * _inv_freq(
+                rotary_dim, base, self.positions.device
+            )
+            self.shared[key] = (angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
+        return self.shared[key]
+
+
+_INV_FREQ: dict = {}
+
+
+def _inv_freq(rotary_dim: int, base: float, device) -> torch.Tensor:
+    key = (rotary_dim, float(base), str(device))
+    if key not in _INV_FREQ:
+        with torch.inference_mode(False), torch.no_grad():
+            _INV_FREQ[key] = 1.0 / base ** (
+                torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float32) / rotary_dim
+            )
+    return _INV_FREQ[key]
 
 
 class JRTCache:
@@ -222,8 +269,9 @@ class JRTCache:
 
     ``layers[i]`` is set at prefill: a :class:`LinearAttentionState` (fp32 kv and k sums) for
     linear attention, a [b, channels, kernel-1] tensor of the last conv inputs for BaseConv, a
-    dict ``{"k", "v", "valid"}`` for softmax attention (the window only for sliding-window
-    layers). ``next_positions[b]`` is the rotary position of row b's next token.
+    dict ``{"k", "v", "valid"}`` for softmax attention (sliding-window layers: the window only,
+    and after a fast prefill a ring of ``window`` slots updated in place, with ``"slot"`` the next
+    one to overwrite). ``next_positions[b]`` is the rotary position of row b's next token.
     """
 
     is_compileable = False
@@ -290,10 +338,21 @@ class JRTRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(self.weight.dtype)
+    def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
+        if settings.fast:
+            return fused.run(fused.rms_norm, x, self.weight, self.eps, compile=settings.compile)
+        return fused.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor | None, settings: fused.StackSettings):
+        """(residual + delta, norm(residual + delta)) in one fused pass on the fast path."""
+        if delta is None:
+            return residual, self(residual, settings)
+        if settings.fast:
+            return fused.run(
+                fused.add_rms_norm, residual, delta, self.weight, self.eps, compile=settings.compile
+            )
+        residual = residual + delta.to(residual.dtype)
+        return residual, self(residual)
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
@@ -326,7 +385,9 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
+        if settings.fast:
+            return self.fc2(fused.run(fused.swiglu, self.fc1(x), compile=settings.compile))
         value, gate = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(value * F.silu(gate))
 
@@ -352,6 +413,25 @@ class BaseConv(nn.Module):
         self.out_proj = nn.Linear(self.inner, d, bias=True)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        if not inputs.fast:
+            return self._forward_legacy(x, inputs, use_cache)
+        l = x.shape[1]
+        projected = self.in_proj(x)  # [b, l, conv branch | gate]
+        weight = self.conv.conv.weight[:, 0, :]
+        gated = fused.run(
+            fused.short_conv_gate, projected, weight, inputs.mask, compile=inputs.settings.compile
+        )
+        y = self.out_proj(gated)
+        state = None
+        if use_cache:
+            keep = self.kernel_size - 1
+            tail = projected[:, max(0, l - keep) :, : self.inner]
+            if inputs.mask is not None:
+                tail = tail * inputs.mask[:, max(0, l - keep) :, None].to(tail.dtype)
+            state = F.pad(tail.transpose(1, 2), (max(0, keep - l), 0)).contiguous()
+        return y, state
+
+    def _forward_legacy(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         l = x.shape[1]
         conv_in, gate = self.in_proj(x).split(self.inner, dim=-1)
         if inputs.mask is not None:
@@ -369,6 +449,17 @@ class BaseConv(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: torch.Tensor):
+        if inputs.fast:
+            weight = self.conv.conv.weight[:, 0, :]
+            gated, window = fused.run(
+                fused.short_conv_gate_step,
+                self.in_proj(x[:, 0]),
+                state,
+                weight,
+                compile=inputs.settings.compile,
+            )
+            state.copy_(window)
+            return self.out_proj(gated)[:, None]
         conv_in, gate = self.in_proj(x[:, 0]).split(self.inner, dim=-1)  # [b, c]
         window = torch.cat([state, conv_in[..., None]], dim=-1)  # [b, c, k]
         conv_out = (window * self.conv.conv.weight[:, 0, :]).sum(-1)
@@ -459,8 +550,17 @@ class PrefixLinearAttention(BasedLinearAttention):
             wanted = inputs.mask.sum(1).clamp(max=self.enc_length)
             enc_lengths = (real_so_far <= wanted[:, None]).sum(1)
             mask = inputs.mask
-        k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
-        v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
+        if inputs.fast and isinstance(enc_lengths, int) and enc_lengths < l:
+            # Only the encoder positions are read: project those, zeros elsewhere (on a long
+            # prompt this saves most of two projections' work).
+            e = enc_lengths
+            k_enc = F.pad(self.proj_k_enc(enc_x[:, :e]), (0, 0, 0, l - e))
+            v_enc = F.pad(self.proj_v_enc(enc_x[:, :e]), (0, 0, 0, l - e))
+            k_enc = k_enc.view(b, l, self.num_heads, self.feature_dim)
+            v_enc = v_enc.view(b, l, self.num_heads, self.head_dim)
+        else:
+            k_enc = self.proj_k_enc(enc_x).view(b, l, self.num_heads, self.feature_dim)
+            v_enc = self.proj_v_enc(enc_x).view(b, l, self.num_heads, self.head_dim)
         if inputs.reference and inputs.harness_pad_mask is not None and 1 < l <= self.enc_length:
             keep = inputs.harness_pad_mask[:, :, None, None].to(k.dtype)
             k = k * keep
@@ -525,7 +625,91 @@ class SoftmaxAttention(nn.Module):
         )
         return o.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
 
+    def _qkv_fast(self, x: torch.Tensor, inputs: MixerInputs):
+        b, l, _ = x.shape
+        qkv = self.Wqkv(x).view(b, l, 3, self.num_heads, self.head_dim)
+        if self.rotary_dim <= 0:
+            return qkv.unbind(2)
+        cos, sin = inputs.rotary_tables(self.rotary_dim, self.rotary_base)
+        return fused.run(fused.rotary_qkv, qkv, cos, sin, compile=inputs.settings.compile)
+
+    def _attend_window(self, q, k, v, inputs: MixerInputs):
+        """Sliding-window attention of a whole prompt, never an l × l mask."""
+        l = q.shape[1]
+        valid = None if inputs.reference else inputs.mask
+        scale = self.head_dim**-0.5
+        if valid is None and l <= self.window + 1:
+            # A prompt within the window: the window is all of the causal past.
+            return F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale
+            ).transpose(1, 2)
+        # flex_attention has no backward on CPU: training there takes the blocked path.
+        if inputs.settings.swa == "flex" and (q.device.type == "cuda" or not q.requires_grad):
+            key = ("flex", l, self.window)
+            if key not in inputs.shared:
+                inputs.shared[key] = flex_window_mask(l, self.window, valid, device=q.device)
+            return sliding_window_attention_flex(
+                q, k, v, self.window, valid, scale=scale, block_mask=inputs.shared[key]
+            )
+        block = block_size_for(self.window)
+        key = ("blocks", l, self.window, block, q.dtype)
+        if key not in inputs.shared:
+            inputs.shared[key] = window_block_mask(
+                l, self.window, block, valid, device=q.device, dtype=q.dtype
+            )
+        return sliding_window_attention_blocks(
+            q, k, v, self.window, valid, scale=scale, block=block, mask=inputs.shared[key]
+        )
+
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
+        if not inputs.fast:
+            return self._forward_legacy(x, inputs, use_cache)
+        b, l, _ = x.shape
+        q, k, v = self._qkv_fast(x, inputs)
+        valid = inputs.mask if inputs.mask is not None and not inputs.reference else None
+        if self.window is not None:
+            o = self._attend_window(q, k, v, inputs)
+        elif valid is None:
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=True,
+                scale=self.head_dim**-0.5,
+            ).transpose(1, 2)
+        else:
+            o = sliding_window_attention_masked(q, k, v, None, valid, scale=self.head_dim**-0.5)
+        y = self.out_proj(o.reshape(b, l, -1))
+        state = None
+        if use_cache:
+            if valid is None:
+                valid = torch.ones(b, l, dtype=torch.bool, device=x.device)
+            if self.window is None:
+                state = {"k": k.contiguous(), "v": v.contiguous(), "valid": valid.contiguous()}
+            else:
+                state = self._window_ring(k, v, valid)
+        return y, state
+
+    def _window_ring(self, k, v, valid) -> dict:
+        """The decode state of a sliding-window layer: a ring of ``window`` slots, updated in
+        place (fixed shapes, no copies per step). Slots 0.. hold the last min(l, window) keys in
+        order; ``slot`` [b] is the next slot to overwrite (the oldest, or the first empty one).
+        Rotary is applied before keys are stored, so the order of the slots does not matter."""
+        b, l, h, hd = k.shape
+        keep = min(l, self.window)
+        ring = {
+            "k": k.new_zeros(b, self.window, h, hd),
+            "v": v.new_zeros(b, self.window, h, hd),
+            "valid": torch.zeros(b, self.window, dtype=torch.bool, device=k.device),
+            "slot": torch.full((b,), keep % max(self.window, 1), dtype=torch.long, device=k.device),
+        }
+        if keep:
+            ring["k"][:, :keep] = k[:, l - keep :]
+            ring["v"][:, :keep] = v[:, l - keep :]
+            ring["valid"][:, :keep] = valid[:, l - keep :]
+        return ring
+
+    def _forward_legacy(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         b, l, _ = x.shape
         q, k, v = self._qkv(x, inputs.positions)
         idx = torch.arange(l, device=x.device)
@@ -550,6 +734,12 @@ class SoftmaxAttention(nn.Module):
         return y, state
 
     def step(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        # The state's layout (set at prefill) decides: a ring (fast prefill of a window layer)
+        # or a list of the last keys (legacy prefill, full attention).
+        if "slot" in state:
+            return self._step_ring(x, inputs, state)
+        if inputs.fast:
+            return self._step_fast(x, inputs, state)
         q, k, v = self._qkv(x, inputs.positions)
         valid_now = (
             inputs.mask
@@ -565,6 +755,52 @@ class SoftmaxAttention(nn.Module):
         if self.window is not None and keys.shape[1] > self.window:
             keys, values, valid = keys[:, -self.window :], values[:, -self.window :], valid[:, -self.window :]
         state["k"], state["v"], state["valid"] = keys.contiguous(), values.contiguous(), valid.contiguous()
+        return y
+
+    def _step_ring(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        b = x.shape[0]
+        q, k, v = self._qkv_fast(x, inputs) if inputs.fast else self._qkv(x, inputs.positions)
+        now = torch.ones(b, 1, dtype=torch.bool, device=x.device)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            torch.cat([state["k"], k], dim=1).transpose(1, 2),
+            torch.cat([state["v"], v], dim=1).transpose(1, 2),
+            attn_mask=torch.cat([state["valid"], now], dim=1)[:, None, None, :],
+            scale=self.head_dim**-0.5,
+        )
+        if self.window > 0:
+            rows = torch.arange(b, device=x.device)
+            slot = state["slot"]
+            state["k"][rows, slot] = k[:, 0]
+            state["v"][rows, slot] = v[:, 0]
+            valid_now = (
+                now[:, 0] if inputs.mask is None or inputs.reference else inputs.mask[:, 0].to(torch.bool)
+            )
+            state["valid"][rows, slot] = valid_now
+            slot.add_(1).remainder_(self.window)
+        return self.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+
+    def _step_fast(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
+        b = x.shape[0]
+        q, k, v = self._qkv_fast(x, inputs)
+        keys = torch.cat([state["k"], k], dim=1)
+        values = torch.cat([state["v"], v], dim=1)
+        # The new token always sees itself; whether later tokens see it depends on its mask.
+        allowed = torch.cat([state["valid"], torch.ones(b, 1, dtype=torch.bool, device=x.device)], dim=1)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=allowed[:, None, None, :],
+            scale=self.head_dim**-0.5,
+        )
+        y = self.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
+        valid = allowed
+        if inputs.mask is not None and not inputs.reference:
+            valid = torch.cat([state["valid"], inputs.mask.to(torch.bool)], dim=1)
+        # Views of this step's concatenation (the next step copies them into its own).
+        start = 0 if self.window is None or keys.shape[1] <= self.window else keys.shape[1] - self.window
+        state["k"], state["v"], state["valid"] = keys[:, start:], values[:, start:], valid[:, start:]
         return y
 
 
@@ -594,16 +830,27 @@ class JRTBlock(nn.Module):
         self.norm2 = JRTRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, residual, inputs: MixerInputs, cache: JRTCache | None, decoding: bool, use_cache: bool):
-        normed = self.norm1(residual)
+    def forward(
+        self,
+        residual,
+        delta,
+        inputs: MixerInputs,
+        cache: JRTCache | None,
+        decoding: bool,
+        use_cache: bool,
+    ):
+        """residual: the stream so far; delta: the previous block's MLP output, not yet added
+        (None before the first block), so that the add and the norm run as one pass.
+        Returns the stream and this block's MLP output (again not yet added)."""
+        residual, normed = self.norm1.add_and_norm(residual, delta, inputs.settings)
         if decoding:
             mixed = self.mixer.step(normed, inputs, cache.layers[self.layer_idx])
         else:
             mixed, state = self.mixer(normed, inputs, use_cache)
             if use_cache:
                 cache.layers[self.layer_idx] = state
-        residual = residual + mixed.to(residual.dtype)
-        return residual, self.mlp(self.norm2(residual))
+        residual, normed = self.norm2.add_and_norm(residual, mixed, inputs.settings)
+        return residual, self.mlp(normed, inputs.settings)
 
 
 class JRTEmbeddings(nn.Module):
@@ -661,10 +908,14 @@ class JRTModel(JRTPreTrainedModel):
             cache = JRTCache(self.config.num_hidden_layers)
         prefilled = cache is not None and cache.seen_tokens > 0
 
+        settings = fused.stack_settings()
+        fast = settings.fast
         mask = None
         if attention_mask is not None:
             mask = attention_mask[:, -l:].to(torch.bool)
-            if mask.all():
+            # Skipping the masks when nothing is padded costs a host sync: worth it once per
+            # prompt, not per decoded token (a decode step reads its token's mask as a tensor).
+            if not (prefilled and fast) and mask.all():
                 mask = None
 
         if not prefilled:
@@ -674,7 +925,7 @@ class JRTModel(JRTPreTrainedModel):
                 positions = (mask.long().cumsum(1) - 1).clamp(min=0)
             else:
                 positions = torch.arange(l, device=input_ids.device)[None].expand(b, l)
-            inputs = MixerInputs(mask, positions, reference, harness_pad_mask)
+            inputs = MixerInputs(mask, positions, reference, harness_pad_mask, settings=settings)
             hidden = self._run_layers(input_ids, inputs, cache, decoding=False, use_cache=use_cache)
             if cache is not None:
                 cache.seen_tokens = l
@@ -689,25 +940,25 @@ class JRTModel(JRTPreTrainedModel):
         for t in range(l):
             token_mask = None if mask is None else mask[:, t : t + 1]
             positions = cache.next_positions[:, None]
-            inputs = MixerInputs(token_mask, positions, reference)
+            inputs = MixerInputs(token_mask, positions, reference, settings=settings)
             outputs.append(
                 self._run_layers(input_ids[:, t : t + 1], inputs, cache, decoding=True, use_cache=True)
             )
-            step = torch.ones_like(cache.next_positions) if token_mask is None else token_mask[:, 0].long()
-            cache.next_positions = cache.next_positions + step
+            if token_mask is None:
+                cache.next_positions = cache.next_positions + 1
+            else:
+                cache.next_positions = cache.next_positions + token_mask[:, 0].long()
             cache.seen_tokens += 1
-        return torch.cat(outputs, dim=1), cache
+        return (outputs[0] if l == 1 else torch.cat(outputs, dim=1)), cache
 
     def _run_layers(self, input_ids, inputs: MixerInputs, cache, decoding: bool, use_cache: bool):
         hidden = self.embeddings(input_ids)
         residual_dtype = torch.float32 if self.config.residual_in_fp32 else hidden.dtype
         residual = hidden.to(residual_dtype)
-        hidden = None
+        delta = None
         for layer in self.layers:
-            if hidden is not None:
-                residual = residual + hidden.to(residual_dtype)
-            residual, hidden = layer(residual, inputs, cache, decoding, use_cache)
-        return self.ln_f(residual + hidden.to(residual_dtype))
+            residual, delta = layer(residual, delta, inputs, cache, decoding, use_cache)
+        return self.ln_f.add_and_norm(residual, delta, inputs.settings)[1]
 
 
 class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
