@@ -10,7 +10,8 @@ length N the recurrent models are timed on N tokens and on 2N (what JRT-Prompt r
 Columns, side by side in one run:
 - ``ms``: this project's path (``accelerate(model)``);
 - ``before_ms``: transformers' own PyTorch fallback for the Mamba families (what a user gets with no
-  mamba-ssm source build), dropped for longer prompts once one took longer than ``before_cap_s``;
+  mamba-ssm source build) and the op-by-op layers (``JRT_STACK=legacy``) for JRT-RNN and Based,
+  dropped for longer prompts once one took longer than ``before_cap_s``;
 - ``transformer_ms``: the Transformer on N tokens at the same batch;
 - ``floor_pct``: the matmul floor (2 × parameters × tokens at the measured bf16 matmul rate) over the
   measured time.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +152,22 @@ def _before_path(name: str):
             yield
 
         return transformers_fallback
+    if name in ("jrt-rnn-1.3b", "based-1.3b"):
+
+        @contextlib.contextmanager
+        def legacy_stack():
+            # the op-by-op JRT / Based layers (JRT_STACK=legacy) that preceded the fused stack
+            previous = os.environ.get("JRT_STACK")
+            os.environ["JRT_STACK"] = "legacy"
+            try:
+                yield
+            finally:
+                if previous is None:
+                    os.environ.pop("JRT_STACK", None)
+                else:
+                    os.environ["JRT_STACK"] = previous
+
+        return legacy_stack
     return None
 
 

@@ -19,6 +19,8 @@ def _enc_lengths(enc_lengths, b: int, n: int, device) -> torch.Tensor:
     if isinstance(enc_lengths, bool):
         raise JRTError("enc_lengths must be an int or a LongTensor[batch], not a bool")
     if isinstance(enc_lengths, int):
+        if enc_lengths < 0:
+            raise JRTError("enc_lengths must be >= 0")
         lengths = torch.full((b,), enc_lengths, dtype=torch.long, device=device)
     elif isinstance(enc_lengths, torch.Tensor):
         if enc_lengths.dim() == 0:
@@ -31,12 +33,14 @@ def _enc_lengths(enc_lengths, b: int, n: int, device) -> torch.Tensor:
             lengths = enc_lengths
         if lengths.dtype.is_floating_point:
             raise JRTError("enc_lengths must be integers (a LongTensor), not floats")
+        # Checking a CUDA tensor's values would wait for the GPU at every layer: only CPU tensors are
+        # checked; on the GPU a negative length reads as 0 (no encoder).
+        if not enc_lengths.is_cuda and bool((enc_lengths < 0).any()):
+            raise JRTError("enc_lengths must be >= 0")
         lengths = lengths.to(device=device, dtype=torch.long)
     else:
         raise JRTError(f"enc_lengths must be an int or a LongTensor[batch]; got {type(enc_lengths).__name__}")
-    if bool((lengths < 0).any()):
-        raise JRTError("enc_lengths must be >= 0")
-    return lengths.clamp(max=n).contiguous()
+    return lengths.clamp(min=0, max=n).contiguous()
 
 
 def prefix_linear_attention(
