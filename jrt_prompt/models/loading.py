@@ -150,7 +150,9 @@ def locate(name_or_path: str | os.PathLike, *, allow_hub: bool = True) -> tuple[
         searched.append(f"HF cache ({repo})")
         if path is not None:
             return path, spec
-    if allow_hub and _hub_allowed():
+    if allow_hub and _hub_allowed() and not hub_reachable():
+        searched.append(f"hub unreachable ({_hub_endpoint()}: no answer in {_PROBE_TIMEOUT_S:.0f} s)")
+    elif allow_hub and _hub_allowed():
         for repo in repos:
             path, why = _from_hub(repo)
             searched.append(f"hub ({repo}: {why})" if why else f"hub ({repo})")
@@ -179,7 +181,36 @@ def _models_dir_candidates(short: str | None, repos: tuple[str, ...]) -> list[Pa
     out = [base / short] if short else []
     for repo in repos:
         out += [base / repo, base / repo.split("/")[-1]]
-    return out
+    return list(dict.fromkeys(out))  # a short name equal to the repo name is searched once
+
+
+_PROBE_TIMEOUT_S = 3.0
+_hub_probe: dict[str, bool] = {}
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable() -> bool:
+    """Whether the hub answers one short request (remembered for the process).
+
+    Without it, a missing model costs a dozen retries of the hub client before the error.
+    Any HTTP answer counts as reachable; proxies from the environment are honoured.
+    """
+    endpoint = _hub_endpoint()
+    if endpoint not in _hub_probe:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=_PROBE_TIMEOUT_S)
+            _hub_probe[endpoint] = True
+        except urllib.error.HTTPError:
+            _hub_probe[endpoint] = True
+        except (OSError, ValueError):
+            _hub_probe[endpoint] = False
+    return _hub_probe[endpoint]
 
 
 def _hub_allowed() -> bool:
@@ -243,7 +274,9 @@ def _locate_tokenizer(repo: str) -> Path:
     path = _from_hf_cache(repo, _TOKENIZER_FILES)
     if path is not None:
         return path
-    if _hub_allowed():
+    if _hub_allowed() and not hub_reachable():
+        searched.append("hub unreachable")
+    elif _hub_allowed():
         path, why = _from_hub(repo, ["*.json", "*.txt", "*.model"], _TOKENIZER_FILES)
         if path is not None:
             return path
@@ -265,6 +298,7 @@ def load_model(
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    check_device(name_or_path, dev)
     path, spec = locate(name_or_path)
     config = read_config(path)
     files = list_files(path)
@@ -277,6 +311,19 @@ def load_model(
     tokenizer = load_tokenizer(path, (spec.tokenizer if spec else None) or adapter.default_tokenizer)
     name = spec.name if spec else str(name_or_path)
     return LoadedModel(model, tokenizer, name, path, adapter, spec, config, dev)
+
+
+def check_device(name_or_path: str | os.PathLike, device: torch.device) -> None:
+    """A roster model whose family runs on a CUDA GPU only fails here, before any search or download."""
+    spec = get_spec(str(name_or_path))
+    if spec is None or device.type == "cuda":
+        return
+    adapter = get_adapter(spec.adapter)
+    if adapter.needs_gpu:
+        raise UnsupportedModelError(
+            f"model {spec.name!r} ({spec.family}) runs flash-linear-attention's Triton kernels: it needs a CUDA GPU "
+            f"and fla (pip install 'jrt-prompt[gpu]'); device {device} was given"
+        )
 
 
 def find_local(spec: ModelSpec) -> Path | None:
