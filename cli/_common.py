@@ -97,7 +97,7 @@ ModelOption = Annotated[
 ]
 RepeatOption = Annotated[
     int | None,
-    typer.Option("--repeat", "-k", min=1, help="Copies of the context, >= 1 (default 2; 1 for JRT-RNN)."),
+    typer.Option("--repeat", "-k", help="Copies of the context, >= 1 (default 2; 1 for JRT-RNN)."),
 ]
 QuestionFirstOption = Annotated[
     bool | None,

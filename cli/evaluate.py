@@ -88,7 +88,7 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="First N rows of each task (N >= 1).")] = None,
+    limit: Annotated[int | None, typer.Option(help="First N rows of each task (N >= 1).")] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -106,17 +106,17 @@ def eval_command(
         ),
     ] = Path("results"),
     context_length: Annotated[
-        int, typer.Option(min=0, help="The paper's context length in tokens (0: no truncation).")
+        int, typer.Option(help="The paper's context length in tokens (0: no truncation).")
     ] = 1000,
     answer_length: Annotated[
-        int, typer.Option(min=0, help="Token budget kept free for the answer when truncating.")
+        int, typer.Option(help="Token budget kept free for the answer when truncating.")
     ] = 50,
     max_new_tokens: Annotated[
-        int, typer.Option(min=1, help="Tokens generated per example, >= 1 (the paper: 48).")
+        int, typer.Option(help="Tokens generated per example, >= 1 (the paper: 48).")
     ] = 48,
-    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per batch, >= 1 (length-sorted).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (length-sorted).")] = 8,
     max_prompt_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Cut longer prompts from the left (default: model limit).")
+        int | None, typer.Option(help="Cut longer prompts from the left (default: model limit).")
     ] = None,
     save_prompts: Annotated[
         bool, typer.Option("--save-prompts", metavar="", help="Store each prompt in the samples files.")
@@ -153,7 +153,7 @@ def eval_command(
         repeats=tuple(dict.fromkeys(repeats)),
         limit=limit,
         data=resolve_data(tasks, data or []),
-        context_length=context_length or None,
+        context_length=None if context_length == 0 else context_length,
         answer_length=answer_length,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,

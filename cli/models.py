@@ -14,7 +14,7 @@ from ._common import console, reports_errors
 @reports_errors
 def models_command(
     prompt_tokens: Annotated[
-        int, typer.Option(min=1, help="Prompt length (tokens, >= 1) at which to size the memory columns.")
+        int, typer.Option(help="Prompt length (tokens, >= 1) at which to size the memory columns.")
     ] = 2048,
     local_only: Annotated[bool, typer.Option("--local", metavar="", help="Only list models found locally.")] = False,
     json_out: Annotated[bool, typer.Option("--json", metavar="", help="Print the rows as a JSON list.")] = False,

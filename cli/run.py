@@ -48,10 +48,10 @@ def run_command(
     model: ModelOption = "demo",
     repeat: RepeatOption = None,
     question_first: QuestionFirstOption = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate, >= 1.")] = 48,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate, >= 1.")] = 48,
     max_prompt_tokens: Annotated[
         int | None,
-        typer.Option(min=1, help="Cut the context so the prompt fits this many tokens (default: model limit)."),
+        typer.Option(help="Cut the context so the prompt fits this many tokens (default: model limit)."),
     ] = None,
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", metavar="", help="Print the prompt (on stderr) before the answer.")
@@ -136,20 +136,24 @@ def run_command(
     )
 
 
+# Off a terminal, a prompt this long gets a line saying that it is being read (it can take minutes).
+LONG_PROMPT_TOKENS = 2048
+
+
 class _Status:
-    """What ``jrt run`` is doing, on stderr: a spinner with elapsed time on a terminal, a line elsewhere."""
+    """What ``jrt run`` is doing, on stderr: a spinner on a terminal; elsewhere one line for a long prompt."""
 
     def __init__(self):
         self._status = None
 
-    def stage(self, text: str) -> None:
+    def stage(self, text: str, prompt_tokens: int | None = None) -> None:
         if sys.stderr.isatty():
             if self._status is None:
                 self._status = err_console.status(text)
                 self._status.start()
             else:
                 self._status.update(text)
-        else:
+        elif prompt_tokens is not None and prompt_tokens >= LONG_PROMPT_TOKENS:
             print(f"{text} ...", file=sys.stderr, flush=True)
 
     def stop(self) -> None:

@@ -233,6 +233,10 @@ def check_config(config: EvalConfig) -> None:
         raise JRTArgumentError(f"limit={config.limit} is invalid: evaluate at least one row per task (limit >= 1)")
     if config.max_prompt_tokens is not None and config.max_prompt_tokens < 1:
         raise JRTArgumentError(f"max_prompt_tokens={config.max_prompt_tokens} is invalid: use a positive count")
+    if config.context_length is not None and config.context_length < 1:
+        raise JRTArgumentError(f"context_length={config.context_length} is invalid: use tokens >= 1 (None: no truncation)")
+    if config.answer_length < 0:
+        raise JRTArgumentError(f"answer_length={config.answer_length} is invalid: use tokens >= 0")
     expand_tasks(config.tasks)  # unknown task names fail here
 
 
@@ -426,7 +430,7 @@ def upgrade_results(doc: dict[str, Any]) -> dict[str, Any]:
     results, samples = {}, {}
     for entry in doc["results"]:
         entry = dict(entry)
-        name = entry.pop("paper_task")
+        name = entry.pop("paper_task", None) or f"{entry['task']}_{entry['form']}"
         samples[name] = entry.pop("examples", [])
         entry.pop("skipped_examples", None)
         for metric, value in entry.pop("metrics", {}).items():

@@ -100,14 +100,15 @@ def run_prompt(
     device: str = "auto",
     dtype: str | None = None,
     mode: str = "default",
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str, int | None], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Render the JRT prompt for ``context``/``question``, generate the answer greedily, return both.
 
     mode: ``"default"`` (left padding masked, fp32 states) or ``"reference"`` (the published
     evaluation harness's behaviour, to match the paper's numbers; see docs/inference_modes.md).
-    on_stage: called with a short line before each long step (loading, reading the prompt).
+    on_stage: ``on_stage(text, prompt_tokens)`` before each long step: loading the model
+        (``prompt_tokens`` None), then reading the prompt and generating.
     on_warning: called with each warning (also kept in ``RunResult.warnings``) before generating.
     """
     if mode not in ("default", "reference"):
@@ -119,7 +120,7 @@ def run_prompt(
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
         raise JRTArgumentError(f"max_prompt_tokens={max_prompt_tokens} is invalid: use a positive token count")
     if not isinstance(model, LoadedModel) and on_stage:
-        on_stage(f"loading {model}")
+        on_stage(f"loading {model}", None)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     k = default_repeat(loaded) if repeat is None else repeat
     first = (k > 1) if question_first is None else question_first
@@ -148,7 +149,7 @@ def run_prompt(
         if on_warning:
             on_warning(warning)
     if on_stage:
-        on_stage(f"reading {n_prompt} prompt tokens and generating up to {max_new_tokens}")
+        on_stage(f"reading {n_prompt} prompt tokens and generating up to {max_new_tokens}", n_prompt)
     if mode == "reference":
         answer = generate_like_harness(loaded, [prompt], max_new_tokens=max_new_tokens)[0]
     else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from jrt_prompt.errors import JRTError
 
-from .registry import TaskSpec
+from .spec import TaskSpec
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
