@@ -57,6 +57,7 @@ class Engine:
     generate: Callable[[list[str], int], list[Any]]
     max_prompt_tokens: int | None = None
     tokenizer: Any = None  # needed only to cut contexts to the budget (--fit-context)
+    device: Any = None  # recorded in the summary
 
 
 def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) -> Engine:
@@ -77,6 +78,7 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
         generate=gen,
         max_prompt_tokens=loaded.token_limit(),
         tokenizer=tokenizer,
+        device=getattr(loaded, "device", None),
     )
 
 
@@ -139,6 +141,7 @@ class ScoreSummary:
     rows_with_answers: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -652,7 +655,14 @@ def _summarize(config, engine, parsed, final, done_before, scored_now, torn, ela
             "fit_context": config.fit_context,
             "shard": list(config.shard) if config.shard else None,
         },
+        environment=_environment(engine),
     )
+
+
+def _environment(engine: Engine) -> dict[str, Any]:
+    from .provenance import record
+
+    return record(engine.device if engine.device is not None else "cpu")
 
 
 def score_file(
