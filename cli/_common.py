@@ -147,7 +147,9 @@ def split_ints(values: list[str] | None, option: str) -> list[int]:
         try:
             out.append(int(part))
         except ValueError:
-            raise usage_error(f"{option} takes whole numbers (repeatable or comma-separated); got {part!r}") from None
+            raise usage_error(
+                f"{option} takes whole numbers (repeatable or comma-separated); got {part!r}"
+            ) from None
     return out
 
 

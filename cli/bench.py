@@ -48,7 +48,9 @@ def prefill_command(
         str, typer.Option(help="Comma-separated: fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla.")
     ] = "fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla",
     reps: Annotated[int, typer.Option(help="Timed repeats per method (median reported).")] = 10,
-    tune: Annotated[bool, typer.Option("--tune", metavar="", help="First pick the fastest kernel launch configuration.")] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune", metavar="", help="First pick the fastest kernel launch configuration.")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Draw ms against N (PNG) here.")] = None,
 ) -> None:

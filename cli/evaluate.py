@@ -145,7 +145,14 @@ def eval_command(
     if mode not in ("default", "reference"):
         raise usage_error(f"--mode {mode!r} is unknown: use default or reference")
     quiet_libraries()
-    from jrt_prompt.evaluation import EvalConfig, check_config, evaluate, resolve_data, results_path, write_results
+    from jrt_prompt.evaluation import (
+        EvalConfig,
+        check_config,
+        evaluate,
+        resolve_data,
+        results_path,
+        write_results,
+    )
 
     config = EvalConfig(
         model=model,

@@ -16,8 +16,12 @@ def models_command(
     prompt_tokens: Annotated[
         int, typer.Option(help="Prompt length (tokens, >= 1) at which to size the memory columns.")
     ] = 2048,
-    local_only: Annotated[bool, typer.Option("--local", metavar="", help="Only list models found locally.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", metavar="", help="Print the rows as a JSON list.")] = False,
+    local_only: Annotated[
+        bool, typer.Option("--local", metavar="", help="Only list models found locally.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the rows as a JSON list.")
+    ] = False,
 ) -> None:
     """List the roster: family, size, recurrent state vs a Transformer's KV cache, local availability."""
     from jrt_prompt.models.catalog import model_table

@@ -20,9 +20,9 @@ from ._common import (
     RepeatOption,
     console,
     err_console,
+    model_dtype,
     quiet_libraries,
     reports_errors,
-    model_dtype,
     usage_error,
 )
 
@@ -54,10 +54,14 @@ def run_command(
         typer.Option(help="Cut the context so the prompt fits this many tokens (default: model limit)."),
     ] = None,
     show_prompt: Annotated[
-        bool, typer.Option("--show-prompt", metavar="", help="Print the prompt (on stderr) before the answer.")
+        bool,
+        typer.Option("--show-prompt", metavar="", help="Print the prompt (on stderr) before the answer."),
     ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", metavar="", help="Print the answer and how it was obtained as one JSON object.")
+        bool,
+        typer.Option(
+            "--json", metavar="", help="Print the answer and how it was obtained as one JSON object."
+        ),
     ] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -95,7 +99,9 @@ def run_command(
             dtype=model_dtype(dtype),
             mode=mode,
             on_stage=status.stage,
-            on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True),
+            on_warning=lambda w: err_console.print(
+                f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True
+            ),
         )
     finally:
         status.stop()

@@ -54,16 +54,12 @@ def score_command(
     model: ModelOption = "demo",
     repeat: RepeatOption = None,
     question_first: QuestionFirstOption = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Prompts per batch, >= 1 (batches are length-sorted).")
-    ] = 8,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (batches are length-sorted).")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row, >= 1.")] = 48,
     limit: Annotated[int | None, typer.Option(help="Score only the first N rows (N >= 1).")] = None,
     max_prompt_tokens: Annotated[
         int | None,
-        typer.Option(
-            help="Rows whose prompt is longer become error rows (default: the model's limit)."
-        ),
+        typer.Option(help="Rows whose prompt is longer become error rows (default: the model's limit)."),
     ] = None,
     summary: Annotated[
         Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")
@@ -78,7 +74,9 @@ def score_command(
     fit_context: Annotated[
         bool,
         typer.Option(
-            "--fit-context", metavar="", help="Cut a too-long context (every copy alike) instead of an error row."
+            "--fit-context",
+            metavar="",
+            help="Cut a too-long context (every copy alike) instead of an error row.",
         ),
     ] = False,
     retry_errors: Annotated[
@@ -91,7 +89,11 @@ def score_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Score every row of INPUT with MODEL into OUT; safe to kill and rerun."""
-    for option, value in (("--limit", limit), ("--max-prompt-tokens", max_prompt_tokens), ("--repeat", repeat)):
+    for option, value in (
+        ("--limit", limit),
+        ("--max-prompt-tokens", max_prompt_tokens),
+        ("--repeat", repeat),
+    ):
         if value is not None and value < 1:
             raise usage_error(f"{option} {value} is invalid: use a whole number >= 1")
     shard_spec, device = _shard_and_device(shard, device)

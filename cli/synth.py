@@ -99,7 +99,10 @@ def eval_command(
         [], "--task-option", help="Override a task size KEY=VALUE (e.g. num_pairs=32, min_fields=12)."
     ),
     found: bool = typer.Option(
-        False, "--found", metavar="", help="Set disjointness: score 'names the shared element' instead of all marks."
+        False,
+        "--found",
+        metavar="",
+        help="Set disjointness: score 'names the shared element' instead of all marks.",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
 ) -> None:

@@ -230,11 +230,17 @@ def check_config(config: EvalConfig) -> None:
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise JRTArgumentError("max_new_tokens and batch_size must be positive")
     if config.limit is not None and config.limit < 1:
-        raise JRTArgumentError(f"limit={config.limit} is invalid: evaluate at least one row per task (limit >= 1)")
+        raise JRTArgumentError(
+            f"limit={config.limit} is invalid: evaluate at least one row per task (limit >= 1)"
+        )
     if config.max_prompt_tokens is not None and config.max_prompt_tokens < 1:
-        raise JRTArgumentError(f"max_prompt_tokens={config.max_prompt_tokens} is invalid: use a positive count")
+        raise JRTArgumentError(
+            f"max_prompt_tokens={config.max_prompt_tokens} is invalid: use a positive count"
+        )
     if config.context_length is not None and config.context_length < 1:
-        raise JRTArgumentError(f"context_length={config.context_length} is invalid: use tokens >= 1 (None: no truncation)")
+        raise JRTArgumentError(
+            f"context_length={config.context_length} is invalid: use tokens >= 1 (None: no truncation)"
+        )
     if config.answer_length < 0:
         raise JRTArgumentError(f"answer_length={config.answer_length} is invalid: use tokens >= 0")
     expand_tasks(config.tasks)  # unknown task names fail here
@@ -378,7 +384,7 @@ def samples_path(results_file: Path, task: str) -> Path:
     """The per-example rows of ``task`` beside ``results_file`` (lm-eval-harness's samples file)."""
     name = results_file.stem
     if name.startswith("results_"):
-        return results_file.with_name(f"samples_{task}_{name[len('results_'):]}.jsonl")
+        return results_file.with_name(f"samples_{task}_{name[len('results_') :]}.jsonl")
     return results_file.with_name(f"{name}_samples_{task}.jsonl")
 
 

@@ -50,7 +50,9 @@ class JRTPrompt:
         if self.question_first is None:
             object.__setattr__(self, "question_first", self.repeat > 1)
         elif not isinstance(self.question_first, bool):
-            raise JRTArgumentError(f"question_first={self.question_first!r} is invalid: use True, False or None")
+            raise JRTArgumentError(
+                f"question_first={self.question_first!r} is invalid: use True, False or None"
+            )
 
     @classmethod
     def plain(cls, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:

@@ -187,7 +187,10 @@ def bar_chart(docs: list[dict[str, Any]], path: str | os.PathLike, metric: str =
     ax.set_ylabel(f"{metric} (%)")
     ax.set_ylim(0, 110)
     ax.set_title(f"{', '.join(models)}: prompt forms compared ({metric}, n = examples per task)", fontsize=9)
-    handles = [Patch(facecolor=colors(f % 10), edgecolor="black", label=form_label(form)) for f, form in enumerate(forms)]
+    handles = [
+        Patch(facecolor=colors(f % 10), edgecolor="black", label=form_label(form))
+        for f, form in enumerate(forms)
+    ]
     if len(models) > 1:
         handles += [
             Patch(facecolor="white", edgecolor="black", hatch=_HATCHES[m % len(_HATCHES)], label=model)

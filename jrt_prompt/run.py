@@ -60,7 +60,9 @@ def read_context(path: str | os.PathLike, stdin: TextIO | None = None) -> str:
             f"context file {path} is not UTF-8 text (a PDF or other binary file?): convert it to UTF-8 text"
         ) from None
     except OSError as exc:
-        raise JRTError(f"context file {path} cannot be read ({exc.strerror}): check its permissions") from None
+        raise JRTError(
+            f"context file {path} cannot be read ({exc.strerror}): check its permissions"
+        ) from None
     if not text.strip():
         raise JRTArgumentError(f"context file {path} is empty: put the document text in it")
     return text
@@ -118,7 +120,9 @@ def run_prompt(
     if max_new_tokens < 1:
         raise JRTArgumentError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
     if max_prompt_tokens is not None and max_prompt_tokens < 1:
-        raise JRTArgumentError(f"max_prompt_tokens={max_prompt_tokens} is invalid: use a positive token count")
+        raise JRTArgumentError(
+            f"max_prompt_tokens={max_prompt_tokens} is invalid: use a positive token count"
+        )
     if not isinstance(model, LoadedModel) and on_stage:
         on_stage(f"loading {model}", None)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
@@ -136,8 +140,10 @@ def run_prompt(
     else:
         prompt = template.render(context, question)
     warnings = []
-    n_prompt = fitted.prompt_tokens if fitted is not None else len(
-        loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    n_prompt = (
+        fitted.prompt_tokens
+        if fitted is not None
+        else len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     )
     trained = trained_tokens(loaded)
     if trained and n_prompt > trained:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from jrt_cli._common import Progress, reports_errors
 from jrt_cli.main import app
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jrt_prompt" / "demo"
@@ -96,7 +95,9 @@ def test_run_warns_when_the_prompt_is_longer_than_training():
     result = runner.invoke(app, ["run", "--text", long_text, "-q", "What is the garden?", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert len(doc["warnings"]) == 1 and "longer than the 497 tokens demo was trained on" in doc["warnings"][0]
+    assert (
+        len(doc["warnings"]) == 1 and "longer than the 497 tokens demo was trained on" in doc["warnings"][0]
+    )
     assert "warning:" in result.stderr
 
 
@@ -106,11 +107,20 @@ def test_run_warns_when_the_prompt_is_longer_than_training():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["eval", "--model", "nowhere", "--tasks", "kv-docs", "--metric", "acc"], "--metric 'acc' is unknown"),
+        (
+            ["eval", "--model", "nowhere", "--tasks", "kv-docs", "--metric", "acc"],
+            "--metric 'acc' is unknown",
+        ),
         (["eval", "--model", "nowhere", "--tasks", "kv-docs", "--limit", "0"], "limit=0 is invalid"),
         (["eval", "--model", "nowhere", "--tasks", "kv-docs,swde_twice"], "pick the form with --repeat 2"),
-        (["eval", "--model", "nowhere", "--tasks", "kv-docs", "--repeat", "1,0"], "--repeat values must be >= 1"),
-        (["eval", "--model", "nowhere", "--tasks", "kv-docs", "--repeat", "1,x"], "--repeat takes whole numbers"),
+        (
+            ["eval", "--model", "nowhere", "--tasks", "kv-docs", "--repeat", "1,0"],
+            "--repeat values must be >= 1",
+        ),
+        (
+            ["eval", "--model", "nowhere", "--tasks", "kv-docs", "--repeat", "1,x"],
+            "--repeat takes whole numbers",
+        ),
         (["eval", "--model", "nowhere"], "pass at least one task"),
         (["models", "--prompt-tokens", "-5"], "prompt_tokens=-5 is invalid"),
         (["score", "in.jsonl", "--out", "o.jsonl", "--limit", "0"], "--limit 0 is invalid"),
@@ -139,7 +149,19 @@ def test_comma_lists_and_repeated_options_alike(tmp_path):
 
 @needs_demo
 def test_eval_writes_one_file_per_run_and_never_overwrites(tmp_path):
-    args = ["eval", "--model", "demo", "--task", "kv-docs", "--limit", "3", "--device", "cpu", "--max-new-tokens", "4"]
+    args = [
+        "eval",
+        "--model",
+        "demo",
+        "--task",
+        "kv-docs",
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+    ]
     first = runner.invoke(app, [*args, "--output-path", str(tmp_path / "runs")])
     second = runner.invoke(app, [*args, "--output-path", str(tmp_path / "runs")])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
@@ -213,7 +235,10 @@ def test_report_shows_every_repeat_count_and_zero_apart_from_missing(tmp_path):
 
     docs = [_doc("a", {"swde": {1: 0.0, 2: 0.5, 3: 0.75}, "fda": {1: 0.2, 2: 0.3}})]
     text = markdown_table(docs)
-    assert text.splitlines()[0] == "| model | task | n | default (contains) | JRT (contains) | JRT k=3 (contains) | Δ |"
+    assert (
+        text.splitlines()[0]
+        == "| model | task | n | default (contains) | JRT (contains) | JRT k=3 (contains) | Δ |"
+    )
     assert "| a | swde | 10 | 0.0 ± 5.0 | 50.0 ± 5.0 | 75.0 ± 5.0 | +50.0 |" in text
     assert "| a | fda | 10 | 20.0 ± 5.0 | 30.0 ± 5.0 | – | +10.0 |" in text
     png = bar_chart(docs, tmp_path / "c.png")
@@ -364,7 +389,11 @@ def _module_imports(package_dir: Path, package: str) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 if node.level == 1:  # within the package (the folders tested have no subpackages)
-                    names = [f"{package}.{node.module}"] if node.module else [f"{package}.{a.name}" for a in node.names]
+                    names = (
+                        [f"{package}.{node.module}"]
+                        if node.module
+                        else [f"{package}.{a.name}" for a in node.names]
+                    )
                 else:
                     names = [node.module or ""]
                 deps |= {n for n in names if n.startswith(package)}
@@ -372,7 +401,9 @@ def _module_imports(package_dir: Path, package: str) -> dict[str, set[str]]:
     return graph
 
 
-@pytest.mark.parametrize(("folder", "package"), [("cli", "jrt_cli"), ("jrt_prompt/tasks", "jrt_prompt.tasks")])
+@pytest.mark.parametrize(
+    ("folder", "package"), [("cli", "jrt_cli"), ("jrt_prompt/tasks", "jrt_prompt.tasks")]
+)
 def test_no_import_circles(folder, package):
     graph = _module_imports(ROOT / folder, package)
     for module in graph:
@@ -385,3 +416,43 @@ def test_no_import_circles(folder, package):
                 stack.extend(graph.get(dep, ()))
     if package == "jrt_cli":  # the commands know nothing of the app: only main registers them
         assert all("jrt_cli.main" not in deps for name, deps in graph.items() if name != "jrt_cli.__main__")
+
+
+@needs_demo
+def test_score_says_at_the_start_that_it_repaired_a_torn_line(tmp_path):
+    rows = [{"id": i, "context": RECORD.read_text(), "question": "What is the garden?"} for i in range(2)]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    args = ["score", str(data), "--out", str(out), "--device", "cpu", "--max-new-tokens", "4"]
+    assert runner.invoke(app, [*args, "--limit", "1"]).exit_code == 0
+    with out.open("ab") as f:
+        f.write(b'{"line": 2, "id": 1, "sta')  # the tail a kill -9 leaves
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    repaired = next(i for i, line in enumerate(lines) if "repaired 1 torn line" in line)
+    progress = next(i for i, line in enumerate(lines) if line.startswith("scoring: 1/1 rows,"))
+    assert lines[repaired].startswith("warning: ") and repaired < progress
+    summary = json.loads(result.stdout)
+    assert summary["torn_lines_repaired"] == 1 and summary["environment"]["versions"]["torch"]
+    rows_out = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["batch_seconds"] > 0 and "latency_s" not in r for r in rows_out)
+
+
+def test_sigterm_stops_with_the_resume_hint(tmp_path):
+    import signal
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time, typer\nfrom jrt_cli._common import reports_errors\napp = typer.Typer()\n"
+        "@app.command()\n@reports_errors(resumable=True)\ndef job() -> None:\n"
+        "    print('started', flush=True)\n    time.sleep(60)\napp()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "terminated: rerun the same command to resume"
