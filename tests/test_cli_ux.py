@@ -342,19 +342,41 @@ def test_interrupt_says_how_to_resume():
 
 
 def test_unreachable_hub_is_one_short_attempt(monkeypatch, tmp_path):
+    from jrt_prompt import hub
     from jrt_prompt.errors import ModelNotFoundError
     from jrt_prompt.models import loading
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("JRT_MODELS_DIR", str(tmp_path))
-    monkeypatch.setattr(loading, "_hub_probe", {})
+    monkeypatch.setattr(hub, "_probe", {})
     with pytest.raises(ModelNotFoundError) as caught:
         loading.locate("mamba-130m")
     message = str(caught.value)
     assert "hub unreachable" in message and len(message.splitlines()) == 1
     searched = message.split("searched ", 1)[1].split("; ")
     assert len(searched) == len(set(searched))  # no path listed twice
+
+
+def test_unreachable_hub_dataset_reads_the_cache_only(monkeypatch):
+    import time
+
+    from jrt_prompt import hub
+    from jrt_prompt.errors import JRTError
+    from jrt_prompt.tasks import get_task
+    from jrt_prompt.tasks.data import load_hub_rows
+
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as on a machine without HF_*_OFFLINE
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_probe", {hub.endpoint(): False})
+    started = time.perf_counter()
+    with pytest.raises(JRTError, match="not cached, and the hub is off or unreachable"):
+        load_hub_rows(get_task("swde"))
+    assert time.perf_counter() - started < 20  # no client retries (they take 25 s and more)
 
 
 def test_gpu_only_model_says_cuda_and_fla():

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import JRTError, ModelNotFoundError, UnsupportedModelError
+from ..hub import PROBE_TIMEOUT_S, endpoint, hub_reachable
+from ..hub import hub_allowed as _hub_allowed
 from .adapters.base import Adapter
 from .checkpoint import has_weights, list_files, read_config, resolve_device, resolve_dtype
 from .registry import ModelSpec, get_spec, suggest
@@ -163,7 +165,8 @@ def locate(name_or_path: str | os.PathLike, *, allow_hub: bool = True) -> tuple[
     name = spec.name if spec else text
     raise ModelNotFoundError(
         f"no local weights for model {name!r}; searched {'; '.join(searched)}. "
-        f"Download {repos[0]} on a machine with access and pass --model /path/to/dir or set JRT_MODELS_DIR"
+        f"Download {repos[0]} on a machine with access and pass its directory as the model "
+        "(--model DIR, load_model(DIR)) or set JRT_MODELS_DIR"
     )
 
 
@@ -184,37 +187,8 @@ def _models_dir_candidates(short: str | None, repos: tuple[str, ...]) -> list[Pa
     return list(dict.fromkeys(out))  # a short name equal to the repo name is searched once
 
 
-_PROBE_TIMEOUT_S = 3.0
-_hub_probe: dict[str, bool] = {}
-
-
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def hub_reachable() -> bool:
-    """Whether the hub answers one short request (remembered for the process).
-
-    Without it, a missing model costs a dozen retries of the hub client before the error.
-    Any HTTP answer counts as reachable; proxies from the environment are honoured.
-    """
-    endpoint = _hub_endpoint()
-    if endpoint not in _hub_probe:
-        import urllib.error
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=_PROBE_TIMEOUT_S)
-            _hub_probe[endpoint] = True
-        except urllib.error.HTTPError:
-            _hub_probe[endpoint] = True
-        except (OSError, ValueError):
-            _hub_probe[endpoint] = False
-    return _hub_probe[endpoint]
-
-
-def _hub_allowed() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
+_PROBE_TIMEOUT_S = PROBE_TIMEOUT_S
+_hub_endpoint = endpoint
 
 
 def _has_any(path: Path, names: tuple[str, ...]) -> bool:
