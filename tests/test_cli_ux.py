@@ -290,9 +290,9 @@ def test_import_jrt_prompt_is_light_and_registers_the_model_type():
 
 def test_registration_when_transformers_came_first():
     result = _python(
-        "from transformers import AutoConfig\nimport jrt_prompt\n"
-        "from jrt_prompt.models.modeling_jrt import JRTConfig\n"
-        "print(AutoConfig.for_model(JRTConfig.model_type).__class__.__name__)"
+        "import transformers.models.auto.modeling_auto\nfrom transformers import AutoConfig\n"
+        "import jrt_prompt\n"
+        "print(AutoConfig.for_model('jrt_hybrid').__class__.__name__)"
     )
     assert result.returncode == 0 and result.stdout.strip() == "JRTConfig", result.stderr
 
