@@ -361,13 +361,13 @@ def test_unreachable_hub_is_one_short_attempt(monkeypatch, tmp_path):
 def test_unreachable_hub_dataset_reads_the_cache_only(monkeypatch):
     import time
 
+    import datasets
+    import huggingface_hub
+
     from jrt_prompt import hub
     from jrt_prompt.errors import JRTError
     from jrt_prompt.tasks import get_task
     from jrt_prompt.tasks.data import load_hub_rows
-
-    import datasets
-    import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as on a machine without HF_*_OFFLINE
