@@ -9,13 +9,6 @@ from typing import Annotated
 import typer
 
 from ._common import console, reports_errors
-from .main import app
-
-bench_app = typer.Typer(
-    help="Benchmarks on a CUDA GPU: prefill and decode kernels against FlashAttention-2, whole models.",
-    no_args_is_help=True,
-)
-app.add_typer(bench_app, name="bench")
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -36,7 +29,6 @@ def _write_json(result: dict, path: Path | None) -> None:
         console.print(f"wrote {path}")
 
 
-@bench_app.command("prefill")
 @reports_errors
 def prefill_command(
     lengths: Annotated[
@@ -56,7 +48,9 @@ def prefill_command(
         str, typer.Option(help="Comma-separated: fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla.")
     ] = "fa2,cudnn,fla_fused_chunk_based,based,based_2n,pla",
     reps: Annotated[int, typer.Option(help="Timed repeats per method (median reported).")] = 10,
-    tune: Annotated[bool, typer.Option(help="First pick the fastest kernel launch configuration.")] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune", metavar="", help="First pick the fastest kernel launch configuration.")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Draw ms against N (PNG) here.")] = None,
 ) -> None:
@@ -91,7 +85,6 @@ def prefill_command(
         console.print(f"wrote {plot_prefill(result, plot)}")
 
 
-@bench_app.command("decode")
 @reports_errors
 def decode_command(
     batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4,16,64",
@@ -111,7 +104,6 @@ def decode_command(
     _write_json(result, json_out)
 
 
-@bench_app.command("model")
 @reports_errors
 def model_command(
     lengths: Annotated[str, typer.Option(help="Prompt lengths N, comma-separated.")] = "2048,8192,32768",

@@ -6,23 +6,41 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from jrt_prompt.evaluation import EvalConfig, evaluate, resolve_data, summary_rows, write_results
-from jrt_prompt.report import bar_chart, load_results, markdown_table, model_label
+from ._common import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    console,
+    err_console,
+    model_dtype,
+    progress,
+    quiet_libraries,
+    reports_errors,
+    split_ints,
+    split_list,
+    usage_error,
+)
 
-from ._common import DeviceOption, DtypeOption, ModelOption, console, err_console, model_dtype, reports_errors
-from .main import app
-from .score import RowsPerSecond
+METRICS = ("contains", "exact_match", "f1")
+TASK_HELP = (
+    "Tasks, comma-separated or repeated: swde, fda, squad, triviaqa, drop, nq512, nq1024, nq2048, "
+    "kv-docs; paper = the six of Table 1."
+)
 
 
-def results_table(results: dict, metric: str = "contains") -> Table:
-    table = Table(title=f"{model_label(results['model'])} — {metric} (%)")
+def results_table(results: dict, metric: str = "contains"):
+    from rich.table import Table
+
+    from jrt_prompt.evaluation import summary_rows
+    from jrt_prompt.report import model_label
+
+    table = Table(title=f"{model_label(results['model'])} — {metric} (%, ± standard error)")
     table.add_column("task")
     table.add_column("n", justify="right")
     table.add_column("skipped", justify="right")
-    forms = list(dict.fromkeys(r["form"] for r in results["results"]))
+    rows = summary_rows(results, metric)
+    forms = list(dict.fromkeys(f for r in rows for f in r["forms"]))
     for form in forms:
         table.add_column(
             "default" if form == "default" else ("JRT" if form == "jrt" else form), justify="right"
@@ -30,17 +48,16 @@ def results_table(results: dict, metric: str = "contains") -> Table:
     has_delta = "default" in forms and "jrt" in forms
     if has_delta:
         table.add_column("Δ", justify="right")
-    rows = summary_rows(results, metric)
     for row in rows:
         cells = [row["task"], str(row["n"]), str(row["skipped"])]
-        cells += [f"{row[f]:.1f}" if f in row else "–" for f in forms]
+        cells += [_cell(row.get(f), row.get(f"{f}_stderr")) for f in forms]
         if has_delta:
             cells.append(f"{row['delta']:+.1f}" if "delta" in row else "–")
         table.add_row(*cells)
     if len(rows) > 1:
         cells = ["average", str(sum(r["n"] for r in rows)), str(sum(r["skipped"] for r in rows))]
         for f in forms:
-            values = [r[f] for r in rows if f in r]
+            values = [r[f] for r in rows if r.get(f) is not None]
             cells.append(f"{sum(values) / len(values):.1f}" if values else "–")
         if has_delta:
             deltas = [r["delta"] for r in rows if "delta" in r]
@@ -49,43 +66,60 @@ def results_table(results: dict, metric: str = "contains") -> Table:
     return table
 
 
-@app.command("eval")
+def _cell(value, stderr) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f} ± {stderr:.1f}" if stderr is not None else f"{value:.1f}"
+
+
 @reports_errors
 def eval_command(
     task: Annotated[
-        list[str],
-        typer.Option(
-            "--task",
-            "-t",
-            help="Task (repeatable): swde, fda, squad, triviaqa, drop, nq512, nq1024, nq2048, kv-docs; paper = the six of Table 1.",
-        ),
-    ],
+        list[str] | None,
+        typer.Option("--tasks", "--task", "-t", help=TASK_HELP, show_default=False),
+    ] = None,
     model: ModelOption = "demo",
     repeat: Annotated[
-        list[int] | None,
-        typer.Option("--repeat", "-k", help="Prompt form (repeatable): 1 = default, 2 = JRT."),
+        list[str] | None,
+        typer.Option(
+            "--repeat",
+            "-k",
+            help="Prompt forms, comma-separated or repeated: 1 = default, 2 = JRT, k = k copies [default: 1,2].",
+            show_default=False,
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="First N rows of each task.")] = None,
+    limit: Annotated[int | None, typer.Option(help="First N rows of each task (N >= 1).")] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
             help="Local data: TASK=PATH, or a directory of <task>.jsonl/.parquet (repeatable); else the hub dataset."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results JSON.")] = Path("results.json"),
+    output_path: Annotated[
+        Path,
+        typer.Option(
+            "--output-path",
+            "--out",
+            "-o",
+            help="Directory: each run writes <model>/results_<time>.json and samples_<task>_<time>.jsonl "
+            "there. A path ending in .json names the results file itself. Nothing is overwritten.",
+        ),
+    ] = Path("results"),
     context_length: Annotated[
         int, typer.Option(help="The paper's context length in tokens (0: no truncation).")
     ] = 1000,
     answer_length: Annotated[
         int, typer.Option(help="Token budget kept free for the answer when truncating.")
     ] = 50,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per example (the paper: 48).")] = 48,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch (length-sorted).")] = 8,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Tokens generated per example, >= 1 (the paper: 48).")
+    ] = 48,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (length-sorted).")] = 8,
     max_prompt_tokens: Annotated[
         int | None, typer.Option(help="Cut longer prompts from the left (default: model limit).")
     ] = None,
     save_prompts: Annotated[
-        bool, typer.Option("--save-prompts", help="Store each prompt in the results.")
+        bool, typer.Option("--save-prompts", metavar="", help="Store each prompt in the samples files.")
     ] = False,
     mode: Annotated[
         str,
@@ -100,13 +134,33 @@ def eval_command(
     dtype: DtypeOption = "auto",
 ) -> None:
     """Run the paper's recall tasks with MODEL in the default and JRT prompt forms."""
+    tasks = split_list(task)
+    if not tasks:
+        raise usage_error("pass at least one task: --tasks swde,fda (or --task swde --task fda)")
+    repeats = split_ints(repeat, "--repeat") or [1, 2]
+    if any(r < 1 for r in repeats):
+        raise usage_error(f"--repeat values must be >= 1 (1 = default prompt, 2 = JRT); got {repeats}")
+    if metric not in METRICS:
+        raise usage_error(f"--metric {metric!r} is unknown: use one of {', '.join(METRICS)}")
+    if mode not in ("default", "reference"):
+        raise usage_error(f"--mode {mode!r} is unknown: use default or reference")
+    quiet_libraries()
+    from jrt_prompt.evaluation import (
+        EvalConfig,
+        check_config,
+        evaluate,
+        resolve_data,
+        results_path,
+        write_results,
+    )
+
     config = EvalConfig(
         model=model,
-        tasks=tuple(task),
-        repeats=tuple(repeat or (1, 2)),
+        tasks=tuple(tasks),
+        repeats=tuple(dict.fromkeys(repeats)),
         limit=limit,
-        data=resolve_data(task, data or []),
-        context_length=context_length or None,
+        data=resolve_data(tasks, data or []),
+        context_length=None if context_length == 0 else context_length,
         answer_length=answer_length,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -116,40 +170,31 @@ def eval_command(
         device=device,
         dtype=model_dtype(dtype),
     )
-    progress = Progress(
-        TextColumn("[bold]evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RowsPerSecond(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err_console,
-    )
-    state: dict = {}
-    with progress:
-        results = evaluate(
-            config,
-            on_start=lambda total: state.setdefault("task", progress.add_task("examples", total=total)),
-            on_progress=lambda n: progress.advance(state["task"], n),
-        )
-    write_results(results, out)
+    check_config(config)
+    results_path(output_path, model)  # an existing results file fails now, not after the run
+    with progress("evaluating") as display:
+        results = evaluate(config, on_start=display.start, on_progress=display.advance)
+    written = write_results(results, output_path)
     console.print(results_table(results, metric))
-    console.print(f"[dim]results: {out}[/]")
+    err_console.print(f"[dim]results: {written}[/]", highlight=False, soft_wrap=True)
 
 
-@app.command("report")
 @reports_errors
 def report_command(
     results: Annotated[list[Path], typer.Argument(help="Result files written by `jrt eval`.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the Markdown table here too.")
     ] = None,
-    png: Annotated[Path, typer.Option(help="Bar chart of default vs JRT per task and model.")] = Path(
-        "report.png"
-    ),
+    png: Annotated[
+        Path, typer.Option(help="Bar chart (PNG) of every prompt form per task and model.")
+    ] = Path("report.png"),
     metric: Annotated[str, typer.Option(help="contains, exact_match or f1.")] = "contains",
 ) -> None:
     """Turn `jrt eval` result files into a Markdown table and a PNG bar chart."""
+    if metric not in METRICS:
+        raise usage_error(f"--metric {metric!r} is unknown: use one of {', '.join(METRICS)}")
+    from jrt_prompt.report import bar_chart, load_results, markdown_table
+
     docs = load_results(results)
     text = markdown_table(docs, metric)
     if out is not None:
@@ -157,4 +202,4 @@ def report_command(
         out.write_text(text)
     chart = bar_chart(docs, png, metric)
     console.print(text, markup=False, highlight=False)
-    console.print(f"[dim]chart: {chart}[/]")
+    err_console.print(f"[dim]chart: {chart}[/]", highlight=False)

@@ -8,18 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
-from jrt_prompt.errors import JRTError
-from jrt_prompt.scoring import score_file
 
 from ._common import (
     DeviceOption,
@@ -29,18 +17,13 @@ from ._common import (
     RepeatOption,
     console,
     err_console,
+    library_warnings,
     model_dtype,
+    progress,
+    quiet_libraries,
     reports_errors,
+    usage_error,
 )
-from .main import app
-
-
-class RowsPerSecond(ProgressColumn):
-    """Rows finished per second (rich's own speed estimate over the recent window)."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} rows/s" if speed else "-- rows/s", style="cyan")
 
 
 def _shard_and_device(shard: str | None, device: str) -> tuple[tuple[int, int] | None, str]:
@@ -57,12 +40,11 @@ def _shard_and_device(shard: str | None, device: str) -> tuple[tuple[int, int] |
         return None, device
     index, sep, count = shard.partition("/")
     if not sep or not index.strip().isdigit() or not count.strip().isdigit():
-        raise JRTError(f"--shard {shard!r} is invalid: use I/N, e.g. 0/4")
+        raise usage_error(f"--shard {shard!r} is invalid: use I/N, e.g. 0/4")
     return (int(index), int(count)), device
 
 
-@app.command("score")
-@reports_errors
+@reports_errors(resumable=True)
 def score_command(
     input: Annotated[Path, typer.Argument(help="JSONL file: one object per line with context and question.")],
     out: Annotated[
@@ -72,9 +54,9 @@ def score_command(
     model: ModelOption = "demo",
     repeat: RepeatOption = None,
     question_first: QuestionFirstOption = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch (batches are length-sorted).")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row.")] = 48,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (batches are length-sorted).")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row, >= 1.")] = 48,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N rows (N >= 1).")] = None,
     max_prompt_tokens: Annotated[
         int | None,
         typer.Option(help="Rows whose prompt is longer become error rows (default: the model's limit)."),
@@ -92,41 +74,39 @@ def score_command(
     fit_context: Annotated[
         bool,
         typer.Option(
-            "--fit-context", help="Cut a too-long context (every copy alike) instead of an error row."
+            "--fit-context",
+            metavar="",
+            help="Cut a too-long context (every copy alike) instead of an error row.",
         ),
     ] = False,
     retry_errors: Annotated[
-        bool, typer.Option("--retry-errors", help="On resume, score the error rows of OUT again.")
+        bool, typer.Option("--retry-errors", metavar="", help="On resume, score the error rows of OUT again.")
     ] = False,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit with code 1 when any row is an error row.")
+        bool, typer.Option("--strict", metavar="", help="Exit with code 1 when any row is an error row.")
     ] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
     """Score every row of INPUT with MODEL into OUT; safe to kill and rerun."""
-    progress = Progress(
-        TextColumn("[bold]scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RowsPerSecond(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    )
-    state: dict = {}
-
-    def on_start(total: int, done: int) -> None:
-        if done:
-            err_console.print(f"resuming: {done} of {total} rows already in {out}")
-        state["task"] = progress.add_task("rows", total=total - done)
-
-    def on_progress(n: int) -> None:
-        progress.advance(state["task"], n)
-
+    for option, value in (
+        ("--limit", limit),
+        ("--max-prompt-tokens", max_prompt_tokens),
+        ("--repeat", repeat),
+    ):
+        if value is not None and value < 1:
+            raise usage_error(f"{option} {value} is invalid: use a whole number >= 1")
     shard_spec, device = _shard_and_device(shard, device)
-    with progress:
+    quiet_libraries()
+    from jrt_prompt.scoring import score_file
+
+    with progress("scoring") as display, library_warnings():
+
+        def on_start(total: int, done: int) -> None:
+            if done:
+                err_console.print(f"resuming: {done} of {total} rows already in {out}", highlight=False)
+            display.start(total - done)
+
         result = score_file(
             input,
             out,
@@ -144,10 +124,8 @@ def score_command(
             device=device,
             dtype=model_dtype(dtype),
             on_start=on_start,
-            on_progress=on_progress,
+            on_progress=display.advance,
         )
-    if result.torn_lines_repaired:
-        err_console.print(f"repaired {result.torn_lines_repaired} torn line(s) left by an interrupted run")
     console.print_json(json.dumps(result.to_json()))
     if strict and result.errors:
         err_console.print(

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import console, reports_errors
-from .main import app
-
-synth = typer.Typer(
-    help="Synthetic recall tasks (MQAR, set disjointness, kv-docs): train and evaluate small models.",
-    no_args_is_help=True,
-)
-app.add_typer(synth, name="synth")
+from ._common import auto_device, console, quiet_libraries, reports_errors
 
 
 def _options(values: list[str]) -> dict:
@@ -35,7 +28,6 @@ def _options(values: list[str]) -> dict:
     return out
 
 
-@synth.command("train")
 @reports_errors
 def train_command(
     out: Path = typer.Option(
@@ -64,7 +56,7 @@ def train_command(
     batch_size: int = typer.Option(256),
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cuda", help="cuda or cpu."),
+    device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     eval_examples: int = typer.Option(1000, help="Held-out examples per form."),
     init_from: Path | None = typer.Option(
         None,
@@ -73,8 +65,11 @@ def train_command(
     ),
 ) -> None:
     """Train one model, evaluate it in every prompt form, save it."""
+    quiet_libraries()
     from jrt_prompt.synthetic.models import ModelSpec
     from jrt_prompt.synthetic.training import TrainConfig, run_job
+
+    device = auto_device(device)
 
     config = TrainConfig(
         task=task,
@@ -95,7 +90,6 @@ def train_command(
     console.print(f"saved to {out}")
 
 
-@synth.command("eval")
 @reports_errors
 def eval_command(
     path: Path = typer.Argument(..., help="A directory written by `jrt synth train`."),
@@ -105,13 +99,19 @@ def eval_command(
         [], "--task-option", help="Override a task size KEY=VALUE (e.g. num_pairs=32, min_fields=12)."
     ),
     found: bool = typer.Option(
-        False, "--found", help="Set disjointness: score 'names the shared element' instead of all marks."
+        False,
+        "--found",
+        metavar="",
+        help="Set disjointness: score 'names the shared element' instead of all marks.",
     ),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
 ) -> None:
     """Held-out accuracy of a trained model in the three prompt forms."""
+    quiet_libraries()
     from jrt_prompt.synthetic.models import state_floats
     from jrt_prompt.synthetic.training import evaluate_saved
+
+    device = auto_device(device)
 
     accuracy, model, lengths = evaluate_saved(
         path, num_examples=examples, seed=seed, device=device, task_options=_options(task_option), found=found

@@ -3,11 +3,20 @@
 Every error a user can cause (a bad option, a missing file, an unknown model, a malformed row)
 is raised as :class:`JRTError` with a one-line message that names the input and says how to fix
 it. The command line prints the message alone and exits non-zero; Python callers can catch it.
+
+An invalid argument value (a repeat count below 1, an unknown mode or metric, an empty question)
+is a :class:`JRTArgumentError`, which is also a :class:`ValueError`, as Python callers expect.
+Messages name the argument by its Python name (``repeat``, ``device``); the command line's flags
+use the same words (``--repeat``, ``--device``).
 """
 
 
 class JRTError(Exception):
     """An error caused by the user's input; its message is one line naming the input and the fix."""
+
+
+class JRTArgumentError(JRTError, ValueError):
+    """An argument has an invalid value (also a ``ValueError``)."""
 
 
 class ModelNotFoundError(JRTError):

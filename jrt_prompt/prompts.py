@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import JRTError
+from .errors import JRTArgumentError
 
 
 @dataclass(frozen=True)
@@ -28,23 +28,31 @@ class JRTPrompt:
     """How to lay out a context and a question for a recurrent LM.
 
     repeat: how many copies of the context (k >= 1); the paper's JRT-Prompt uses 2.
-    question_first: also place the question before the first copy of the context.
+    question_first: also place the question before the first copy of the context; None (the
+        default) means ``repeat > 1``, as on the command line: ``JRTPrompt(repeat=1)`` is the plain
+        prompt and ``JRTPrompt()`` (repeat 2) the paper's JRT prompt.
     separator: text between the question, the copies of the context and the final question.
     answer_prefix: text after the final question (e.g. ``" Answer:"``); empty by default.
     """
 
     repeat: int = 2
-    question_first: bool = True
+    question_first: bool | None = None
     separator: str = "\n"
     answer_prefix: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 1:
-            raise JRTError(
+            raise JRTArgumentError(
                 f"repeat={self.repeat!r} is invalid: the context must be shown at least once (use repeat >= 1)"
             )
         if not isinstance(self.separator, str) or not isinstance(self.answer_prefix, str):
-            raise JRTError("separator and answer_prefix must be strings")
+            raise JRTArgumentError("separator and answer_prefix must be strings")
+        if self.question_first is None:
+            object.__setattr__(self, "question_first", self.repeat > 1)
+        elif not isinstance(self.question_first, bool):
+            raise JRTArgumentError(
+                f"question_first={self.question_first!r} is invalid: use True, False or None"
+            )
 
     @classmethod
     def plain(cls, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:
@@ -55,7 +63,7 @@ class JRTPrompt:
         """The prompt text for one context and question."""
         _check_question(question)
         if not isinstance(context, str):
-            raise JRTError(f"context must be a string, got {type(context).__name__}")
+            raise JRTArgumentError(f"context must be a string, got {type(context).__name__}")
         parts = []
         if self.question_first:
             parts.append(question)
@@ -110,16 +118,16 @@ def fit_prompt(
     """
     _check_question(question)
     if keep not in ("start", "end"):
-        raise JRTError(f"keep={keep!r} is invalid: use 'start' or 'end'")
+        raise JRTArgumentError(f"keep={keep!r} is invalid: use 'start' or 'end'")
     if max_tokens < 1:
-        raise JRTError(f"token budget {max_tokens} is invalid: use a positive number of tokens")
+        raise JRTArgumentError(f"token budget {max_tokens} is invalid: use a positive number of tokens")
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     fixed = count(template.render("", question))
     if fixed > max_tokens:
-        raise JRTError(
+        raise JRTArgumentError(
             f"token budget {max_tokens} is smaller than the question and layout alone ({fixed} tokens): "
             "raise the budget or shorten the question"
         )
@@ -147,6 +155,6 @@ def fit_prompt(
 
 def _check_question(question: Any) -> None:
     if not isinstance(question, str):
-        raise JRTError(f"question must be a string, got {type(question).__name__}")
+        raise JRTArgumentError(f"question must be a string, got {type(question).__name__}")
     if not question.strip():
-        raise JRTError("question is empty: pass the question to ask about the context")
+        raise JRTArgumentError("question is empty: pass the question to ask about the context")

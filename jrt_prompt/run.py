@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-from .errors import JRTError
+from .errors import JRTArgumentError, JRTError
 from .generation import Generation, generate_like_harness
 from .models.loading import LoadedModel, load_model
 from .prompts import FittedPrompt, JRTPrompt
@@ -24,36 +29,58 @@ class RunResult:
     repeat: int
     question_first: bool
     fitted: FittedPrompt | None
+    warnings: tuple[str, ...] = field(default=())
 
 
-def read_context(value: str) -> str:
-    """``value`` is the context text, or the path of a file holding it."""
-    if not value or not value.strip():
-        raise JRTError("context is empty: pass the document text or a file with --context")
-    candidate = Path(value).expanduser()
-    looks_like_file = (
-        "\n" not in value
-        and len(value) < 4096
-        and (candidate.suffix in (".txt", ".md", ".json", ".jsonl", ".csv", ".html") or "/" in value)
-        and " " not in value.strip()
-    )
-    try:
-        is_file = candidate.is_file()
-    except OSError:
-        is_file = False
-    if is_file:
-        try:
-            text = candidate.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise JRTError(f"context file {value} is not UTF-8 text: convert it to UTF-8") from None
+def read_context(path: str | os.PathLike, stdin: TextIO | None = None) -> str:
+    """The context held in the UTF-8 text file ``path``; ``"-"`` reads standard input.
+
+    A path is never taken as the context itself: pass literal text to :func:`run_prompt` directly
+    (``jrt run --text``).
+    """
+    if str(path) == "-":
+        text = (stdin if stdin is not None else sys.stdin).read()
         if not text.strip():
-            raise JRTError(f"context file {value} is empty: put the document text in it")
+            raise JRTArgumentError("context from standard input (--context -) is empty: pipe the document in")
         return text
-    if looks_like_file:
-        raise JRTError(
-            f"context file {value} does not exist: pass an existing file or the context text itself"
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        raise JRTArgumentError(
+            f"context file {path} is a directory: pass a text file, - for standard input, or the text with --text"
         )
-    return value
+    if not candidate.is_file():
+        raise JRTArgumentError(
+            f"context file {path} does not exist: pass an existing text file, - for standard input, "
+            "or the text itself with --text"
+        )
+    try:
+        text = candidate.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JRTArgumentError(
+            f"context file {path} is not UTF-8 text (a PDF or other binary file?): convert it to UTF-8 text"
+        ) from None
+    except OSError as exc:
+        raise JRTError(
+            f"context file {path} cannot be read ({exc.strerror}): check its permissions"
+        ) from None
+    if not text.strip():
+        raise JRTArgumentError(f"context file {path} is empty: put the document text in it")
+    return text
+
+
+def trained_tokens(loaded: LoadedModel) -> int | None:
+    """The longest prompt the model was trained on, where the checkpoint says (``training.json`` of
+    models trained by this project, else the config's position limit)."""
+    record = Path(loaded.path) / "training.json"
+    if record.is_file():
+        try:
+            lengths = json.loads(record.read_text()).get("sequence_lengths") or {}
+            values = [v for v in lengths.values() if isinstance(v, int) and v > 0]
+            if values:
+                return max(values)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return loaded.token_limit()
 
 
 def default_repeat(loaded: LoadedModel) -> int:
@@ -75,18 +102,29 @@ def run_prompt(
     device: str = "auto",
     dtype: str | None = None,
     mode: str = "default",
+    on_stage: Callable[[str, int | None], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Render the JRT prompt for ``context``/``question``, generate the answer greedily, return both.
 
     mode: ``"default"`` (left padding masked, fp32 states) or ``"reference"`` (the published
     evaluation harness's behaviour, to match the paper's numbers; see docs/inference_modes.md).
+    on_stage: ``on_stage(text, prompt_tokens)`` before each long step: loading the model
+        (``prompt_tokens`` None), then reading the prompt and generating.
+    on_warning: called with each warning (also kept in ``RunResult.warnings``) before generating.
     """
     if mode not in ("default", "reference"):
-        raise JRTError(f"mode {mode!r} is unknown: use default or reference")
+        raise JRTArgumentError(f"mode {mode!r} is unknown: use default or reference")
     # Check the options before spending time on loading the model.
     JRTPrompt(repeat=1 if repeat is None else repeat, separator=separator).render(context, question)
     if max_new_tokens < 1:
-        raise JRTError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
+        raise JRTArgumentError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise JRTArgumentError(
+            f"max_prompt_tokens={max_prompt_tokens} is invalid: use a positive token count"
+        )
+    if not isinstance(model, LoadedModel) and on_stage:
+        on_stage(f"loading {model}", None)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     k = default_repeat(loaded) if repeat is None else repeat
     first = (k > 1) if question_first is None else question_first
@@ -101,8 +139,25 @@ def run_prompt(
         prompt = fitted.text
     else:
         prompt = template.render(context, question)
+    warnings = []
+    n_prompt = (
+        fitted.prompt_tokens
+        if fitted is not None
+        else len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    )
+    trained = trained_tokens(loaded)
+    if trained and n_prompt > trained:
+        warnings.append(
+            f"the prompt is {n_prompt} tokens, longer than the {trained} tokens {loaded.name} was trained on: "
+            "expect slow, unreliable answers (pass a shorter context or max_prompt_tokens)"
+        )
+    for warning in warnings:
+        if on_warning:
+            on_warning(warning)
+    if on_stage:
+        on_stage(f"reading {n_prompt} prompt tokens and generating up to {max_new_tokens}", n_prompt)
     if mode == "reference":
         answer = generate_like_harness(loaded, [prompt], max_new_tokens=max_new_tokens)[0]
     else:
         answer = loaded.generate([prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
-    return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted)
+    return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import fcntl
 import json
+import logging
 import os
 import re
 import time
@@ -35,6 +36,8 @@ from .errors import JRTError
 from .prompts import JRTPrompt
 from .tasks.metrics import METRIC_NAMES
 from .tasks.metrics import score as score_prediction
+
+log = logging.getLogger(__name__)
 
 OPTIONAL_FIELDS = ("id", "answers", "repeat", "question_first")
 
@@ -54,6 +57,7 @@ class Engine:
     generate: Callable[[list[str], int], list[Any]]
     max_prompt_tokens: int | None = None
     tokenizer: Any = None  # needed only to cut contexts to the budget (--fit-context)
+    device: Any = None  # recorded in the summary
 
 
 def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) -> Engine:
@@ -74,6 +78,7 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
         generate=gen,
         max_prompt_tokens=loaded.token_limit(),
         tokenizer=tokenizer,
+        device=getattr(loaded, "device", None),
     )
 
 
@@ -136,6 +141,7 @@ class ScoreSummary:
     rows_with_answers: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -487,6 +493,8 @@ def _score_locked(
 ) -> ScoreSummary:
     """Score ``parsed`` rows not yet done, appending to ``write_path`` (rows in ``earlier`` count as done)."""
     done, torn = repair_output(write_path)
+    if torn:
+        log.warning("repaired %d torn line(s) at the end of %s, left by an interrupted run", torn, write_path)
     if config.retry_errors and any(r.get("status") == "error" for r in done.values()):
         done = {line: r for line, r in done.items() if r.get("status") != "error"}
         _atomic_write(write_path, _jsonl_bytes(done.values()))
@@ -598,7 +606,7 @@ def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
         "answer_tokens": int(gen.answer_tokens),
         "prediction": gen.text,
         "finish_reason": gen.finish_reason,
-        "latency_s": round(float(gen.seconds), 6),
+        "batch_seconds": round(float(gen.seconds), 6),  # wall time of the row's whole batch
     }
     if row.context_cut_tokens:
         out["context_cut_tokens"] = row.context_cut_tokens
@@ -606,6 +614,12 @@ def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
         out["answers"] = row.answers
         out.update(score_prediction(gen.text, row.answers))
     return out
+
+
+def batch_seconds(row: dict[str, Any]) -> float | None:
+    """Wall time of the batch that scored ``row`` (``latency_s`` in outputs of earlier versions)."""
+    value = row.get("batch_seconds", row.get("latency_s"))
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _summarize(config, engine, parsed, final, done_before, scored_now, torn, elapsed) -> ScoreSummary:
@@ -641,7 +655,14 @@ def _summarize(config, engine, parsed, final, done_before, scored_now, torn, ela
             "fit_context": config.fit_context,
             "shard": list(config.shard) if config.shard else None,
         },
+        environment=_environment(engine),
     )
+
+
+def _environment(engine: Engine) -> dict[str, Any]:
+    from .provenance import record
+
+    return record(engine.device if engine.device is not None else "cpu")
 
 
 def score_file(

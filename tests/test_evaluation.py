@@ -49,27 +49,34 @@ def test_eval_cli_two_tasks_both_forms(tmp_path, models):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     for word in ("swde", "drop", "default", "JRT", "average"):
-        assert word in result.output
+        assert word in result.stdout
     doc = json.loads(out.read_text())
-    assert [(r["task"], r["form"], r["paper_task"]) for r in doc["results"]] == [
-        ("swde", "default", "based_swde"),
-        ("swde", "jrt", "based_swde_twice"),
-        ("drop", "default", "based_drop"),
-        ("drop", "jrt", "based_drop_twice"),
+    assert [(name, r["task"], r["form"]) for name, r in doc["results"].items()] == [
+        ("based_swde", "swde", "default"),
+        ("based_swde_twice", "swde", "jrt"),
+        ("based_drop", "drop", "default"),
+        ("based_drop_twice", "drop", "jrt"),
     ]
-    for entry in doc["results"]:
-        assert entry["n"] == 2 and entry["skipped"] == 0
-        assert [e["index"] for e in entry["examples"]] == [0, 1]
+    assert doc["versions"]["torch"] and doc["versions"]["transformers"] and "fla" in doc["versions"]
+    assert doc["device"]["device"] == "cpu" and doc["config"]["max_new_tokens"] == 6
+    for name, entry in doc["results"].items():
+        assert entry["n"] == 2 and entry["skipped"] == 0 and doc["n-samples"][name]["effective"] == 2
+        examples = [json.loads(line) for line in (out.parent / doc["samples"][name]).read_text().splitlines()]
+        assert [e["index"] for e in examples] == [0, 1]
         expected = EXPECTED[entry["task"]]
-        for example in entry["examples"]:
+        for example in examples:
             # the model read exactly the paper's prompt string (no truncation at 1000 tokens here)
             assert example["prompt"] == expected[example["index"]][entry["repeat"] - 1]
             assert example["contains"] == contains(example["prediction"], example["answers"])
             assert example["exact_match"] == exact_match(example["prediction"], example["answers"])
             assert example["f1"] == token_f1(example["prediction"], example["answers"])
             assert 1 <= example["answer_tokens"] <= 6
-        mean = 100 * sum(e["contains"] for e in entry["examples"]) / 2
-        assert entry["metrics"]["contains"] == mean
+        values = [e["contains"] for e in examples]
+        assert entry["contains,none"] == sum(values) / 2
+        # lm-eval-harness's standard error: sample standard deviation over sqrt(n)
+        mean = sum(values) / 2
+        stderr = (sum((v - mean) ** 2 for v in values) / 1 / 2) ** 0.5
+        assert entry["contains_stderr,none"] == pytest.approx(stderr)
 
 
 def test_eval_truncates_and_skips_like_the_paper(tmp_path, models):
@@ -88,12 +95,12 @@ def test_eval_truncates_and_skips_like_the_paper(tmp_path, models):
     config = EvalConfig(model="unused", tasks=("fda",), repeats=(1, 2), data={"fda": data}, context_length=250,
                         max_new_tokens=2, save_prompts=True)  # fmt: skip
     doc = evaluate(config, load_model(models["llama"], device="cpu"))
-    default, jrt = doc["results"]
-    assert default["skipped"] == 1 and default["skipped_examples"][0]["index"] == 0
-    (example,) = default["examples"]
+    default, jrt = doc["results"].values()
+    assert default["skipped"] == 1 and doc["skipped"]["based_fda"][0]["index"] == 0
+    (example,) = doc["samples"]["based_fda"]
     assert example["context_truncated"] and "Product code: DXN" in example["prompt"]
     assert example["prompt_tokens"] <= 200 + len(" Product code:") + 1
-    body = jrt["examples"][0]["prompt"][len("Information about Product code. ") : -len(" Product code:")]
+    body = doc["samples"]["based_fda_twice"][0]["prompt"][len("Information about Product code. ") : -len(" Product code:")]
     first, second = body.split("\n")
     assert first == second and first.rstrip(".") + ". Product code:" == example["prompt"].rstrip()
 
@@ -102,16 +109,21 @@ def test_eval_fails_fast_on_missing_data(tmp_path):
     from jrt_cli.main import app
 
     result = CliRunner().invoke(
-        app, ["eval", "--model", "nowhere", "--task", "swde", "--data", f"swde={tmp_path}/no.jsonl"]
+        app, ["eval", "--model", "demo", "--task", "swde", "--data", f"swde={tmp_path}/no.jsonl"]
     )
     assert result.exit_code == 2 and "does not exist" in result.output
+    # the model is checked before the data
+    result = CliRunner().invoke(
+        app, ["eval", "--model", "nowhere", "--task", "swde", "--data", f"swde={tmp_path}/no.jsonl"]
+    )
+    assert result.exit_code == 2 and result.output.startswith("error: unknown model 'nowhere'")
 
 
 def test_eval_rejects_rows_without_the_task_fields(tmp_path):
     data = tmp_path / "drop.jsonl"
     data.write_text(json.dumps({"context": "c", "question": "q", "answers": ["a"]}) + "\n")
     with pytest.raises(JRTError, match="orig_question"):
-        evaluate(EvalConfig(model="unused", tasks=("drop",), repeats=(2,), data={"drop": data}))
+        evaluate(EvalConfig(model="demo", tasks=("drop",), repeats=(2,), data={"drop": data}))
 
 
 def test_report_markdown_and_png(tmp_path, models):
@@ -129,6 +141,7 @@ def test_report_markdown_and_png(tmp_path, models):
     assert result.exit_code == 0, result.output
     text = md.read_text()
     assert text.startswith("| model | task | n | default (contains) | JRT (contains) | Δ |")
+    assert "±" in text or "| 1 |" in text  # n = 1: no standard error
     assert text.count("| nq1024 |") == 2 and text.count("**average** (2 tasks)") == 2
     assert "| tiny-llama | nq1024 |" in text and "| tiny-llama-b | nq1024 |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,15 +193,15 @@ def test_reference_mode_uses_the_harness_generator(tmp_path, models):
     loaded = load_model(models["llama"], device="cpu")
     config = EvalConfig(model="unused", tasks=("drop",), repeats=(2,), data={"drop": FIXTURES / "drop.jsonl"},
                         max_new_tokens=5, batch_size=2, mode="reference", save_prompts=True)  # fmt: skip
-    (entry,) = evaluate(config, loaded)["results"]
-    prompts = [e["prompt"] for e in entry["examples"]]
+    (examples,) = evaluate(config, loaded)["samples"].values()
+    prompts = [e["prompt"] for e in examples]
     assert prompts == [pair[1] for pair in EXPECTED["drop"]]
     expected = harness_generate(loaded.model, loaded.tokenizer, prompts, batch_size=2, max_new_tokens=5)
-    assert [e["prediction"] for e in entry["examples"]] == expected
-    assert all(e["finish_reason"] == "reference" for e in entry["examples"])
-    with pytest.raises(JRTError, match="--mode"):
+    assert [e["prediction"] for e in examples] == expected
+    assert all(e["finish_reason"] == "reference" for e in examples)
+    with pytest.raises(ValueError, match="mode 'fast' is unknown"):
         evaluate(
-            EvalConfig(model="unused", tasks=("drop",), mode="fast", data={"drop": FIXTURES / "drop.jsonl"})
+            EvalConfig(model="demo", tasks=("drop",), mode="fast", data={"drop": FIXTURES / "drop.jsonl"})
         )
 
 
@@ -204,8 +217,8 @@ def test_demo_model_recalls_more_kv_docs_when_it_reads_twice(tmp_path):
     config = EvalConfig(model="unused", tasks=("kv-docs",), repeats=(1, 2), limit=64, batch_size=8)
     doc = evaluate(config, load_model(DEMO, device="cpu"))
     by_repeat = {}
-    for entry in doc["results"]:
+    for entry in doc["results"].values():
         assert entry["n"] == 64 and entry["source"].endswith("kv_docs_heldout.jsonl")
-        by_repeat[entry["repeat"]] = entry["metrics"]["contains"]
+        by_repeat[entry["repeat"]] = 100 * entry["contains,none"]
     # measured: 56.3 (one read) and 67.2 (JRT) on these 64 rows; chance is about 1 in 11
     assert by_repeat[1] >= 40.0 and by_repeat[2] >= by_repeat[1] + 5.0, by_repeat

@@ -105,7 +105,7 @@ def test_errors_name_the_model_and_fix(tmp_path, monkeypatch):
         load_model("mamba-1.4b", device="cpu")
     message = str(info.value)
     assert "mamba-1.4b" in message and "HF cache (state-spaces/mamba-1.4b)" in message
-    assert "--model /path/to/dir" in message and "\n" not in message
+    assert "(--model DIR, load_model(DIR))" in message and "\n" not in message
     with pytest.raises(JRTError, match="is not a directory"):
         load_model(str(tmp_path / "nowhere"), device="cpu")
     (tmp_path / "empty").mkdir()

@@ -81,7 +81,7 @@ def test_bad_rows_become_error_rows_and_the_run_goes_on(tmp_path, tiny):
     ok = [r for r in rows if r["status"] == "ok"]
     assert [r["id"] for r in ok] == ["r0", "r1", "r2"]
     for r in ok:
-        assert r["prompt_tokens"] > 0 and 1 <= r["answer_tokens"] <= 4 and r["latency_s"] > 0
+        assert r["prompt_tokens"] > 0 and 1 <= r["answer_tokens"] <= 4 and r["batch_seconds"] > 0
         assert set(r) >= {"prediction", "finish_reason", "contains", "exact_match", "f1"}
     assert (summary.rows, summary.ok, summary.errors) == (13, 3, 10)
     saved = json.loads(out.with_name("out.jsonl.summary.json").read_text())

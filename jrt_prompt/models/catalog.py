@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import JRTError
+from ..errors import JRTArgumentError, JRTError
 from .checkpoint import read_config
 from .loading import find_local, get_adapter, package_dir
 from .registry import ModelSpec, roster
@@ -43,6 +43,8 @@ def memory_bytes(spec: ModelSpec, prompt_tokens: int) -> int | None:
 
 
 def model_table(prompt_tokens: int = 2048) -> list[ModelRow]:
+    if not isinstance(prompt_tokens, int) or prompt_tokens < 1:
+        raise JRTArgumentError(f"prompt_tokens={prompt_tokens!r} is invalid: size the memory at a positive token count")
     rows = []
     for spec in roster().values():
         arch = spec.arch

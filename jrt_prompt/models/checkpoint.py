@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import JRTError
+from ..errors import JRTArgumentError, JRTError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -121,7 +121,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         "fp16": torch.float16,
     }
     if dtype not in names:
-        raise JRTError(f"dtype {dtype!r} is unknown: use one of auto, float32, bfloat16, float16")
+        raise JRTArgumentError(f"dtype {dtype!r} is unknown: use one of auto, float32, bfloat16, float16")
     return names[dtype]
 
 
@@ -134,7 +134,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise JRTError(f"device {device!r} is unknown: use cpu, cuda or cuda:N") from None
+        raise JRTArgumentError(f"device {device!r} is unknown: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise JRTError(f"device {device!r} was asked for but no CUDA GPU is available: use --device cpu")
+        raise JRTArgumentError(f"device {device!r} was asked for but no CUDA GPU is available: use device cpu or auto")
     return dev

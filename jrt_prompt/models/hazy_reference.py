@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import JRTError
-from .modeling_jrt import JRTForCausalLM
+from .modeling_jrt import JRTForCausalLM, output_cache
 
 HARNESS_PAD_TOKEN_ID = 220
 HARNESS_ENC_LENGTH = 1024
@@ -108,10 +108,11 @@ def _greedy_hybrid(model: JRTForCausalLM, ids, harness_mask, max_new_tokens: int
     model.set_inference_mode("reference")
     try:
         out = model(ids, use_cache=True, logits_to_keep=1, harness_pad_mask=harness_mask)
-        cache = out.past_key_values
+        cache = output_cache(out)
         tokens = [out.logits[:, -1].argmax(-1)]
         for _ in range(max_new_tokens - 1):
             out = model(tokens[-1][:, None], past_key_values=cache, use_cache=True)
+            cache = output_cache(out)
             tokens.append(out.logits[:, -1].argmax(-1))
     finally:
         model.set_inference_mode(previous)

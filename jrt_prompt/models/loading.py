@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import JRTError, ModelNotFoundError, UnsupportedModelError
+from ..hub import PROBE_TIMEOUT_S, endpoint, hub_reachable
+from ..hub import hub_allowed as _hub_allowed
 from .adapters.base import Adapter
 from .checkpoint import has_weights, list_files, read_config, resolve_device, resolve_dtype
 from .registry import ModelSpec, get_spec, suggest
@@ -150,7 +152,9 @@ def locate(name_or_path: str | os.PathLike, *, allow_hub: bool = True) -> tuple[
         searched.append(f"HF cache ({repo})")
         if path is not None:
             return path, spec
-    if allow_hub and _hub_allowed():
+    if allow_hub and _hub_allowed() and not hub_reachable():
+        searched.append(f"hub unreachable ({_hub_endpoint()}: no answer in {_PROBE_TIMEOUT_S:.0f} s)")
+    elif allow_hub and _hub_allowed():
         for repo in repos:
             path, why = _from_hub(repo)
             searched.append(f"hub ({repo}: {why})" if why else f"hub ({repo})")
@@ -161,7 +165,8 @@ def locate(name_or_path: str | os.PathLike, *, allow_hub: bool = True) -> tuple[
     name = spec.name if spec else text
     raise ModelNotFoundError(
         f"no local weights for model {name!r}; searched {'; '.join(searched)}. "
-        f"Download {repos[0]} on a machine with access and pass --model /path/to/dir or set JRT_MODELS_DIR"
+        f"Download {repos[0]} on a machine with access and pass its directory as the model "
+        "(--model DIR, load_model(DIR)) or set JRT_MODELS_DIR"
     )
 
 
@@ -179,11 +184,11 @@ def _models_dir_candidates(short: str | None, repos: tuple[str, ...]) -> list[Pa
     out = [base / short] if short else []
     for repo in repos:
         out += [base / repo, base / repo.split("/")[-1]]
-    return out
+    return list(dict.fromkeys(out))  # a short name equal to the repo name is searched once
 
 
-def _hub_allowed() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes", "on")
+_PROBE_TIMEOUT_S = PROBE_TIMEOUT_S
+_hub_endpoint = endpoint
 
 
 def _has_any(path: Path, names: tuple[str, ...]) -> bool:
@@ -243,7 +248,9 @@ def _locate_tokenizer(repo: str) -> Path:
     path = _from_hf_cache(repo, _TOKENIZER_FILES)
     if path is not None:
         return path
-    if _hub_allowed():
+    if _hub_allowed() and not hub_reachable():
+        searched.append("hub unreachable")
+    elif _hub_allowed():
         path, why = _from_hub(repo, ["*.json", "*.txt", "*.model"], _TOKENIZER_FILES)
         if path is not None:
             return path
@@ -265,6 +272,7 @@ def load_model(
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    check_device(name_or_path, dev)
     path, spec = locate(name_or_path)
     config = read_config(path)
     files = list_files(path)
@@ -277,6 +285,19 @@ def load_model(
     tokenizer = load_tokenizer(path, (spec.tokenizer if spec else None) or adapter.default_tokenizer)
     name = spec.name if spec else str(name_or_path)
     return LoadedModel(model, tokenizer, name, path, adapter, spec, config, dev)
+
+
+def check_device(name_or_path: str | os.PathLike, device: torch.device) -> None:
+    """A roster model whose family runs on a CUDA GPU only fails here, before any search or download."""
+    spec = get_spec(str(name_or_path))
+    if spec is None or device.type == "cuda":
+        return
+    adapter = get_adapter(spec.adapter)
+    if adapter.needs_gpu:
+        raise UnsupportedModelError(
+            f"model {spec.name!r} ({spec.family}) runs flash-linear-attention's Triton kernels: it needs a CUDA GPU "
+            f"and fla (pip install 'jrt-prompt[gpu]'); device {device} was given"
+        )
 
 
 def find_local(spec: ModelSpec) -> Path | None:

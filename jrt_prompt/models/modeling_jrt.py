@@ -1004,6 +1004,8 @@ class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
         use_cache: bool = True,
         **kwargs,
     ) -> dict[str, Any]:
+        if past_key_values is None:  # transformers >= 5.2x hands the cache over as ``cache``
+            past_key_values = kwargs.get("cache")
         if isinstance(past_key_values, JRTCache) and past_key_values.seen_tokens > 0:
             input_ids = input_ids[:, past_key_values.seen_tokens :]
         inputs = {
@@ -1034,6 +1036,8 @@ class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
         are shifted inside). use_cache: return a :class:`JRTCache` to continue from.
         logits_to_keep: compute logits for the last n positions only (0 = all).
         """
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
         if use_cache is None:
             use_cache = past_key_values is not None
         hidden, cache = self.transformer(
@@ -1053,7 +1057,17 @@ class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
                 labels[:, 1:].reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+
+
+# The output's cache field: ``cache`` in newer transformers (``past_key_values`` there is a deprecated
+# alias that warns), ``past_key_values`` before.
+_CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The cache of a model output under either field name, without the deprecation warning."""
+    return getattr(output, _CACHE_FIELD, None)
 
 
 AutoConfig.register(JRTConfig.model_type, JRTConfig, exist_ok=True)

@@ -44,7 +44,7 @@ class ModelSpec:
 
 
 def roster_path() -> Path:
-    return Path(str(resources.files("jrt_prompt") / "configs" / "models.yaml"))
+    return Path(str(resources.files("jrt_prompt.configs") / "models.yaml"))
 
 
 @functools.cache

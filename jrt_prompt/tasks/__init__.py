@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .metrics import METRIC_NAMES, contains, exact_match, mean_scores, score, token_f1
+from .metrics import METRIC_NAMES, aggregate, contains, exact_match, mean_scores, score, token_f1
 from .registry import PAPER_TASKS, TASKS, TaskSpec, expand_tasks, get_task
 from .truncation import Truncation, truncate_context
 
 __all__ = [
     "METRIC_NAMES",
+    "aggregate",
     "PAPER_TASKS",
     "TASKS",
     "TaskExample",

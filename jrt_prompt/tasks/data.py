@@ -7,7 +7,7 @@ from typing import Any
 
 from jrt_prompt.errors import JRTError
 
-from .registry import TaskSpec
+from .spec import TaskSpec
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -36,14 +36,18 @@ def load_hub_rows(spec: TaskSpec) -> list[dict[str, Any]]:
 
     if spec.hub_id is None:
         raise JRTError(f"task {spec.name} has no hub dataset; pass --data {spec.name}=PATH")
-    try:
-        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise JRTError(
-            f"task {spec.name}: dataset {spec.hub_id} is neither cached nor reachable ({first}); "
-            f"pass --data {spec.name}=PATH with a JSONL/Parquet file holding the fields {', '.join(spec.fields)}"
-        ) from None
+    from jrt_prompt.hub import offline_unless_reachable
+
+    with offline_unless_reachable() as online:
+        try:
+            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            where = "neither cached nor reachable" if online else "not cached, and the hub is off or unreachable"
+            raise JRTError(
+                f"task {spec.name}: dataset {spec.hub_id} is {where} ({first}); pass --data "
+                f"{spec.name}=PATH with a JSONL/Parquet file holding the fields {', '.join(spec.fields)}"
+            ) from None
     return [dict(row) for row in ds]
 
 

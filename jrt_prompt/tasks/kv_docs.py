@@ -15,7 +15,7 @@ from typing import Any
 from jrt_prompt.errors import JRTError
 from jrt_prompt.prompts import JRTPrompt
 
-from .registry import TaskSpec, register
+from .spec import TaskSpec
 
 # The same draw the demo package writes to demo/kv_docs_heldout.jsonl (jrt_prompt.synthetic.demo).
 HELD_OUT_SEED = 1234
@@ -57,21 +57,19 @@ def _load_default(limit: int | None) -> tuple[list[dict[str, Any]], str]:
     return rows, f"generated kv-docs (n={n}, seed={HELD_OUT_SEED})"
 
 
-register(
-    TaskSpec(
-        name="kv-docs",
-        hub_id=None,
-        hub_config=None,
-        split="validation",
-        fields=("context", "question", "answers"),
-        twice_fields=(),
-        prompt=kv_docs_prompt,
-        gold=_answers,
-        context_key="context",
-        answer_keys=(),
-        paper_name="kv_docs",
-        description="synthetic key-value documents (this project's demo task)",
-        truncate=False,
-        extra={"loader": _load_default},
-    )
+KV_DOCS = TaskSpec(
+    name="kv-docs",
+    hub_id=None,
+    hub_config=None,
+    split="validation",
+    fields=("context", "question", "answers"),
+    twice_fields=(),
+    prompt=kv_docs_prompt,
+    gold=_answers,
+    context_key="context",
+    answer_keys=(),
+    paper_name="kv_docs",
+    description="synthetic key-value documents (this project's demo task)",
+    truncate=False,
+    extra={"loader": _load_default},
 )

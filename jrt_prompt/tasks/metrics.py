@@ -74,3 +74,26 @@ def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {name: 0.0 for name in METRIC_NAMES}
     return {name: 100.0 * sum(r[name] for r in rows) / len(rows) for name in METRIC_NAMES}
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)), as lm-eval-harness
+    reports them; (None, None) for no values, stderr None for one value."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, (variance / n) ** 0.5
+
+
+def aggregate(rows: Sequence[dict[str, float]]) -> dict[str, float | None]:
+    """Each metric as a fraction in [0, 1] with its standard error (``contains``, ``contains_stderr``, ...)."""
+    out: dict[str, float | None] = {}
+    for name in METRIC_NAMES:
+        mean, stderr = mean_stderr([float(r[name]) for r in rows])
+        out[name] = mean
+        out[f"{name}_stderr"] = stderr
+    return out

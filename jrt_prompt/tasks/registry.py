@@ -1,46 +1,15 @@
-"""The evaluation tasks as data: dataset, fields, prompt builder, gold labels, truncation keys."""
+"""The evaluation tasks as data: dataset, fields, prompt builder, gold labels, truncation keys.
+
+This module imports the task definitions and registers them; no task module imports it back.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-from jrt_prompt.errors import JRTError
+from jrt_prompt.errors import JRTArgumentError
 
 from . import formats
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One evaluation task.
-
-    name: the name used on the command line (``jrt eval --task NAME``).
-    hub_id / hub_config / split: where ``datasets`` finds it on the hub (None: local data only).
-    fields: the fields every row needs (``twice_fields`` in addition for repeat >= 2).
-    prompt: ``prompt(doc, repeat) -> str``, the exact prompt text.
-    gold: ``gold(doc) -> list[str]``, the gold labels.
-    context_key / answer_keys: what the paper's truncation cuts and which labels it centres on.
-    paper_name: the harness task name of the default form (``<paper_name>_twice`` is the JRT form).
-    """
-
-    name: str
-    hub_id: str | None
-    hub_config: str | None
-    split: str
-    fields: tuple[str, ...]
-    twice_fields: tuple[str, ...]
-    prompt: Callable[[dict, int], str]
-    gold: Callable[[dict], list[str]]
-    context_key: str
-    answer_keys: tuple[str, ...]
-    paper_name: str
-    description: str = ""
-    truncate: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def required_fields(self, repeat: int) -> tuple[str, ...]:
-        return self.fields + (self.twice_fields if repeat > 1 else ())
+from .kv_docs import KV_DOCS
+from .spec import TaskSpec
 
 
 def _value_gold(doc: dict) -> list[str]:
@@ -159,6 +128,8 @@ for _size in (512, 1024, 2048):
         )
     )
 
+_add(KV_DOCS)
+
 # The six paper tasks, in the order of the paper's tables (NQ at 1024 tokens by default).
 PAPER_TASKS = ("swde", "fda", "squad", "triviaqa", "drop", "nq1024")
 
@@ -174,16 +145,14 @@ _ALIASES = {
 
 def get_task(name: str) -> TaskSpec:
     """The task called ``name`` (also accepts the harness names, e.g. ``based_swde``)."""
-    from . import kv_docs  # noqa: F401  (registers the synthetic task on first use)
-
     key = name.strip().lower()
     if key.startswith("based_"):
         key = key[len("based_") :]
     if key.endswith("_twice"):
-        raise JRTError(f"task {name!r}: pick the form with --repeat 2 instead of the _twice suffix")
+        raise JRTArgumentError(f"task {name!r}: pick the form with --repeat 2 instead of the _twice suffix")
     key = _ALIASES.get(key, key)
     if key not in TASKS:
-        raise JRTError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise JRTArgumentError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[key]
 
 
@@ -197,5 +166,5 @@ def expand_tasks(names) -> list[str]:
 
 
 def register(spec: TaskSpec) -> None:
-    """Add a task (used by the synthetic kv-docs task)."""
+    """Add a task of your own (``jrt_prompt.tasks.TaskSpec``) under ``spec.name``."""
     _add(spec)

@@ -59,7 +59,8 @@ def detect(config: dict[str, Any], files: set[str]) -> bool:
 def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.dtype | None):
     if device.type != "cuda":
         raise JRTError(
-            f"{config.get('model_type')} models run fla's Triton kernels, which need a CUDA GPU: pass --device cuda"
+            f"{config.get('model_type')} models run flash-linear-attention's Triton kernels: they need a CUDA GPU "
+            "(device='cuda') and fla (pip install 'jrt-prompt[gpu]')"
         )
     import_fla()
     from transformers import AutoModelForCausalLM
