@@ -62,6 +62,12 @@ def _check_dtypes(**tensors):
             raise JRTError(f"{name} has dtype {t.dtype}; use float32, bfloat16 or float16")
 
 
+def _no_float64(x, **tensors):
+    for name, t in {"hidden_states": x, **tensors}.items():
+        if t is not None and t.dtype == torch.float64:
+            raise JRTError(f"{name} is float64, which only the reference takes; pass float32 or set JRT_KERNELS=reference")
+
+
 def _check_scan(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, kwargs):
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise JRTError(f"hidden_states must be 4-D [batch, seq, heads, head_dim]; got {_shape(x)}")
@@ -138,6 +144,7 @@ def ssd_chunk_scan(
     name = ssd_implementation(implementation)
     if backend_for(hidden_states) == "reference":
         return reference.ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, **args)
+    _no_float64(hidden_states, dt=dt, A=A, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     if name == "fla":
         from . import fla
 
@@ -205,6 +212,7 @@ def ssd_state_update(
     args = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=bool(dt_softplus))
     if backend_for(x) == "reference":
         return reference.ssd_state_update(state, x, dt, A, B, C, **args)
+    _no_float64(x, state=state, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     from . import triton as triton_ssd
 
     return triton_ssd.ssd_state_update(state, x, dt, A, B, C, **args)
