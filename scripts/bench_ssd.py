@@ -137,10 +137,10 @@ def tune(args) -> list[dict]:
     pos = (t["x"], t["dt"], t["A"], t["B"], t["C"], args.chunk)
     kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True, return_final_states=True)
     results = []
-    for chunk, bm, bk, warps, stages in itertools.product((64, 128, 256), (64, 128), (32, 64), (4, 8), (2, 3)):
+    for chunk, bm, bk, warps, pre in itertools.product((64, 128, 256), (64, 128), (32, 64), (4, 8), (True, False)):
         if bm > chunk or bk > chunk:
             continue
-        cfg = tssd.SSDConfig(chunk=chunk, block_m=bm, block_k=bk, num_warps=warps, num_stages=stages)
+        cfg = tssd.SSDConfig(chunk=chunk, block_m=bm, block_k=bk, num_warps=warps, precompute_cb=pre)
         try:
             ms = time_ms(lambda: tssd.ssd_chunk_scan(*pos, config=cfg, **kw), budget_ms=300.0)
         except Exception as exc:  # e.g. out of shared memory for a large tile

@@ -2,6 +2,7 @@
 shapes) == reference; the public ops' checks and dispatch. Full-size GPU runs: marker `gpu` at the end.
 """
 
+import dataclasses
 import importlib
 import math
 import os
@@ -129,17 +130,29 @@ def test_reference_steps_equal_the_chunk_scan():
 # --- Triton (interpreter) == reference -------------------------------------------------------
 
 SMALL = tssd.SSDConfig(block_m=16, block_k=16, block_p=16, block_n=16, block_h=4, block_pass=64)
+SMALL_INLINE_CB = dataclasses.replace(SMALL, precompute_cb=False)  # C B^T inside the output kernel
 
 
 @interpreter
 @pytest.mark.parametrize(
-    "dtype,l", [(torch.float32, 1), (torch.float32, 17), (torch.float32, 40), (torch.bfloat16, 17), (torch.bfloat16, 40)]
+    "dtype,l,cb",
+    [
+        (torch.float32, 1, "pre"),
+        (torch.float32, 17, "pre"),
+        (torch.float32, 40, "pre"),
+        (torch.bfloat16, 17, "pre"),
+        (torch.bfloat16, 40, "pre"),
+        (torch.float32, 40, "inline"),
+        (torch.bfloat16, 17, "inline"),
+    ],
 )
-def test_triton_chunk_scan_matches_reference(dtype, l):
-    # h=4, p=16, n=16, g=2, chunk 16; batch 2; initial state, D skip, z gate, final state
+def test_triton_chunk_scan_matches_reference(dtype, l, cb):
+    # h=4, p=16, n=16, g=2, chunk 16; batch 2; initial state, D skip, z gate, final state; C B^T
+    # in its own launch ("pre") or inside the output kernel ("inline")
     x, dt, A, B, C, D, dt_bias, s0, z = _scan_inputs(2, l, 4, 16, 2, 16, dtype=dtype, seed=l)
     kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, return_final_states=True)
-    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 16, config=SMALL, **kw)
+    config = SMALL if cb == "pre" else SMALL_INLINE_CB
+    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 16, config=config, **kw)
     y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 16, **kw)
     assert y.dtype == dtype and final.dtype == torch.float32
     assert _rel(y, y_ref) <= TOL[dtype]
@@ -151,9 +164,11 @@ def test_triton_chunk_scan_without_state_skip_or_bias_and_with_dt_limit():
     # one query block of 32 over two key blocks of 16 (the causal mask inside a block), fp16
     x, dt, A, B, C, *_ = _scan_inputs(1, 45, 4, 16, 1, 16, dtype=torch.float16, seed=2)
     cfg = tssd.SSDConfig(block_m=32, block_k=16, block_p=16, block_n=16)
+    cfg_inline = dataclasses.replace(cfg, precompute_cb=False)
+    y_in = tssd.ssd_chunk_scan(x, dt.abs(), A, B, C, 32, dt_limit=(0.05, 0.5), config=cfg_inline)
     y, final = tssd.ssd_chunk_scan(x, dt.abs(), A, B, C, 32, dt_limit=(0.05, 0.5), return_final_states=True, config=cfg)
     y_ref, final_ref = ref.ssd_chunk_scan(x, dt.abs(), A, B, C, 32, dt_limit=(0.05, 0.5), return_final_states=True)
-    assert _rel(y, y_ref) <= TOL[torch.float16]
+    assert _rel(y, y_ref) <= TOL[torch.float16] and _rel(y_in, y_ref) <= TOL[torch.float16]
     assert _rel(final, final_ref) <= TOL[torch.float16]
     assert tssd.ssd_chunk_scan(x, dt.abs(), A, B, C, 32, config=cfg).shape == x.shape
 
@@ -399,13 +414,14 @@ def test_gpu_chunk_scan_matches_reference(implementation, dtype, b, l):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("precompute_cb", [True, False])
 @pytest.mark.parametrize("chunk", [64, 128, 256])
-def test_gpu_triton_views_of_one_projection_and_chunk_lengths(chunk):
+def test_gpu_triton_views_of_one_projection_and_chunk_lengths(chunk, precompute_cb):
     h, p, g, n = FULL["h"], FULL["p"], FULL["g"], FULL["n"]
     x, B, C, dt = (t.cuda() for t in _projection_views(2, 1500, h, p, g, n, dtype=torch.bfloat16, seed=chunk))
     _, _, A, _, _, D, dt_bias, s0, _ = _scan_inputs(2, 1, h, p, g, n, seed=1, device="cuda")
     kw = dict(D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, return_final_states=True)
-    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 256, config=tssd.SSDConfig(chunk=chunk), **kw)
+    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 256, config=tssd.SSDConfig(chunk=chunk, precompute_cb=precompute_cb), **kw)
     y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 256, **kw)
     assert _rel(y, y_ref) <= 2e-2 and _rel(final, final_ref) <= 2e-2
 

@@ -42,12 +42,17 @@ class SSDConfig:
 
     chunk: int = 0  # tokens per chunk (power of two, 16..256); the result does not depend on it
     block_m: int = 64  # query tokens per output program
-    block_k: int = 64  # key tokens per inner step (output and chunk-state kernels)
+    block_k: int = 32  # key tokens per inner step (output and chunk-state kernels)
     block_p: int = 64  # head-dim columns per program
     block_n: int = 64  # state columns per chunk-state program (the output kernel takes all of n)
     block_h: int = 16  # heads per program of the dt / cumsum kernel
     block_pass: int = 1024  # state elements per program of the carry pass
-    num_warps: int = 4
+    # C B^T of each chunk once per group in its own launch (read by every head of the group), instead
+    # of inside the output kernel once per head
+    precompute_cb: bool = True
+    # 8 warps with 32-token key blocks: no kernel spills on sm_90 (ptxas, bf16 and fp32; 4 warps
+    # with 64-token blocks take 250+ registers and spill in fp32)
+    num_warps: int = 8
     num_stages: int = 2
 
 
@@ -128,8 +133,8 @@ def _chunk_state_kernel(
     CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)  # heads vary fastest: the programs running together share B
+    c = tl.program_id(1)
     pid_pn = tl.program_id(2)
     b = (bh // H).to(tl.int64)
     h = bh % H
@@ -195,9 +200,49 @@ def _state_pass_kernel(
 
 
 @triton.jit
+def _chunk_cb_kernel(
+    B_ptr, C_ptr, cb_ptr,
+    L, N, NCHUNK, G,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    s_C_b, s_C_l, s_C_g, s_C_n,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """C_i . B_j for one [BLOCK_M, BLOCK_M] block (j's block <= i's) of a chunk of one group."""
+    M_BLOCKS: tl.constexpr = CHUNK // BLOCK_M
+    pid = tl.program_id(0)
+    bg = tl.program_id(1)
+    c = pid // (M_BLOCKS * M_BLOCKS)
+    mb = (pid // M_BLOCKS) % M_BLOCKS
+    kb = pid % M_BLOCKS
+    if kb <= mb:
+        b = (bg // G).to(tl.int64)
+        grp = bg % G
+        offs_m = c * CHUNK + mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = c * CHUNK + kb * BLOCK_M + tl.arange(0, BLOCK_M)
+        acc = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < N
+            Cm = tl.load(
+                C_ptr + b * s_C_b + grp * s_C_g + offs_m[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                mask=(offs_m < L)[:, None] & mask_n[None, :], other=0.0,
+            )
+            Bt = tl.load(
+                B_ptr + b * s_B_b + grp * s_B_g + offs_k[None, :] * s_B_l + offs_n[:, None] * s_B_n,
+                mask=(offs_k < L)[None, :] & mask_n[:, None], other=0.0,
+            )
+            acc += _mm(Cm, Bt, DOT, PREC)
+        cb = cb_ptr + (b * NCHUNK + c) * G * CHUNK * CHUNK + grp * CHUNK * CHUNK
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = kb * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(cb + rows[:, None] * CHUNK + cols[None, :], acc.to(cb_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _chunk_out_kernel(
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dt_ptr, cs_ptr, st_ptr, out_ptr,
-    L, H, P, N, NCHUNK, HG,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dt_ptr, cs_ptr, st_ptr, cb_ptr, out_ptr,
+    L, H, P, N, NCHUNK, HG, G,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_B_b, s_B_l, s_B_g, s_B_n,
     s_C_b, s_C_l, s_C_g, s_C_n,
@@ -206,11 +251,11 @@ def _chunk_out_kernel(
     s_o_b, s_o_l, s_o_h, s_o_p,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_CB: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
     M_BLOCKS: tl.constexpr = CHUNK // BLOCK_M
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)  # heads vary fastest: the programs running together share B, C (and C B^T)
+    pid_m = tl.program_id(1)
     c = pid_m // M_BLOCKS
     mb = pid_m % M_BLOCKS
     b = (bh // H).to(tl.int64)
@@ -239,14 +284,19 @@ def _chunk_out_kernel(
 
     # intra-chunk term over key blocks up to this query block's last token
     k_hi = tl.minimum((mb + 1) * BLOCK_M, L - c * CHUNK)
+    cb = cb_ptr + (b * NCHUNK + c) * G * CHUNK * CHUNK + grp * CHUNK * CHUNK
+    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     for k0 in range(0, k_hi, BLOCK_K):
         offs_k = c * CHUNK + k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < L
-        Bt = tl.load(
-            B_base + offs_k[None, :] * s_B_l + offs_n[:, None] * s_B_n,
-            mask=mask_k[None, :] & mask_n[:, None], other=0.0,
-        )
-        scores = _mm(Cm, Bt, DOT, PREC)  # [m, k]
+        if HAS_CB:
+            scores = tl.load(cb + rows[:, None] * CHUNK + (k0 + tl.arange(0, BLOCK_K))[None, :]).to(tl.float32)
+        else:
+            Bt = tl.load(
+                B_base + offs_k[None, :] * s_B_l + offs_n[:, None] * s_B_n,
+                mask=mask_k[None, :] & mask_n[:, None], other=0.0,
+            )
+            scores = _mm(Cm, Bt, DOT, PREC)  # [m, k]
         cs_k = tl.load(cs_ptr + row + offs_k)
         dt_k = tl.load(dt_ptr + row + offs_k)
         causal = offs_k[None, :] <= offs_m[:, None]
@@ -316,7 +366,7 @@ def ssd_chunk_scan(
     block_k = min(cfg.block_k, chunk)
     block_p = min(cfg.block_p, _pow2(p))
     block_ns = min(cfg.block_n, _pow2(n))
-    grid = (nchunk, b * h, triton.cdiv(p, block_p) * triton.cdiv(n, block_ns))
+    grid = (b * h, nchunk, triton.cdiv(p, block_p) * triton.cdiv(n, block_ns))
     _chunk_state_kernel[grid](
         x, B, dt_buf, cs_buf, states,
         l, h, p, n, nchunk, h // g,
@@ -335,22 +385,35 @@ def ssd_chunk_scan(
         CHUNK=chunk, BLOCK=block, HAS_INIT=init is not None,
     )
 
-    out = torch.empty((b, l, h, p), device=dev, dtype=x.dtype)
     block_m = min(cfg.block_m, chunk)
     block_n = _pow2(n)
-    grid = (nchunk * (chunk // block_m), b * h, triton.cdiv(p, block_p))
+    if cfg.precompute_cb:
+        # fp32, as the scores are before the decay and dt scale them (bf16 here doubles the rounding)
+        cb = torch.empty((b, nchunk, g, chunk, chunk), device=dev, dtype=torch.float32)
+        _chunk_cb_kernel[(nchunk * (chunk // block_m) ** 2, b * g)](
+            B, C, cb,
+            l, n, nchunk, g,
+            *B.stride(), *C.stride(),
+            CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=min(block_n, 128), DOT=dot, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    else:
+        cb = states  # not read
+
+    out = torch.empty((b, l, h, p), device=dev, dtype=x.dtype)
+    grid = (b * h, nchunk * (chunk // block_m), triton.cdiv(p, block_p))
     if D is not None:
         s_D = (D.stride(0), D.stride(1) if D.dim() == 2 else 0)
     else:
         s_D = (0, 0)
     _chunk_out_kernel[grid](
-        x, B, C, z if z is not None else x, D if D is not None else A, dt_buf, cs_buf, states, out,
-        l, h, p, n, nchunk, h // g,
+        x, B, C, z if z is not None else x, D if D is not None else A, dt_buf, cs_buf, states, cb, out,
+        l, h, p, n, nchunk, h // g, g,
         *x.stride(), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0, 0)),
         *s_D, *out.stride(),
         CHUNK=chunk, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_n,
-        HAS_D=D is not None, HAS_Z=z is not None, DOT=dot, PREC=prec,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_CB=cfg.precompute_cb, DOT=dot, PREC=prec,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if return_final_states:
