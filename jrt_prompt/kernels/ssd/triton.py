@@ -1,20 +1,24 @@
 """Triton kernels for Mamba-2 SSD: the chunked scan (prefill) and the fused one-token step.
 
-The chunked scan runs four launches (the math is in :mod:`.reference`):
+The chunked scan runs five launches (the math is in :mod:`.reference`):
 
 1. ``_dt_cumsum_kernel`` — per (batch row, chunk, block of heads): dt + dt_bias, softplus,
    clamp, and the cumulative log decay a_i = sum_{j <= i} dt_j A inside the chunk. Both go to
    float32 buffers [b, h, chunks * chunk] (positions past the end hold dt = 0, so the decay is
    flat there and the padded tail adds nothing).
-2. ``_chunk_state_kernel`` — per (chunk, batch*head, block of p x n): the state a chunk adds on
+2. ``_chunk_state_kernel`` — per (batch*head, chunk, block of p x n): the state a chunk adds on
    its own, sum_j exp(a_last - a_j) dt_j x_j^T B_j, one tensor-core product per block of tokens
    ([p, tokens] x [tokens, n]), fp32 accumulator, into [b, chunks, h, p, n].
 3. ``_state_pass_kernel`` — per (batch*head, block of p*n): the carry over chunks from the initial
    state, S_in(c+1) = exp(a_last(c)) S_in(c) + S_chunk(c), written over the chunk states in place
    (each slot then holds the state the chunk starts from); the last one is the final state.
-4. ``_chunk_out_kernel`` — per (block of query tokens of a chunk, batch*head, block of p): the
+4. ``_chunk_cb_kernel`` — per (chunk, block pair i >= j, batch*group): C_i . B_j, float32, once
+   per group for all its heads (``SSDConfig(precompute_cb=False)`` leaves it to the next kernel,
+   once per head).
+5. ``_chunk_out_kernel`` — per (batch*head, block of query tokens of a chunk, block of p): the
    state term exp(a_i) C_i S_in, then the intra-chunk term over the earlier key blocks,
    ((C B^T) * exp(a_i - a_j) * dt_j, causal) x, the D skip and the optional silu(z) gate.
+   Heads vary fastest in the grids, so the programs running together share B, C and C B^T.
 
 B and C are read per group by index (head h reads group h // (heads / groups)); no input is
 copied or expanded: every input is read through its strides (transformers passes views of one
@@ -44,8 +48,8 @@ class SSDConfig:
     block_m: int = 64  # query tokens per output program
     block_k: int = 32  # key tokens per inner step (output and chunk-state kernels)
     block_p: int = 64  # head-dim columns per program
-    block_n: int = 64  # state columns per chunk-state program (the output kernel takes all of n)
-    block_h: int = 16  # heads per program of the dt / cumsum kernel
+    block_n: int = 64  # state columns per chunk-state program and per C B^T step (the output kernel takes all of n)
+    block_h: int = 8  # heads per program of the dt / cumsum kernel
     block_pass: int = 1024  # state elements per program of the carry pass
     # C B^T of each chunk once per group in its own launch (read by every head of the group), instead
     # of inside the output kernel once per head
@@ -394,7 +398,7 @@ def ssd_chunk_scan(
             B, C, cb,
             l, n, nchunk, g,
             *B.stride(), *C.stride(),
-            CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=min(block_n, 128), DOT=dot, PREC=prec,
+            CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=min(block_n, cfg.block_n), DOT=dot, PREC=prec,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     else:
