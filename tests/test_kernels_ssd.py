@@ -174,6 +174,18 @@ def test_triton_chunk_scan_without_state_skip_or_bias_and_with_dt_limit():
 
 
 @interpreter
+def test_triton_chunk_scan_odd_sizes_and_a_chunk_size_that_is_no_power_of_two():
+    # head dim and state 24 (masked 32-wide blocks), 2 heads in 1 group; chunk_size 24 (the kernels
+    # then take chunks of their own length: the result does not depend on it)
+    x, dt, A, B, C, D, dt_bias, s0, z = _scan_inputs(2, 30, 2, 24, 1, 24, seed=8)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, return_final_states=True)
+    cfg = tssd.SSDConfig(block_m=16, block_k=16, block_p=16, block_n=16)
+    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 24, config=cfg, **kw)
+    y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 24, **kw)
+    assert _rel(y, y_ref) <= 1e-4 and _rel(final, final_ref) <= 1e-4
+
+
+@interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_chunk_scan_reads_views_of_one_projection(dtype):
     b, l, h, p, g, n = 2, 21, 4, 16, 2, 16
@@ -356,16 +368,24 @@ def _forward_with_cache(model, ids, cache=None):
     return out.logits, getattr(out, key)
 
 
-@pytest.mark.parametrize("kernels", ["reference", pytest.param("triton", marks=interpreter)])
-def test_tiny_mamba2_with_the_ops_patched_in_matches_transformers(monkeypatch, kernels):
-    model = _tiny_mamba2()
-    ids = torch.randint(0, 200, (2, 21), generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize(
+    "kernels,device",
+    [
+        ("reference", "cpu"),
+        pytest.param("triton", "cpu", marks=interpreter),
+        pytest.param("auto", "cuda", marks=pytest.mark.gpu),  # the Triton kernels, compiled
+    ],
+)
+def test_tiny_mamba2_with_the_ops_patched_in_matches_transformers(monkeypatch, kernels, device):
+    model = _tiny_mamba2().to(device)
+    ids = torch.randint(0, 200, (2, 21), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         expected = model(ids).logits
         _, cache = _forward_with_cache(model, ids[:, :19])
         expected_next = [_forward_with_cache(model, ids[:, t : t + 1], cache)[0] for t in (19, 20)]
     monkeypatch.setenv("JRT_KERNELS", kernels)
-    monkeypatch.setattr("jrt_prompt.kernels.ssd.triton.DEFAULT_CONFIG", SMALL)
+    if device == "cpu":
+        monkeypatch.setattr("jrt_prompt.kernels.ssd.triton.DEFAULT_CONFIG", SMALL)
     monkeypatch.setattr(hf, "mamba2_chunk_scan", ssd_chunk_scan)
     monkeypatch.setattr(hf, "mamba2_selective_state_update", ssd_state_update)
     with torch.no_grad():
