@@ -465,3 +465,33 @@ def test_triton_backend_refuses_float64(monkeypatch):
     x, dt, A, B, C, *_ = _scan_inputs(1, 4, 4, 16, 2, 16, dtype=torch.float64)
     with pytest.raises(JRTError, match="hidden_states is float64"):
         ssd_chunk_scan(x, dt, A, B, C, 16)
+
+
+@interpreter
+def test_accelerated_tiny_mamba2_with_left_padding_equals_transformers(monkeypatch):
+    # through jrt_prompt.accelerate (it puts the SSD ops and the conv kernels in transformers' place)
+    from jrt_prompt.models.accelerate import accelerate, restore
+
+    model = _tiny_mamba2()
+    ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        expected_tokens = model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    monkeypatch.setenv("JRT_KERNELS", "triton")
+    monkeypatch.setattr("jrt_prompt.kernels.ssd.triton.DEFAULT_CONFIG", SMALL)
+    calls = []
+    real = tssd.ssd_chunk_scan
+    monkeypatch.setattr(tssd, "ssd_chunk_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        accelerate(model)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            tokens = model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    finally:
+        restore()
+    assert calls, "the SSD kernels were not called"
+    assert _rel(logits[0], expected[0]) <= 1e-4
+    assert _rel(logits[1, 5:], expected[1, 5:]) <= 1e-4
+    assert torch.equal(tokens, expected_tokens)
