@@ -421,16 +421,16 @@ def test_gpu_chunk_scan_matches_reference(implementation, dtype, b, l):
         pytest.skip("fla is not installed")
     x, dt, A, B, C, D, dt_bias, s0, z = _scan_inputs(b, l, FULL["h"], FULL["p"], FULL["g"], FULL["n"], dtype=dtype,
                                                      seed=l, device="cuda")
-    kw = dict(D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, dt_limit=(0.0, INF), return_final_states=True)
-    y, final = ssd_chunk_scan(x, dt, A, B, C, 256, implementation=implementation, **kw)
-    y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 256, **kw)
+    kw = dict(D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, dt_limit=(0.0, INF))
+    y, final = ssd_chunk_scan(x, dt, A, B, C, 256, implementation=implementation, return_final_states=True, **kw)
+    y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 256, return_final_states=True, **kw)
+    # this project's kernels take IEEE fp32 products for fp32 inputs; fla's may run them as TF32
+    tol = 2e-3 if (implementation, dtype) == ("fla", torch.float32) else TOL[dtype]
     assert y.dtype == dtype and final.dtype == torch.float32
-    assert _rel(y, y_ref) <= TOL[dtype]
-    assert _rel(final, final_ref) <= TOL[dtype]
-    if implementation == "triton":  # the z gate (fla's path adds it outside the kernel)
-        y_z = ssd_chunk_scan(x, dt, A, B, C, 256, z=z, **{k: v for k, v in kw.items() if k != "return_final_states"})
-        assert _rel(y_z, ref.ssd_chunk_scan(x, dt, A, B, C, 256, z=z, **{
-            k: v for k, v in kw.items() if k != "return_final_states"})) <= TOL[dtype]
+    assert _rel(y, y_ref) <= tol
+    assert _rel(final, final_ref) <= tol
+    y_z = ssd_chunk_scan(x, dt, A, B, C, 256, z=z, implementation=implementation, **kw)
+    assert _rel(y_z, ref.ssd_chunk_scan(x, dt, A, B, C, 256, z=z, **kw)) <= tol
 
 
 @pytest.mark.gpu
