@@ -17,6 +17,7 @@ import itertools
 import json
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,12 +85,12 @@ def bench_scan(args, config) -> list[dict]:
         kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True, return_final_states=True)
         row = {"batch": b, "seq": l}
         candidates = {
-            "transformers": lambda: mamba2_chunk_scan(*pos, **kw),
-            "reference": lambda: reference.ssd_chunk_scan(*pos, **kw),
-            "triton": lambda: tssd.ssd_chunk_scan(*pos, config=config, **kw),
+            "transformers": partial(mamba2_chunk_scan, *pos, **kw),
+            "reference": partial(reference.ssd_chunk_scan, *pos, **kw),
+            "triton": partial(tssd.ssd_chunk_scan, *pos, config=config, **kw),
         }
         if fla_ssd is not None:
-            candidates["fla"] = lambda: fla_ssd.ssd_chunk_scan(*pos, **kw)
+            candidates["fla"] = partial(fla_ssd.ssd_chunk_scan, *pos, **kw)
         for name, fn in candidates.items():
             if name in args.skip:
                 continue
@@ -120,9 +121,9 @@ def bench_step(args) -> list[dict]:
         kw = dict(z=None, dt_bias=t["dt_bias"][:, None].expand(-1, p), dt_softplus=True)
         row = {"batch": b}
         for name, fn in {
-            "transformers": lambda: mamba2_selective_state_update(*pos, **kw),
-            "reference": lambda: reference.ssd_state_update(*pos, **kw),
-            "triton": lambda: tssd.ssd_state_update(*pos, **kw),
+            "transformers": partial(mamba2_selective_state_update, *pos, **kw),
+            "reference": partial(reference.ssd_state_update, *pos, **kw),
+            "triton": partial(tssd.ssd_state_update, *pos, **kw),
         }.items():
             row[name] = time_ms(fn, budget_ms=200.0, max_reps=200)
         rows.append(row)
@@ -142,7 +143,7 @@ def tune(args) -> list[dict]:
             continue
         cfg = tssd.SSDConfig(chunk=chunk, block_m=bm, block_k=bk, num_warps=warps, precompute_cb=pre)
         try:
-            ms = time_ms(lambda: tssd.ssd_chunk_scan(*pos, config=cfg, **kw), budget_ms=300.0)
+            ms = time_ms(partial(tssd.ssd_chunk_scan, *pos, config=cfg, **kw), budget_ms=300.0)
         except Exception as exc:  # e.g. out of shared memory for a large tile
             print(f"  {cfg}: failed ({type(exc).__name__})")
             continue

@@ -349,9 +349,8 @@ def test_state_update_rejects_bad_input():
 
 
 def _tiny_mamba2():
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
     from tiny_models import _tiny
+    from transformers import Mamba2Config, Mamba2ForCausalLM
 
     return _tiny(
         Mamba2Config, Mamba2ForCausalLM, seed=0, hidden_size=32, num_hidden_layers=2, state_size=16,
