@@ -494,3 +494,13 @@ def test_accelerated_tiny_mamba2_with_left_padding_equals_transformers(monkeypat
     assert _rel(logits[0], expected[0]) <= 1e-4
     assert _rel(logits[1, 5:], expected[1, 5:]) <= 1e-4
     assert torch.equal(tokens, expected_tokens)
+
+
+def test_ssd_config_rejects_launch_parameters_the_kernels_cannot_take():
+    with pytest.raises(JRTError, match="SSDConfig.chunk=100"):
+        tssd.SSDConfig(chunk=100)
+    with pytest.raises(JRTError, match="SSDConfig.block_k=8"):
+        tssd.SSDConfig(block_k=8)
+    with pytest.raises(JRTError, match="SSDConfig.num_warps=3"):
+        tssd.SSDConfig(num_warps=3)
+    assert tssd.SSDConfig(chunk=128).chunk == 128

@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from jrt_prompt.errors import JRTError
+
 
 @dataclass(frozen=True)
 class SSDConfig:
@@ -58,6 +60,22 @@ class SSDConfig:
     # with 64-token blocks take 250+ registers and spill in fp32)
     num_warps: int = 8
     num_stages: int = 2
+
+    def __post_init__(self):
+        if self.chunk and not (16 <= self.chunk <= 256 and _is_pow2(self.chunk)):
+            raise JRTError(f"SSDConfig.chunk={self.chunk} must be 0 (the caller's) or a power of two in 16..256")
+        for name in ("block_m", "block_k", "block_p", "block_n"):
+            value = getattr(self, name)
+            if not (value >= 16 and _is_pow2(value)):
+                raise JRTError(f"SSDConfig.{name}={value} must be a power of two >= 16 (tensor-core tiles)")
+        for name in ("block_h", "block_pass", "num_warps"):
+            value = getattr(self, name)
+            if not (value >= 1 and _is_pow2(value)):
+                raise JRTError(f"SSDConfig.{name}={value} must be a power of two")
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
 
 
 DEFAULT_CONFIG = SSDConfig()
@@ -89,7 +107,7 @@ def _mm(a, b, DOT: tl.constexpr, PREC: tl.constexpr):
 def _chunk_len(chunk_size: int, config: SSDConfig) -> int:
     if config.chunk:
         return config.chunk
-    if 16 <= chunk_size <= 256 and chunk_size & (chunk_size - 1) == 0:
+    if 16 <= chunk_size <= 256 and _is_pow2(chunk_size):
         return chunk_size
     return 64
 
