@@ -13,6 +13,7 @@ n=128, g=1, chunk 256), bf16. Inputs are views of one projection, as transformer
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -131,23 +132,31 @@ def bench_step(args) -> list[dict]:
 
 
 def tune(args) -> list[dict]:
-    """Time the Triton scan over a grid of launch parameters at the first batch and the last length."""
+    """Time the Triton scan over launch parameters at the first batch and the last length: first the
+    chunk, tiles, warps and where C B^T is computed; then, from the best, the state kernels' form."""
     dtype = getattr(torch, args.dtype)
     b, l = args.batches[0], args.lengths[-1]
     t = scan_inputs(b, l, args.heads, args.head_dim, args.groups, args.state, dtype)
     pos = (t["x"], t["dt"], t["A"], t["B"], t["C"], args.chunk)
     kw = dict(D=t["D"], dt_bias=t["dt_bias"], dt_softplus=True, return_final_states=True)
     results = []
-    for chunk, bm, bk, warps, pre in itertools.product((64, 128, 256), (64, 128), (32, 64), (4, 8), (True, False)):
-        if bm > chunk or bk > chunk:
-            continue
-        cfg = tssd.SSDConfig(chunk=chunk, block_m=bm, block_k=bk, num_warps=warps, precompute_cb=pre)
+
+    def run(cfg):
         try:
             ms = time_ms(partial(tssd.ssd_chunk_scan, *pos, config=cfg, **kw), budget_ms=300.0)
         except Exception as exc:  # e.g. out of shared memory for a large tile
             print(f"  {cfg}: failed ({type(exc).__name__})")
-            continue
-        results.append({"config": cfg.__dict__, "ms": ms})
+            return
+        results.append({"config": dataclasses.asdict(cfg), "ms": ms})
+
+    for chunk, bm, bk, warps, pre in itertools.product((64, 128, 256), (64, 128), (32, 64), (4, 8), (True, False)):
+        if bm <= chunk and bk <= chunk:
+            run(tssd.SSDConfig(chunk=chunk, block_m=bm, block_k=bk, num_warps=warps, precompute_cb=pre))
+    best = tssd.SSDConfig(**min(results, key=lambda r: r["ms"])["config"])
+    for fused, bn in itertools.product((False, True), (32, 64, 128)):
+        cfg = dataclasses.replace(best, fused_states=fused, block_n=bn)
+        if cfg != best:
+            run(cfg)
     results.sort(key=lambda r: r["ms"])
     print(f"tuning at batch {b}, seq {l}: fastest 5 of {len(results)}")
     for r in results[:5]:
@@ -200,7 +209,7 @@ def main(argv=None) -> int:
         result["tuning"] = tune(args)
         if result["tuning"]:
             config = tssd.SSDConfig(**result["tuning"][0]["config"])
-    result["triton_config"] = config.__dict__
+    result["triton_config"] = dataclasses.asdict(config)
     result["scan"] = bench_scan(args, config)
     result["step"] = bench_step(args)
     print(f"{result['device']}, {args.dtype}, h={args.heads} p={args.head_dim} n={args.state} g={args.groups}, "

@@ -85,10 +85,12 @@ def main(argv=None) -> int:
     p.add_argument("--warps", type=int, default=d.num_warps)
     p.add_argument("--stages", type=int, default=d.num_stages)
     p.add_argument("--inline-cb", action="store_true", help="C B^T inside the output kernel (precompute_cb=False)")
+    p.add_argument("--fused-states", action="store_true", help="chunk states and carry in one kernel")
     args = p.parse_args(argv)
     cfg = dataclasses.replace(
         d, chunk=args.chunk, block_m=args.block_m, block_k=args.block_k, block_n=args.block_n,
         num_warps=args.warps, num_stages=args.stages, precompute_cb=not args.inline_cb,
+        fused_states=args.fused_states,
     )
     dot, prec = _DOT[args.dtype]
     n_block = tssd._pow2(args.state)
@@ -107,8 +109,13 @@ def main(argv=None) -> int:
          dict(BLOCK_P=16, BLOCK_N=n_block, HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True),
          _INPUTS + ("dt_ptr",)),
     ]
+    if cfg.fused_states:  # the start states are stored in the inputs' dtype
+        launches[1:3] = [("states+carry", tssd._state_carry_kernel,
+                          dict(CHUNK=cfg.chunk, BLOCK_K=cfg.block_k, BLOCK_P=p_block,
+                               BLOCK_N=min(cfg.block_n, n_block), HAS_INIT=True, DOT=dot, PREC=prec),
+                          _INPUTS + ("sin_ptr",))]
     if cfg.precompute_cb:
-        launches.insert(3, ("C B^T", tssd._chunk_cb_kernel,
+        launches.insert(len(launches) - 2, ("C B^T", tssd._chunk_cb_kernel,
                             dict(CHUNK=cfg.chunk, BLOCK_M=cfg.block_m, BLOCK_N=min(n_block, cfg.block_n), DOT=dot, PREC=prec),
                             _INPUTS))
     print(f"sm_{args.arch}, {args.dtype}, {cfg}")

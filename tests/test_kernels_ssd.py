@@ -131,6 +131,8 @@ def test_reference_steps_equal_the_chunk_scan():
 
 SMALL = tssd.SSDConfig(block_m=16, block_k=16, block_p=16, block_n=16, block_h=4, block_pass=64)
 SMALL_INLINE_CB = dataclasses.replace(SMALL, precompute_cb=False)  # C B^T inside the output kernel
+SMALL_FUSED = dataclasses.replace(SMALL, fused_states=True)  # chunk states and carry in one kernel
+CONFIGS = {"pre": SMALL, "inline": SMALL_INLINE_CB, "fused": SMALL_FUSED}
 
 
 @interpreter
@@ -144,14 +146,17 @@ SMALL_INLINE_CB = dataclasses.replace(SMALL, precompute_cb=False)  # C B^T insid
         (torch.bfloat16, 40, "pre"),
         (torch.float32, 40, "inline"),
         (torch.bfloat16, 17, "inline"),
+        (torch.float32, 40, "fused"),
+        (torch.bfloat16, 40, "fused"),
     ],
 )
 def test_triton_chunk_scan_matches_reference(dtype, l, cb):
     # h=4, p=16, n=16, g=2, chunk 16; batch 2; initial state, D skip, z gate, final state; C B^T
-    # in its own launch ("pre") or inside the output kernel ("inline")
+    # in its own launch ("pre") or inside the output kernel ("inline"); chunk states and carry in
+    # one kernel ("fused")
     x, dt, A, B, C, D, dt_bias, s0, z = _scan_inputs(2, l, 4, 16, 2, 16, dtype=dtype, seed=l)
     kw = dict(D=D, z=z, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, return_final_states=True)
-    config = SMALL if cb == "pre" else SMALL_INLINE_CB
+    config = CONFIGS[cb]
     y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 16, config=config, **kw)
     y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 16, **kw)
     assert y.dtype == dtype and final.dtype == torch.float32
@@ -200,15 +205,14 @@ def test_triton_chunk_scan_reads_views_of_one_projection(dtype):
 
 
 @interpreter
-def test_triton_chunked_prefill_continues_from_its_state():
+@pytest.mark.parametrize("states", ["pre", "fused"])
+def test_triton_chunked_prefill_continues_from_its_state(states):
     x, dt, A, B, C, D, dt_bias, s0, _ = _scan_inputs(2, 40, 4, 16, 2, 16, seed=9)
-    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, return_final_states=True)
-    y_all, f_all = tssd.ssd_chunk_scan(x, dt, A, B, C, 16, config=SMALL, **kw)
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, return_final_states=True, config=CONFIGS[states])
+    y_all, f_all = tssd.ssd_chunk_scan(x, dt, A, B, C, 16, **kw)
     cut = 23  # not on a chunk boundary
-    y1, f1 = tssd.ssd_chunk_scan(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], 16, config=SMALL, **kw)
-    y2, f2 = tssd.ssd_chunk_scan(
-        x[:, cut:], dt[:, cut:], A, B[:, cut:], C[:, cut:], 16, initial_states=f1, config=SMALL, **kw
-    )
+    y1, f1 = tssd.ssd_chunk_scan(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], 16, **kw)
+    y2, f2 = tssd.ssd_chunk_scan(x[:, cut:], dt[:, cut:], A, B[:, cut:], C[:, cut:], 16, initial_states=f1, **kw)
     assert _rel(torch.cat([y1, y2], 1), y_all) <= 1e-4
     assert _rel(f2, f_all) <= 1e-4
 
@@ -433,14 +437,15 @@ def test_gpu_chunk_scan_matches_reference(implementation, dtype, b, l):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused_states", [False, True])
 @pytest.mark.parametrize("precompute_cb", [True, False])
 @pytest.mark.parametrize("chunk", [64, 128, 256])
-def test_gpu_triton_views_of_one_projection_and_chunk_lengths(chunk, precompute_cb):
+def test_gpu_triton_views_of_one_projection_and_chunk_lengths(chunk, precompute_cb, fused_states):
     h, p, g, n = FULL["h"], FULL["p"], FULL["g"], FULL["n"]
     x, B, C, dt = (t.cuda() for t in _projection_views(2, 1500, h, p, g, n, dtype=torch.bfloat16, seed=chunk))
     _, _, A, _, _, D, dt_bias, s0, _ = _scan_inputs(2, 1, h, p, g, n, seed=1, device="cuda")
     kw = dict(D=D, dt_bias=dt_bias, initial_states=s0, dt_softplus=True, return_final_states=True)
-    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 256, config=tssd.SSDConfig(chunk=chunk, precompute_cb=precompute_cb), **kw)
+    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 256, config=tssd.SSDConfig(chunk=chunk, precompute_cb=precompute_cb, fused_states=fused_states), **kw)
     y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 256, **kw)
     assert _rel(y, y_ref) <= 2e-2 and _rel(final, final_ref) <= 2e-2
 

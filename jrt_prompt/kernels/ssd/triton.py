@@ -12,6 +12,9 @@ The chunked scan runs five launches (the math is in :mod:`.reference`):
 3. ``_state_pass_kernel`` — per (batch*head, block of p*n): the carry over chunks from the initial
    state, S_in(c+1) = exp(a_last(c)) S_in(c) + S_chunk(c), written over the chunk states in place
    (each slot then holds the state the chunk starts from); the last one is the final state.
+   ``SSDConfig(fused_states=True)`` runs 2 and 3 as one kernel, ``_state_carry_kernel``, that
+   walks the chunks per (batch*head, block of p x n) and stores the start states in the inputs'
+   dtype: no fp32 chunk-state buffer, less parallelism.
 4. ``_chunk_cb_kernel`` — per (chunk, block pair i >= j, batch*group): C_i . B_j, float32, once
    per group for all its heads (``SSDConfig(precompute_cb=False)`` leaves it to the next kernel,
    once per head).
@@ -56,6 +59,10 @@ class SSDConfig:
     # C B^T of each chunk once per group in its own launch (read by every head of the group), instead
     # of inside the output kernel once per head
     precompute_cb: bool = True
+    # each chunk's state and the carry over chunks in one kernel that walks the chunks (parallel over
+    # batch*heads and p x n blocks only; no fp32 chunk-state buffer), instead of a parallel
+    # chunk-state kernel and a separate carry pass
+    fused_states: bool = False
     # 8 warps with 32-token key blocks: no kernel spills on sm_90 (ptxas, bf16 and fp32; 4 warps
     # with 64-token blocks take 250+ registers and spill in fp32)
     num_warps: int = 8
@@ -147,6 +154,36 @@ def _dt_cumsum_kernel(
 
 
 @triton.jit
+def _chunk_state_tile(
+    x_base, B_base, dt_ptr, cs_ptr, row, c, L,
+    s_x_l, s_x_p, s_B_l, s_B_n,
+    offs_p, offs_n, mask_p, mask_n,
+    CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """sum_j exp(a_last - a_j) dt_j x_j^T B_j over chunk c: a [BLOCK_P, BLOCK_N] fp32 tile."""
+    cs_last = tl.load(cs_ptr + row + c * CHUNK + CHUNK - 1)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    k_hi = tl.minimum(CHUNK, L - c * CHUNK)
+    for k0 in range(0, k_hi, BLOCK_K):
+        pos = c * CHUNK + k0 + tl.arange(0, BLOCK_K)
+        mask_k = pos < L
+        # x^T tile [p, tokens], loaded transposed through its strides
+        xt = tl.load(
+            x_base + pos[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+            mask=mask_k[None, :] & mask_p[:, None], other=0.0,
+        )
+        Bk = tl.load(
+            B_base + pos[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+            mask=mask_k[:, None] & mask_n[None, :], other=0.0,
+        )
+        scale = tl.exp(cs_last - tl.load(cs_ptr + row + pos)) * tl.load(dt_ptr + row + pos)
+        xt = (xt.to(tl.float32) * scale[None, :]).to(Bk.dtype)
+        acc += _mm(xt, Bk, DOT, PREC)
+    return acc
+
+
+@triton.jit
 def _chunk_state_kernel(
     x_ptr, B_ptr, dt_ptr, cs_ptr, st_ptr,
     L, H, P, N, NCHUNK, HG,
@@ -166,30 +203,59 @@ def _chunk_state_kernel(
     offs_n = (pid_pn % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_p = offs_p < P
     mask_n = offs_n < N
-    LP = NCHUNK * CHUNK
-    row = bh.to(tl.int64) * LP
-    cs_last = tl.load(cs_ptr + row + c * CHUNK + CHUNK - 1)
-    x_base = x_ptr + b * s_x_b + h * s_x_h
-    B_base = B_ptr + b * s_B_b + grp * s_B_g
-    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    k_hi = tl.minimum(CHUNK, L - c * CHUNK)
-    for k0 in range(0, k_hi, BLOCK_K):
-        pos = c * CHUNK + k0 + tl.arange(0, BLOCK_K)
-        mask_k = pos < L
-        # x^T tile [p, tokens], loaded transposed through its strides
-        xt = tl.load(
-            x_base + pos[None, :] * s_x_l + offs_p[:, None] * s_x_p,
-            mask=mask_k[None, :] & mask_p[:, None], other=0.0,
-        )
-        Bk = tl.load(
-            B_base + pos[:, None] * s_B_l + offs_n[None, :] * s_B_n,
-            mask=mask_k[:, None] & mask_n[None, :], other=0.0,
-        )
-        scale = tl.exp(cs_last - tl.load(cs_ptr + row + pos)) * tl.load(dt_ptr + row + pos)
-        xt = (xt.to(tl.float32) * scale[None, :]).to(Bk.dtype)
-        acc += _mm(xt, Bk, DOT, PREC)
+    row = bh.to(tl.int64) * NCHUNK * CHUNK
+    acc = _chunk_state_tile(
+        x_ptr + b * s_x_b + h * s_x_h, B_ptr + b * s_B_b + grp * s_B_g, dt_ptr, cs_ptr, row, c, L,
+        s_x_l, s_x_p, s_B_l, s_B_n, offs_p, offs_n, mask_p, mask_n,
+        CHUNK, BLOCK_K, BLOCK_P, BLOCK_N, DOT, PREC,
+    )
     st = st_ptr + ((b * NCHUNK + c) * H + h) * P * N
     tl.store(st + offs_p[:, None] * N + offs_n[None, :], acc, mask=mask_p[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _state_carry_kernel(
+    x_ptr, B_ptr, dt_ptr, cs_ptr, init_ptr, sin_ptr, final_ptr,
+    L, H, P, N, NCHUNK, HG,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_B_b, s_B_l, s_B_g, s_B_n,
+    s_i_b, s_i_h, s_i_p, s_i_n,
+    CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """The chunk states and the carry in one walk over the chunks, per (batch*head, p x n block):
+    writes each chunk's start state (in ``sin_ptr``'s dtype) and the final state (fp32)."""
+    bh = tl.program_id(0)
+    pid_pn = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    grp = h // HG
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    offs_p = (pid_pn // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = (pid_pn % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask = mask_p[:, None] & mask_n[None, :]
+    tile = offs_p[:, None] * N + offs_n[None, :]
+    if HAS_INIT:
+        s = tl.load(
+            init_ptr + b * s_i_b + h * s_i_h + offs_p[:, None] * s_i_p + offs_n[None, :] * s_i_n,
+            mask=mask, other=0.0,
+        ).to(tl.float32)
+    else:
+        s = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    row = bh.to(tl.int64) * NCHUNK * CHUNK
+    x_base = x_ptr + b * s_x_b + h * s_x_h
+    B_base = B_ptr + b * s_B_b + grp * s_B_g
+    for c in range(0, NCHUNK):
+        tl.store(sin_ptr + ((b * NCHUNK + c) * H + h) * P * N + tile, s.to(sin_ptr.dtype.element_ty), mask=mask)
+        acc = _chunk_state_tile(
+            x_base, B_base, dt_ptr, cs_ptr, row, c, L,
+            s_x_l, s_x_p, s_B_l, s_B_n, offs_p, offs_n, mask_p, mask_n,
+            CHUNK, BLOCK_K, BLOCK_P, BLOCK_N, DOT, PREC,
+        )
+        s = s * tl.exp(tl.load(cs_ptr + row + c * CHUNK + CHUNK - 1)) + acc
+    tl.store(final_ptr + bh.to(tl.int64) * P * N + tile, s, mask=mask)
 
 
 @triton.jit
@@ -384,28 +450,41 @@ def ssd_chunk_scan(
         CHUNK=chunk, BLOCK_H=block_h, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
     )
 
-    states = torch.empty((b, nchunk, h, p, n), device=dev, dtype=torch.float32)
     block_k = min(cfg.block_k, chunk)
     block_p = min(cfg.block_p, _pow2(p))
     block_ns = min(cfg.block_n, _pow2(n))
-    grid = (b * h, nchunk, triton.cdiv(p, block_p) * triton.cdiv(n, block_ns))
-    _chunk_state_kernel[grid](
-        x, B, dt_buf, cs_buf, states,
-        l, h, p, n, nchunk, h // g,
-        *x.stride(), *B.stride(),
-        CHUNK=chunk, BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_ns, DOT=dot, PREC=prec,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-
+    pn_blocks = triton.cdiv(p, block_p) * triton.cdiv(n, block_ns)
     final = torch.empty((b, h, p, n), device=dev, dtype=torch.float32)
-    block = min(cfg.block_pass, _pow2(p * n))
     init = initial_states
-    _state_pass_kernel[(b * h, triton.cdiv(p * n, block))](
-        states, cs_buf, init if init is not None else final, final,
-        h, p, n, nchunk,
-        *(init.stride() if init is not None else (0, 0, 0, 0)),
-        CHUNK=chunk, BLOCK=block, HAS_INIT=init is not None,
-    )
+    s_init = init.stride() if init is not None else (0, 0, 0, 0)
+    if cfg.fused_states:
+        # chunk states and carry in one walk; the start states in the inputs' dtype (the output
+        # kernel rounds them to it for its product anyway)
+        states = torch.empty((b, nchunk, h, p, n), device=dev, dtype=x.dtype)
+        _state_carry_kernel[(b * h, pn_blocks)](
+            x, B, dt_buf, cs_buf, init if init is not None else final, states, final,
+            l, h, p, n, nchunk, h // g,
+            *x.stride(), *B.stride(), *s_init,
+            CHUNK=chunk, BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_ns,
+            HAS_INIT=init is not None, DOT=dot, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    else:
+        states = torch.empty((b, nchunk, h, p, n), device=dev, dtype=torch.float32)
+        _chunk_state_kernel[(b * h, nchunk, pn_blocks)](
+            x, B, dt_buf, cs_buf, states,
+            l, h, p, n, nchunk, h // g,
+            *x.stride(), *B.stride(),
+            CHUNK=chunk, BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=block_ns, DOT=dot, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        block = min(cfg.block_pass, _pow2(p * n))
+        _state_pass_kernel[(b * h, triton.cdiv(p * n, block))](
+            states, cs_buf, init if init is not None else final, final,
+            h, p, n, nchunk,
+            *s_init,
+            CHUNK=chunk, BLOCK=block, HAS_INIT=init is not None,
+        )
 
     block_m = min(cfg.block_m, chunk)
     block_n = _pow2(n)
