@@ -457,6 +457,25 @@ def test_gpu_triton_views_of_one_projection_and_chunk_lengths(chunk, precompute_
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused_states", [False, True])
+def test_gpu_triton_offsets_past_32_bits(fused_states):
+    # 2^19 + 17 tokens of one projection: token offsets times the row stride exceed 2^31 elements
+    # in the inputs and in the output (about 50 GB of GPU memory with the fp32 reference)
+    h, p, g, n = FULL["h"], FULL["p"], FULL["g"], FULL["n"]
+    l = (1 << 19) + 17
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    proj = torch.randn(1, l, h * p + 2 * g * n + h, device="cuda", generator=gen).to(torch.bfloat16)
+    x, B, C, dt = proj.split([h * p, g * n, g * n, h], dim=-1)
+    x, B, C = x.view(1, l, h, p), B.view(1, l, g, n), C.view(1, l, g, n)
+    assert (l - 1) * x.stride(1) >= 2**31 and (l - 1) * h * p >= 2**31
+    _, _, A, _, _, D, dt_bias, _, _ = _scan_inputs(1, 1, h, p, g, n, seed=2, device="cuda")
+    kw = dict(D=D, dt_bias=dt_bias, dt_softplus=True, return_final_states=True)
+    y, final = tssd.ssd_chunk_scan(x, dt, A, B, C, 256, config=tssd.SSDConfig(fused_states=fused_states), **kw)
+    y_ref, final_ref = ref.ssd_chunk_scan(x, dt, A, B, C, 256, **kw)
+    assert _rel(y[:, -3000:], y_ref[:, -3000:]) <= 2e-2 and _rel(final, final_ref) <= 2e-2
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gpu_step_matches_reference(dtype):
     b, h, p, g, n = 8, FULL["h"], FULL["p"], FULL["g"], FULL["n"]

@@ -137,7 +137,9 @@ def _dt_cumsum_kernel(
     pos = c * CHUNK + offs_t
     mask_h = offs_h < H
     mask = (pos < L)[:, None] & mask_h[None, :]
-    dt = tl.load(dt_ptr + b * s_dt_b + pos[:, None] * s_dt_l + offs_h[None, :] * s_dt_h, mask=mask, other=0.0)
+    t0 = (c * CHUNK).to(tl.int64)  # the chunk's first token; 64-bit so long sequences do not overflow
+    dt_c = dt_ptr + b * s_dt_b + t0 * s_dt_l
+    dt = tl.load(dt_c + offs_t[:, None] * s_dt_l + offs_h[None, :] * s_dt_h, mask=mask, other=0.0)
     dt = dt.to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_h * s_bias, mask=mask_h, other=0.0).to(tl.float32)[None, :]
@@ -155,26 +157,30 @@ def _dt_cumsum_kernel(
 
 @triton.jit
 def _chunk_state_tile(
-    x_base, B_base, dt_ptr, cs_ptr, row, c, L,
+    x_base, B_base, dt_ptr, cs_ptr, row, c, t0, L,
     s_x_l, s_x_p, s_B_l, s_B_n,
     offs_p, offs_n, mask_p, mask_n,
     CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """sum_j exp(a_last - a_j) dt_j x_j^T B_j over chunk c: a [BLOCK_P, BLOCK_N] fp32 tile."""
+    """sum_j exp(a_last - a_j) dt_j x_j^T B_j over chunk c (first token t0, int64): a [BLOCK_P, BLOCK_N]
+    fp32 tile."""
     cs_last = tl.load(cs_ptr + row + c * CHUNK + CHUNK - 1)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     k_hi = tl.minimum(CHUNK, L - c * CHUNK)
+    x_c = x_base + t0 * s_x_l
+    B_c = B_base + t0 * s_B_l
     for k0 in range(0, k_hi, BLOCK_K):
-        pos = c * CHUNK + k0 + tl.arange(0, BLOCK_K)
+        local = k0 + tl.arange(0, BLOCK_K)  # token offsets inside the chunk
+        pos = c * CHUNK + local
         mask_k = pos < L
         # x^T tile [p, tokens], loaded transposed through its strides
         xt = tl.load(
-            x_base + pos[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+            x_c + local[None, :] * s_x_l + offs_p[:, None] * s_x_p,
             mask=mask_k[None, :] & mask_p[:, None], other=0.0,
         )
         Bk = tl.load(
-            B_base + pos[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+            B_c + local[:, None] * s_B_l + offs_n[None, :] * s_B_n,
             mask=mask_k[:, None] & mask_n[None, :], other=0.0,
         )
         scale = tl.exp(cs_last - tl.load(cs_ptr + row + pos)) * tl.load(dt_ptr + row + pos)
@@ -204,8 +210,9 @@ def _chunk_state_kernel(
     mask_p = offs_p < P
     mask_n = offs_n < N
     row = bh.to(tl.int64) * NCHUNK * CHUNK
+    t0 = c.to(tl.int64) * CHUNK  # 64-bit token offsets, so long sequences do not overflow
     acc = _chunk_state_tile(
-        x_ptr + b * s_x_b + h * s_x_h, B_ptr + b * s_B_b + grp * s_B_g, dt_ptr, cs_ptr, row, c, L,
+        x_ptr + b * s_x_b + h * s_x_h, B_ptr + b * s_B_b + grp * s_B_g, dt_ptr, cs_ptr, row, c, t0, L,
         s_x_l, s_x_p, s_B_l, s_B_n, offs_p, offs_n, mask_p, mask_n,
         CHUNK, BLOCK_K, BLOCK_P, BLOCK_N, DOT, PREC,
     )
@@ -247,14 +254,16 @@ def _state_carry_kernel(
     row = bh.to(tl.int64) * NCHUNK * CHUNK
     x_base = x_ptr + b * s_x_b + h * s_x_h
     B_base = B_ptr + b * s_B_b + grp * s_B_g
+    t0 = b * 0  # the chunk's first token, 64-bit
     for c in range(0, NCHUNK):
         tl.store(sin_ptr + ((b * NCHUNK + c) * H + h) * P * N + tile, s.to(sin_ptr.dtype.element_ty), mask=mask)
         acc = _chunk_state_tile(
-            x_base, B_base, dt_ptr, cs_ptr, row, c, L,
+            x_base, B_base, dt_ptr, cs_ptr, row, c, t0, L,
             s_x_l, s_x_p, s_B_l, s_B_n, offs_p, offs_n, mask_p, mask_n,
             CHUNK, BLOCK_K, BLOCK_P, BLOCK_N, DOT, PREC,
         )
         s = s * tl.exp(tl.load(cs_ptr + row + c * CHUNK + CHUNK - 1)) + acc
+        t0 += CHUNK
     tl.store(final_ptr + bh.to(tl.int64) * P * N + tile, s, mask=mask)
 
 
@@ -306,24 +315,27 @@ def _chunk_cb_kernel(
     if kb <= mb:
         b = (bg // G).to(tl.int64)
         grp = bg % G
-        offs_m = c * CHUNK + mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_k = c * CHUNK + kb * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)  # token offsets inside the chunk
+        cols = kb * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = c * CHUNK + rows < L
+        mask_k = c * CHUNK + cols < L
+        t0 = (c * CHUNK).to(tl.int64)
+        C_c = C_ptr + b * s_C_b + grp * s_C_g + t0 * s_C_l
+        B_c = B_ptr + b * s_B_b + grp * s_B_g + t0 * s_B_l
         acc = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
             Cm = tl.load(
-                C_ptr + b * s_C_b + grp * s_C_g + offs_m[:, None] * s_C_l + offs_n[None, :] * s_C_n,
-                mask=(offs_m < L)[:, None] & mask_n[None, :], other=0.0,
+                C_c + rows[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                mask=mask_m[:, None] & mask_n[None, :], other=0.0,
             )
             Bt = tl.load(
-                B_ptr + b * s_B_b + grp * s_B_g + offs_k[None, :] * s_B_l + offs_n[:, None] * s_B_n,
-                mask=(offs_k < L)[None, :] & mask_n[:, None], other=0.0,
+                B_c + cols[None, :] * s_B_l + offs_n[:, None] * s_B_n,
+                mask=mask_k[None, :] & mask_n[:, None], other=0.0,
             )
             acc += _mm(Cm, Bt, DOT, PREC)
         cb = cb_ptr + (b * NCHUNK + c) * G * CHUNK * CHUNK + grp * CHUNK * CHUNK
-        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = kb * BLOCK_M + tl.arange(0, BLOCK_M)
         tl.store(cb + rows[:, None] * CHUNK + cols[None, :], acc.to(cb_ptr.dtype.element_ty))
 
 
@@ -349,7 +361,8 @@ def _chunk_out_kernel(
     b = (bh // H).to(tl.int64)
     h = bh % H
     grp = h // HG
-    offs_m = c * CHUNK + mb * BLOCK_M + tl.arange(0, BLOCK_M)  # absolute token positions
+    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)  # token offsets inside the chunk
+    offs_m = c * CHUNK + rows  # absolute token positions (masks, dt / decay buffers)
     offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     mask_m = offs_m < L
@@ -357,11 +370,12 @@ def _chunk_out_kernel(
     mask_n = offs_n < N
     LP = NCHUNK * CHUNK
     row = bh.to(tl.int64) * LP
-    x_base = x_ptr + b * s_x_b + h * s_x_h
-    B_base = B_ptr + b * s_B_b + grp * s_B_g
+    t0 = (c * CHUNK).to(tl.int64)  # 64-bit chunk offsets, so long sequences do not overflow
+    x_c = x_ptr + b * s_x_b + h * s_x_h + t0 * s_x_l
+    B_c = B_ptr + b * s_B_b + grp * s_B_g + t0 * s_B_l
 
     Cm = tl.load(
-        C_ptr + b * s_C_b + grp * s_C_g + offs_m[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+        C_ptr + b * s_C_b + grp * s_C_g + t0 * s_C_l + rows[:, None] * s_C_l + offs_n[None, :] * s_C_n,
         mask=mask_m[:, None] & mask_n[None, :], other=0.0,
     )
     cs_m = tl.load(cs_ptr + row + offs_m)
@@ -373,15 +387,15 @@ def _chunk_out_kernel(
     # intra-chunk term over key blocks up to this query block's last token
     k_hi = tl.minimum((mb + 1) * BLOCK_M, L - c * CHUNK)
     cb = cb_ptr + (b * NCHUNK + c) * G * CHUNK * CHUNK + grp * CHUNK * CHUNK
-    rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     for k0 in range(0, k_hi, BLOCK_K):
-        offs_k = c * CHUNK + k0 + tl.arange(0, BLOCK_K)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        offs_k = c * CHUNK + cols
         mask_k = offs_k < L
         if HAS_CB:
-            scores = tl.load(cb + rows[:, None] * CHUNK + (k0 + tl.arange(0, BLOCK_K))[None, :]).to(tl.float32)
+            scores = tl.load(cb + rows[:, None] * CHUNK + cols[None, :]).to(tl.float32)
         else:
             Bt = tl.load(
-                B_base + offs_k[None, :] * s_B_l + offs_n[:, None] * s_B_n,
+                B_c + cols[None, :] * s_B_l + offs_n[:, None] * s_B_n,
                 mask=mask_k[None, :] & mask_n[:, None], other=0.0,
             )
             scores = _mm(Cm, Bt, DOT, PREC)  # [m, k]
@@ -390,23 +404,23 @@ def _chunk_out_kernel(
         causal = offs_k[None, :] <= offs_m[:, None]
         w = tl.where(causal, scores * tl.exp(cs_m[:, None] - cs_k[None, :]), 0.0) * dt_k[None, :]
         xk = tl.load(
-            x_base + offs_k[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+            x_c + cols[:, None] * s_x_l + offs_p[None, :] * s_x_p,
             mask=mask_k[:, None] & mask_p[None, :], other=0.0,
         )
         acc += _mm(w.to(xk.dtype), xk, DOT, PREC)
 
     mask_mp = mask_m[:, None] & mask_p[None, :]
     if HAS_D:
-        xm = tl.load(x_base + offs_m[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask_mp, other=0.0)
+        xm = tl.load(x_c + rows[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask_mp, other=0.0)
         Dv = tl.load(D_ptr + h * s_D_h + offs_p * s_D_p, mask=mask_p, other=0.0).to(tl.float32)
         acc += xm.to(tl.float32) * Dv[None, :]
     if HAS_Z:
         zm = tl.load(
-            z_ptr + b * s_z_b + h * s_z_h + offs_m[:, None] * s_z_l + offs_p[None, :] * s_z_p,
+            z_ptr + b * s_z_b + h * s_z_h + t0 * s_z_l + rows[:, None] * s_z_l + offs_p[None, :] * s_z_p,
             mask=mask_mp, other=0.0,
         ).to(tl.float32)
         acc = acc * zm * tl.sigmoid(zm)
-    out = out_ptr + b * s_o_b + h * s_o_h + offs_m[:, None] * s_o_l + offs_p[None, :] * s_o_p
+    out = out_ptr + b * s_o_b + h * s_o_h + t0 * s_o_l + rows[:, None] * s_o_l + offs_p[None, :] * s_o_p
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_mp)
 
 
