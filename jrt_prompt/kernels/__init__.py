@@ -9,6 +9,8 @@ and its public op:
 - :mod:`.pla` — prefix linear attention, the JRT-RNN mixer (:func:`prefix_linear_attention`);
 - :mod:`.taylor` — what both share: the Taylor feature map, :class:`LinearAttentionState`, the
   recurrent decode step (:func:`linear_attention_step`), launch configurations and Triton helpers.
+- :mod:`.ssd` — Mamba-2's chunked SSD scan and its one-token step (``ssd_chunk_scan``,
+  ``ssd_state_update``, with transformers' argument names; see docs/kernels_ssd.md).
 
 Triton is imported only when a kernel runs.
 """
