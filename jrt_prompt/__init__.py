@@ -3,7 +3,9 @@
 - :class:`JRTPrompt` lays a context and question out for JRT-Prompt (context read k times,
   question also up front);
 - :func:`load_model` loads a roster model, hub id or local checkpoint with its tokenizer;
-- :func:`generate` decodes greedy answers in batches for any transformers causal LM.
+- :func:`generate` decodes greedy answers in batches for any transformers causal LM;
+- :func:`accelerate` puts this project's Triton kernels into a transformers Mamba / Mamba-2 /
+  Falcon-Mamba model the caller loaded (``load_model`` does it on CUDA).
 
 ``import jrt_prompt`` is light: torch and transformers load on first use of a name that needs
 them. It also registers the JRT-RNN model type (``jrt_rnn``) with transformers' Auto classes, so
@@ -23,6 +25,7 @@ from .errors import JRTArgumentError, JRTError, ModelNotFoundError, UnsupportedM
 
 if TYPE_CHECKING:  # pragma: no cover
     from .generation import Generation, generate
+    from .models.accelerate import accelerate
     from .models.loading import LoadedModel, load_model
     from .prompts import FittedPrompt, JRTPrompt, fit_prompt
 
@@ -37,6 +40,7 @@ _LAZY = {
     "generate": ".generation",
     "LoadedModel": ".models.loading",
     "load_model": ".models.loading",
+    "accelerate": ".models.accelerate",
 }
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "LoadedModel",
     "ModelNotFoundError",
     "UnsupportedModelError",
+    "accelerate",
     "fit_prompt",
     "generate",
     "load_model",

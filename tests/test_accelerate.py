@@ -130,3 +130,11 @@ def test_gpu_accelerated_equals_transformers_torch_path(family, dtype, monkeypat
     assert _rel(logits, ref_logits) < (1e-4 if dtype == torch.float32 else 2e-2)
     if dtype == torch.float32:
         assert torch.equal(tokens, ref_tokens)
+
+
+def test_load_model_accelerates_when_kernels_are_forced(tmp_path, force_triton):
+    from jrt_prompt import load_model
+    from tiny_models import write_tiny_mamba
+
+    loaded = load_model(write_tiny_mamba(tmp_path / "mamba"), device="cpu")
+    assert is_accelerated(loaded.model)

@@ -22,6 +22,8 @@ import torch
 from ..errors import JRTError, ModelNotFoundError, UnsupportedModelError
 from ..hub import PROBE_TIMEOUT_S, endpoint, hub_reachable
 from ..hub import hub_allowed as _hub_allowed
+from ..kernels.dispatch import kernel_choice
+from .accelerate import accelerate
 from .adapters.base import Adapter
 from .checkpoint import has_weights, list_files, read_config, resolve_device, resolve_dtype
 from .registry import ModelSpec, get_spec, suggest
@@ -282,6 +284,9 @@ def load_model(
             f"{path} holds config.json but no weights (model.safetensors or pytorch_model.bin): download the weight files too"
         )
     model = adapter.load(path, config, dev, torch_dtype)
+    if dev.type == "cuda" or kernel_choice() != "auto":
+        # this project's kernels in place of transformers' PyTorch fallbacks (Mamba families)
+        accelerate(model)
     tokenizer = load_tokenizer(path, (spec.tokenizer if spec else None) or adapter.default_tokenizer)
     name = spec.name if spec else str(name_or_path)
     return LoadedModel(model, tokenizer, name, path, adapter, spec, config, dev)
