@@ -20,6 +20,7 @@ Patching is idempotent.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -34,7 +35,9 @@ from ..kernels.dispatch import kernel_choice
 _ORIGINALS: dict[str, dict[str, Callable]] = {}
 
 
+@functools.cache
 def _installed(package: str) -> bool:
+    # cached: the dispatchers ask on every call, and a module search touches the file system
     try:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):
