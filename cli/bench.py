@@ -116,6 +116,9 @@ def model_command(
     batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
     reps: Annotated[int, typer.Option(help="Timed repeats per row (median reported).")] = 3,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds after which the remaining rows are skipped (recorded).")
+    ] = None,
     before_cap: Annotated[
         float, typer.Option(help="Stop timing transformers' fallback once one prompt took this many seconds.")
     ] = 30.0,
@@ -133,6 +136,7 @@ def model_command(
         dtype=dtype,
         reps=reps,
         before_cap_s=before_cap,
+        time_budget_s=time_budget,
     )
     console.print(format_model_table(result))
     _write_json(result, json_out)

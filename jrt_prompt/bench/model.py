@@ -220,6 +220,7 @@ def run_model_bench(
     dtype: str = "bfloat16",
     reps: int = 3,
     before_cap_s: float = 30.0,
+    time_budget_s: float | None = None,
     device: str | None = None,
     tiny: bool = False,
     log: Callable[[str], None] = print,
@@ -228,7 +229,10 @@ def run_model_bench(
 
     Each row holds this project's time, the time before (transformers' fallback, while under
     ``before_cap_s``), the Transformer's time on N at that batch, and the share of the matmul floor.
+    A row whose warm-up prefill took over 2 s is timed once more rather than ``reps`` times; once
+    ``time_budget_s`` has passed, the remaining rows are recorded as skipped.
     """
+    deadline = time.monotonic() + time_budget_s if time_budget_s else None
     if device is None:
         if not torch.cuda.is_available():
             raise JRTError("jrt bench model needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)")
@@ -263,11 +267,18 @@ def run_model_bench(
                 tokens = factor * n
                 for batch in batches:
                     row = {"model": name, "params": params, "n": n, "tokens_read": tokens, "batch": batch}
+                    if deadline is not None and time.monotonic() > deadline:
+                        row["note"] = "skipped: the benchmark's time budget was spent"
+                        log(_row_line(row))
+                        rows.append(row)
+                        continue
                     gen = torch.Generator(device="cpu").manual_seed(tokens + batch)
                     ids = torch.randint(0, vocab, (batch, tokens), generator=gen).to(device)
                     try:
-                        _prefill(model, ids)  # warm-up: compilation, autotuning, allocator growth
-                        seconds = _seconds(lambda m=model, x=ids: _prefill(m, x), device, reps)
+                        # warm-up: compilation, autotuning, allocator growth
+                        warm = _seconds(lambda m=model, x=ids: _prefill(m, x), device, 1)
+                        n_reps = reps if warm < 2.0 else 1
+                        seconds = _seconds(lambda m=model, x=ids: _prefill(m, x), device, n_reps)
                         row["ms"] = seconds * 1e3
                         row["tokens_per_s"] = batch * tokens / seconds
                         row["floor_pct"] = 100 * (2 * params * batch * tokens / (tflops * 1e12)) / seconds
