@@ -17,10 +17,64 @@ With ``repeat=1`` and ``question_first=False`` this is exactly the plain prompt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import JRTArgumentError
+
+# Prompt tokens a model without a position limit in its config (recurrent models, the demo) reads
+# at most, unless told otherwise (--max-prompt-tokens). Sized for the roster's 1.3B-class models on
+# one GPU: transformers' Mamba path without mamba-ssm kernels holds d_inner x d_state floats per
+# token (4096 x 16 x 4 bytes = 256 KiB for mamba-1.4b), i.e. 8 GiB for one 32k-token row.
+DEFAULT_MAX_PROMPT_TOKENS = 32_768
+
+# Texts longer than this many characters are measured by prefixes first (see count_tokens_upto).
+PROBE_CHARS = 1 << 16
+# Tokens a cut at the end of a prefix (or between two copies of a context) can add or merge away.
+SEAM_TOKENS = 16
+
+
+def prompt_token_cap(positions: int | None, max_new_tokens: int, override: int | None = None) -> int:
+    """The most prompt tokens a model may read: ``override`` when given, else the positions its
+    config declares minus the tokens to generate, else :data:`DEFAULT_MAX_PROMPT_TOKENS`."""
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise JRTArgumentError(
+                f"max_prompt_tokens={override!r} is invalid: use a positive number of tokens"
+            )
+        return override
+    if positions:
+        return max(1, positions - max_new_tokens)
+    return DEFAULT_MAX_PROMPT_TOKENS
+
+
+def count_tokens_upto(count: Callable[[str], int], text: str, cap: int) -> int | None:
+    """The token count of ``text``, or None when it certainly holds more than ``cap`` tokens.
+
+    A long text is measured by prefixes of growing length (x4 each time) first, so a text far over
+    the cap is never tokenized whole: time and memory stay proportional to the cap, not the text.
+    """
+    size = PROBE_CHARS
+    while size < len(text):
+        if count(text[:size]) > cap + SEAM_TOKENS:
+            return None
+        size *= 4
+    return count(text)
+
+
+def count_tokens_chunked(count: Callable[[str], int], text: str) -> int:
+    """Token count of a text of any length, in bounded memory: the text is cut before a space every
+    :data:`PROBE_CHARS` characters or so (where byte-level BPE starts a new token anyway)."""
+    total, start = 0, 0
+    while start < len(text):
+        end = min(len(text), start + PROBE_CHARS)
+        if end < len(text):
+            space = text.rfind(" ", start + PROBE_CHARS // 2, end)
+            end = space if space > start else end
+        total += count(text[start:end])
+        start = end
+    return total
 
 
 @dataclass(frozen=True)
@@ -121,27 +175,51 @@ def fit_prompt(
         raise JRTArgumentError(f"keep={keep!r} is invalid: use 'start' or 'end'")
     if max_tokens < 1:
         raise JRTArgumentError(f"token budget {max_tokens} is invalid: use a positive number of tokens")
+    if template.repeat > max_tokens:
+        raise JRTArgumentError(
+            f"repeat={template.repeat} shows the context more times than the token budget of {max_tokens} "
+            "has tokens: lower the repeat or raise the budget"
+        )
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    if count_tokens_upto(count, question, max_tokens) is None:
+        raise JRTArgumentError(
+            f"token budget {max_tokens} is smaller than the question alone: raise the budget or shorten the question"
+        )
     fixed = count(template.render("", question))
     if fixed > max_tokens:
         raise JRTArgumentError(
             f"token budget {max_tokens} is smaller than the question and layout alone ({fixed} tokens): "
             "raise the budget or shorten the question"
         )
+    # A context far over the budget is cut to a prefix (suffix) that still holds more than one
+    # copy's share before it is tokenized, so its length never drives time or memory.
+    per_copy = (max_tokens - fixed) // template.repeat + SEAM_TOKENS
+    original: int | None = None
+    if len(context) > PROBE_CHARS:
+        size = PROBE_CHARS
+        while size < len(context):
+            piece = context[:size] if keep == "start" else context[len(context) - size :]
+            if count(piece) > per_copy + SEAM_TOKENS:
+                original = count_tokens_chunked(count, context)
+                context = piece
+                break
+            size *= 4
     ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    original = len(ids)
+    n_ids = len(ids)
+    if original is None:
+        original = n_ids
     full = template.render(context, question)
     n_full = count(full)
     if n_full <= max_tokens:
-        return FittedPrompt(full, context, n_full, original, original)
+        return FittedPrompt(full, context, n_full, n_ids, original)
 
     # First guess: share the free budget equally between the copies, then shrink until it fits.
-    keep_n = max(0, min(original, (max_tokens - fixed) // template.repeat))
+    keep_n = max(0, min(n_ids, (max_tokens - fixed) // template.repeat))
     while True:
-        piece = ids[:keep_n] if keep == "start" else ids[original - keep_n :]
+        piece = ids[:keep_n] if keep == "start" else ids[n_ids - keep_n :]
         cut_context = tokenizer.decode(piece, skip_special_tokens=True) if keep_n else ""
         text = template.render(cut_context, question)
         n = count(text)

@@ -13,7 +13,7 @@ from typing import TextIO
 from .errors import JRTArgumentError, JRTError
 from .generation import Generation, generate_like_harness
 from .models.loading import LoadedModel, load_model
-from .prompts import FittedPrompt, JRTPrompt
+from .prompts import FittedPrompt, JRTPrompt, prompt_token_cap
 
 DEFAULT_MODEL = "demo"
 
@@ -115,36 +115,27 @@ def run_prompt(
     """
     if mode not in ("default", "reference"):
         raise JRTArgumentError(f"mode {mode!r} is unknown: use default or reference")
-    # Check the options before spending time on loading the model.
-    JRTPrompt(repeat=1 if repeat is None else repeat, separator=separator).render(context, question)
+    # Check the options before spending time on loading the model (without building the prompt).
+    JRTPrompt(repeat=1 if repeat is None else repeat, separator=separator)
+    JRTPrompt.plain(separator).render("", question)
+    if not isinstance(context, str):
+        raise JRTArgumentError(f"context must be a string, got {type(context).__name__}")
     if max_new_tokens < 1:
         raise JRTArgumentError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
-    if max_prompt_tokens is not None and max_prompt_tokens < 1:
-        raise JRTArgumentError(
-            f"max_prompt_tokens={max_prompt_tokens} is invalid: use a positive token count"
-        )
+    prompt_token_cap(None, max_new_tokens, max_prompt_tokens)  # max_prompt_tokens >= 1
     if not isinstance(model, LoadedModel) and on_stage:
         on_stage(f"loading {model}", None)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
     k = default_repeat(loaded) if repeat is None else repeat
     first = (k > 1) if question_first is None else question_first
     template = JRTPrompt(repeat=k, question_first=first, separator=separator)
-    limit = max_prompt_tokens
-    if limit is None:
-        positions = loaded.token_limit()
-        limit = positions - max_new_tokens if positions and positions > max_new_tokens else None
-    fitted = None
-    if limit is not None:
-        fitted = template.fit(context, question, loaded.tokenizer, limit)
-        prompt = fitted.text
-    else:
-        prompt = template.render(context, question)
+    # Every model has a prompt-token cap (its config's positions, else DEFAULT_MAX_PROMPT_TOKENS):
+    # a context over it is cut, never handed whole to the model.
+    limit = prompt_token_cap(loaded.token_limit(), max_new_tokens, max_prompt_tokens)
+    fitted = template.fit(context, question, loaded.tokenizer, limit)
+    prompt = fitted.text
     warnings = []
-    n_prompt = (
-        fitted.prompt_tokens
-        if fitted is not None
-        else len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    )
+    n_prompt = fitted.prompt_tokens
     trained = trained_tokens(loaded)
     if trained and n_prompt > trained:
         warnings.append(

@@ -14,17 +14,33 @@ Crash safety: rows are appended as their batch finishes, then flushed and fsync'
 same command reads the output first: rows already there are skipped, and a last line torn by a
 ``kill -9`` (no trailing newline, or not valid JSON) is cut away before anything is appended, so
 no row is lost or written twice. When every row is done the file is rewritten in input order
-(atomically, through a temporary file and ``os.replace``).
+(atomically, through a temporary file and ``os.replace``; when the disk has no room for that second
+copy the complete output is kept in the order the rows finished, and the summary says so).
+
+Every row carries ``input_hash``, a hash of its input line, so a rerun against another input (or an
+edited one) is refused instead of mixing two inputs in one output. Rows without an ``id`` get
+``id: null`` (``line`` identifies them), so they never collide with explicit ids.
+
+Every prompt is capped (``--max-prompt-tokens``; default: the positions the model's config
+declares minus ``--max-new-tokens``, else :data:`jrt_prompt.prompts.DEFAULT_MAX_PROMPT_TOKENS`); the
+cap is checked from the context's token count and ``repeat`` before any prompt is built.
+SIGTERM is handled like Ctrl-C: the current batch is abandoned, the output lock released.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,13 +49,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JRTError
-from .prompts import JRTPrompt
+from .prompts import SEAM_TOKENS, JRTPrompt, count_tokens_upto, prompt_token_cap
 from .tasks.metrics import METRIC_NAMES
 from .tasks.metrics import score as score_prediction
 
 log = logging.getLogger(__name__)
 
 OPTIONAL_FIELDS = ("id", "answers", "repeat", "question_first")
+
+# Rows of one batch are padded to its longest prompt: a batch holds at most this many (padded)
+# tokens per row of --batch-size, or one row at the cap, so short rows never pad up to a huge one.
+BATCH_TOKENS_PER_ROW = 2048
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Terminated(KeyboardInterrupt):
+    """The scoring run received SIGTERM (handled like Ctrl-C: done rows stay, the lock is released)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,7 @@ class ParsedRow:
     prompt: str = ""
     prompt_tokens: int = 0
     context_cut_tokens: int = 0
+    hash: str = ""
 
 
 @dataclass
@@ -142,6 +169,7 @@ class ScoreSummary:
     error_kinds: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # versions, git commit, device
+    in_input_order: bool = True  # False: complete, but no disk space was left to reorder the file
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -160,6 +188,8 @@ def read_input(path: Path, limit: int | None = None) -> list[tuple[int, bytes]]:
         ) from None
     except IsADirectoryError:
         raise JRTError(f"input {path} is a directory; pass a JSONL file") from None
+    except OSError as exc:
+        raise JRTError(f"input file {path} cannot be read ({exc.strerror}); check its permissions") from None
     rows = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         if number == 1:
@@ -183,75 +213,94 @@ def _type_name(value: Any) -> str:
     }.get(type(value), "null" if value is None else type(value).__name__)
 
 
+def _show(value: Any) -> str:
+    """A short rendering of a bad field value for an error message."""
+    if isinstance(value, bool | int | float) or value is None:
+        text = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+        return text
+    if isinstance(value, str):
+        return json.dumps(value[:30], ensure_ascii=True) + ("..." if len(value) > 30 else "")
+    return f"a JSON {_type_name(value)}"
+
+
+def _surrogate_error(name: str, value: str) -> str | None:
+    found = _SURROGATE.search(value)
+    if found is None:
+        return None
+    return (
+        f"field '{name}' holds a lone surrogate escape (\\u{ord(found.group()):04x} at character "
+        f"{found.start() + 1}), which is not Unicode text: fix the escape in the input"
+    )
+
+
+def input_hash(raw: bytes) -> str:
+    """The fingerprint of one input line that its output row carries (16 hex digits)."""
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
 def parse_row(line: int, raw: bytes, config: ScoreConfig) -> ParsedRow:
-    """Validate one input line; a bad line gives a row with ``error`` set."""
+    """Validate one input line; a bad line gives a row with ``error`` set (nothing is raised)."""
+    digest = input_hash(raw)
+
+    def bad(kind: str, error: str, row_id: Any = None) -> ParsedRow:
+        return ParsedRow(line, row_id, kind=kind, error=error, hash=digest)
+
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return ParsedRow(
-            line,
-            None,
-            kind="not_utf8",
-            error=f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}",
-        )
+        return bad("not_utf8", f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return ParsedRow(
-            line, None, kind="invalid_json", error=f"invalid JSON: {exc.msg} at column {exc.colno}"
-        )
+        return bad("invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return bad("invalid_json", "invalid JSON for scoring: nested too deeply; flatten the row")
+    except ValueError as exc:  # an integer longer than Python's int_max_str_digits
+        return bad("invalid_json", f"invalid JSON for scoring: {str(exc).splitlines()[0][:120]}")
     if not isinstance(obj, dict):
-        return ParsedRow(
-            line, None, kind="not_an_object", error=f"row is a JSON {_type_name(obj)}, expected an object"
-        )
-    row_id = obj.get("id", line)
-    if isinstance(row_id, bool) or not isinstance(row_id, str | int):
-        return ParsedRow(
-            line,
-            None,
-            kind="wrong_type",
-            error=f"field 'id' must be a string or integer, got {_type_name(row_id)}",
-        )
-    row = ParsedRow(line, row_id)
+        return bad("not_an_object", f"row is a JSON {_type_name(obj)}, expected an object")
+    row_id = obj.get("id")
+    if row_id is not None and (isinstance(row_id, bool) or not isinstance(row_id, str | int)):
+        return bad("wrong_type", f"field 'id' must be a string or integer, got {_type_name(row_id)}")
+    if isinstance(row_id, str) and (problem := _surrogate_error("id", row_id)):
+        return bad("invalid_unicode", problem)
+    if isinstance(row_id, int) and abs(row_id) >= 2**63:
+        return bad("wrong_type", "field 'id' is an integer outside the 64-bit range: use a string id")
+    row = ParsedRow(line, row_id, hash=digest)
+
+    def fail(kind: str, error: str) -> ParsedRow:
+        row.kind, row.error = kind, error
+        return row
+
     for name in ("context", "question"):
         if name not in obj:
-            row.kind, row.error = "missing_field", f"missing field '{name}'"
-            return row
+            return fail("missing_field", f"missing field '{name}'")
         if not isinstance(obj[name], str):
-            row.kind, row.error = (
-                "wrong_type",
-                f"field '{name}' must be a string, got {_type_name(obj[name])}",
-            )
-            return row
+            return fail("wrong_type", f"field '{name}' must be a string, got {_type_name(obj[name])}")
         if not obj[name].strip():
-            row.kind, row.error = f"empty_{name}", f"field '{name}' is empty"
-            return row
+            return fail(f"empty_{name}", f"field '{name}' is empty")
+        if problem := _surrogate_error(name, obj[name]):
+            return fail("invalid_unicode", problem)
     row.context, row.question = obj["context"], obj["question"]
     answers = obj.get("answers")
     if answers is not None:
         if isinstance(answers, str):
             answers = [answers]
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            row.kind, row.error = "wrong_type", "field 'answers' must be a string or a list of strings"
-            return row
+            return fail("wrong_type", "field 'answers' must be a string or a list of strings")
+        for answer in answers:
+            if problem := _surrogate_error("answers", answer):
+                return fail("invalid_unicode", problem)
         row.answers = answers
     repeat = obj.get("repeat", config.repeat)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        row.kind, row.error = (
-            "wrong_type",
-            f"field 'repeat' must be an integer >= 1, got {json.dumps(repeat)}",
-        )
-        return row
+        return fail("wrong_type", f"field 'repeat' must be an integer >= 1, got {_show(repeat)}")
     row.repeat = repeat
     qf = obj.get("question_first", config.question_first)
     if qf is None:
         qf = repeat > 1
     if not isinstance(qf, bool):
-        row.kind, row.error = (
-            "wrong_type",
-            f"field 'question_first' must be true or false, got {json.dumps(qf)}",
-        )
-        return row
+        return fail("wrong_type", f"field 'question_first' must be true or false, got {_show(qf)}")
     row.question_first = qf
     return row
 
@@ -293,7 +342,13 @@ def repair_output(path: Path) -> tuple[dict[int, dict[str, Any]], int]:
         good_lines.append(raw)
     clean = b"".join(r + b"\n" for r in good_lines)
     if clean != data:
-        _atomic_write(path, clean)
+        if data.startswith(clean):  # only a torn tail: cut it off in place (no second copy needed)
+            with open(path, "r+b") as f:
+                f.truncate(len(clean))
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            _atomic_write(path, clean)
     return kept, torn
 
 
@@ -303,55 +358,176 @@ def _jsonl_bytes(rows) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` through ``PATH.tmp``; the temporary file never outlives a failure."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _fs_error(exc: OSError, path: Path | str) -> JRTError:
+    """A one-line error for a filesystem fault on ``path``, naming the fix."""
+    where = exc.filename or path
+    if exc.errno in _DISK_FULL:
+        fix = "free disk space (or pass an --out on another disk) and rerun the same command to resume"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "pass an --out in a directory you can write to"
+    elif exc.errno == errno.EISDIR:
+        fix = "pass a file path as --out, not a directory"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a part of the --out path is a file: pass a path inside a directory"
+    else:
+        fix = "check the --out path"
+    reason = exc.strerror or type(exc).__name__
+    return JRTError(f"cannot write {where}: {reason}; {fix}")
 
 
 class _OutputLock:
     """An exclusive lock on ``OUT.lock`` held for the whole run, so two runs never share an output.
 
-    A separate lock file (not the output itself) because repairs replace the output file.
+    A separate lock file (not the output itself) because repairs replace the output file. The
+    holder deletes the lock file before it lets go of the lock, so a process that opened the file
+    just before may get the lock on a deleted file: after locking, the file must still be the one
+    at the path (same inode), else the process opens the path again. Two holders are impossible.
     """
 
     def __init__(self, out: Path, *, wait: bool = False):
         self.path = out.with_name(out.name + ".lock")
-        self.file = open(self.path, "ab")
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise JRTError(
-                f"{out} is being written by another scoring run; wait for it or pick another --out"
-            ) from None
+        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                raise JRTError(
+                    f"{out} is being written by another scoring run; wait for it or pick another --out"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)  # the previous holder removed this file: lock the new one
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
+class _Signals:
+    """SIGTERM handled like SIGINT while a run holds its output (main thread only).
+
+    The signal interrupts scoring at once (Terminated / KeyboardInterrupt), except inside
+    ``critical()`` — the writing of a batch's rows — where it is raised once the write is complete.
+    """
+
+    def __init__(self):
+        self.depth = 0
+        self.pending: BaseException | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        exc = Terminated("terminated by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.depth:
+            self.pending = self.pending or exc
+        else:
+            raise exc
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def critical(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
 
 
 class _Appender:
-    """Appends JSON rows; each batch is flushed and fsync'ed before the next one starts."""
+    """Appends JSON rows; each batch is flushed and fsync'ed before the next one starts.
 
-    def __init__(self, path: Path):
+    A failed write (disk full) is cut back to the last complete row before the error is raised.
+    """
+
+    def __init__(self, path: Path, signals: _Signals | None = None):
+        self.path = path
+        self.signals = signals or _Signals()
         self.file = open(path, "ab")
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        self.file.write(_jsonl_bytes(rows))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        data = _jsonl_bytes(rows)
+        with self.signals.critical():
+            if self.file is None:
+                raise JRTError(f"cannot write {self.path} after an earlier failure; rerun the same command")
+            start = self.file.seek(0, os.SEEK_END)
+            try:
+                self.file.write(data)
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            except OSError as exc:
+                self._cut_back(start)
+                raise _fs_error(exc, self.path) from None
+
+    def _cut_back(self, size: int) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError), open(self.path, "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+        try:
+            self.file = open(self.path, "ab")
+        except OSError:
+            self.file = None
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk can refuse the last flush: rows were fsync'ed
+            if self.file is not None:
+                self.file.close()
 
 
 def _error_row(row: ParsedRow) -> dict[str, Any]:
-    return {"line": row.line, "id": row.id, "status": "error", "kind": row.kind, "error": row.error}
+    return {
+        "line": row.line,
+        "id": row.id,
+        "status": "error",
+        "kind": row.kind,
+        "error": row.error,
+        "input_hash": row.hash,
+    }
 
 
 # --- the job -------------------------------------------------------------------------------------
@@ -375,27 +551,47 @@ def score_jsonl(
         raise JRTError(f"--max-new-tokens {config.max_new_tokens} is invalid: generate at least one token")
     if config.out.resolve() == Path(config.input).resolve():
         raise JRTError("--out is the input file; pick another output path")
+    if config.out.is_dir():
+        raise JRTError(f"--out {config.out} is a directory: pass a file path, e.g. {config.out / 'preds.jsonl'}")
+    limit = prompt_token_cap(
+        engine.max_prompt_tokens, config.max_new_tokens, config.max_prompt_tokens
+    )  # checked before the input is read
     started = time.perf_counter()
     inputs = read_input(config.input, config.limit)
     parsed = [parse_row(line, raw, config) for line, raw in inputs]
     _mark_duplicate_ids(parsed)
 
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    if config.shard is not None:
-        return _score_shard(config, engine, parsed, started, on_start, on_progress)
-    leftovers = _shard_files(config.out)
-    if leftovers:
-        raise JRTError(
-            f"{leftovers[0]} holds rows of an unfinished sharded run: rerun it with the same --shard "
-            "options (or delete the shard files to start over)"
-        )
-    lock = _OutputLock(config.out)
+    signals = _Signals()
     try:
-        return _score_locked(
-            config, engine, parsed, config.out, {}, config.summary_path, started, on_start, on_progress
-        )
-    finally:
-        lock.release()
+        with signals.installed():
+            config.out.parent.mkdir(parents=True, exist_ok=True)
+            if config.shard is not None:
+                return _score_shard(config, engine, parsed, limit, signals, started, on_start, on_progress)
+            leftovers = _shard_files(config.out)
+            if leftovers:
+                raise JRTError(
+                    f"{leftovers[0]} holds rows of an unfinished sharded run: rerun it with the same --shard "
+                    "options (or delete the shard files to start over)"
+                )
+            lock = _OutputLock(config.out)
+            try:
+                return _score_locked(
+                    config,
+                    engine,
+                    parsed,
+                    limit,
+                    signals,
+                    config.out,
+                    {},
+                    config.summary_path,
+                    started,
+                    on_start,
+                    on_progress,
+                )
+            finally:
+                lock.release()
+    except OSError as exc:
+        raise _fs_error(exc, config.out) from None
 
 
 def _shard_path(out: Path, index: int, count: int) -> Path:
@@ -422,7 +618,7 @@ def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
     return rows
 
 
-def _score_shard(config, engine, parsed, started, on_start, on_progress) -> ScoreSummary:
+def _score_shard(config, engine, parsed, limit, signals, started, on_start, on_progress) -> ScoreSummary:
     """One of ``count`` processes (e.g. one per GPU under torchrun) scoring every count-th row.
 
     Each shard appends to its own file ``OUT.shard-I-of-N`` (same crash safety as a plain run);
@@ -438,6 +634,8 @@ def _score_shard(config, engine, parsed, started, on_start, on_progress) -> Scor
             config,
             engine,
             parsed[index::count],
+            limit,
+            signals,
             shard,
             _read_rows(config.out),  # rows an earlier merge already moved to OUT
             shard.with_name(shard.name + ".summary.json"),
@@ -478,7 +676,7 @@ def _merge_shards(
         if not all(row.line in rows for row in parsed):
             return None
         ordered = [rows[line] for line in sorted(rows)]
-        _atomic_write(config.out, _jsonl_bytes(ordered))
+        _atomic_write(config.out, _jsonl_bytes(ordered))  # the shards stay until OUT holds every row
         for path in files:
             path.unlink(missing_ok=True)
         return rows
@@ -489,7 +687,7 @@ def _merge_shards(
 
 
 def _score_locked(
-    config, engine, parsed, write_path, earlier, summary_path, started, on_start, on_progress
+    config, engine, parsed, limit, signals, write_path, earlier, summary_path, started, on_start, on_progress
 ) -> ScoreSummary:
     """Score ``parsed`` rows not yet done, appending to ``write_path`` (rows in ``earlier`` count as done)."""
     done, torn = repair_output(write_path)
@@ -499,40 +697,22 @@ def _score_locked(
         done = {line: r for line, r in done.items() if r.get("status") != "error"}
         _atomic_write(write_path, _jsonl_bytes(done.values()))
     done = {**earlier, **done}
-    by_line = {row.line: row for row in parsed}
-    for line, row in done.items():
-        if line in by_line and row.get("id") != by_line[line].id and by_line[line].error is None:
-            raise JRTError(
-                f"{config.out} holds a row for line {line} with id {row.get('id')!r}, but the input has "
-                f"{by_line[line].id!r} there: it was written from another input; pick another --out"
-            )
+    _check_same_input(config, parsed, done)
     pending = [row for row in parsed if row.line not in done]
     if on_start:
         on_start(len(parsed), len(parsed) - len(pending))
 
-    limit = config.max_prompt_tokens
-    if limit is None and engine.max_prompt_tokens is not None:
-        limit = engine.max_prompt_tokens - config.max_new_tokens
     for row in pending:
         if row.error is None:
-            template = JRTPrompt(
-                repeat=row.repeat,
-                question_first=row.question_first,
-                separator=config.separator,
-                answer_prefix=config.answer_prefix,
-            )
-            row.prompt = template.render(row.context, row.question)
-            row.prompt_tokens = engine.count_tokens(row.prompt)
-            if limit is not None and row.prompt_tokens > limit and config.fit_context:
-                _fit(row, template, engine, limit)
-            elif limit is not None and row.prompt_tokens > limit:
-                row.kind, row.error = (
-                    "too_long",
-                    f"context too long: the prompt is {row.prompt_tokens} tokens, over the limit of {limit} "
-                    "prompt tokens; shorten the context or lower the repeat",
-                )
+            try:
+                _build_prompt(row, config, engine, limit)
+            except JRTError:
+                raise
+            except Exception as exc:  # a tokenizer refusing some text fails that row, not the run
+                row.kind = "not_tokenizable"
+                row.error = f"the model's tokenizer refused the row ({type(exc).__name__}: {str(exc)[:120]})"
 
-    appender = _Appender(write_path)
+    appender = _Appender(write_path, signals)
     scored_now = 0
     try:
         bad = [row for row in pending if row.error is not None]
@@ -540,8 +720,7 @@ def _score_locked(
         if on_progress and bad:
             on_progress(len(bad))
         good = sorted((r for r in pending if r.error is None), key=lambda r: (-r.prompt_tokens, r.line))
-        for i in range(0, len(good), config.batch_size):
-            batch = good[i : i + config.batch_size]
+        for batch in _batches(good, config.batch_size, limit):
             generations = engine.generate([r.prompt for r in batch], config.max_new_tokens)
             out_rows = [_ok_row(row, gen, config) for row, gen in zip(batch, generations, strict=True)]
             appender.write(out_rows)
@@ -552,16 +731,121 @@ def _score_locked(
         appender.close()
 
     final, _ = repair_output(write_path)
+    in_order = True
     if all(row.line in final for row in parsed):
-        ordered = [final[line] for line in sorted(final)]
-        _atomic_write(write_path, _jsonl_bytes(ordered))
+        in_order = _write_in_order(write_path, final)
     elapsed = time.perf_counter() - started
     everything = {**earlier, **final}
     summary = _summarize(
         config, engine, parsed, everything, len(parsed) - len(pending), scored_now, torn, elapsed
     )
+    summary.in_input_order = in_order
+    summary.settings["max_prompt_tokens"] = limit
     _atomic_write(summary_path, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return summary
+
+
+def _check_same_input(config: ScoreConfig, parsed: list[ParsedRow], done: dict[int, dict[str, Any]]) -> None:
+    """Refuse an output whose rows were scored from other input lines than the ones at hand."""
+    by_line = {row.line: row for row in parsed}
+    for line, row in done.items():
+        if line not in by_line:
+            continue
+        ours = by_line[line]
+        theirs = row.get("input_hash")
+        if theirs is not None:
+            if theirs != ours.hash:
+                raise JRTError(
+                    f"{config.out} holds a row for line {line} scored from another text than line {line} "
+                    "of the input: it was written from another input (or that line was edited; "
+                    "--retry-errors rescores edited error rows); pick another --out"
+                )
+        elif ours.error is None and ours.id is not None and row.get("id") != ours.id:
+            raise JRTError(
+                f"{config.out} holds a row for line {line} with id {row.get('id')!r}, but the input has "
+                f"{ours.id!r} there: it was written from another input; pick another --out"
+            )
+
+
+def _build_prompt(row: ParsedRow, config: ScoreConfig, engine: Engine, limit: int) -> None:
+    """Render the row's prompt and count its tokens, or mark it ``too_long``.
+
+    ``repeat`` and the context's token count are checked before the prompt is built, so a huge
+    context or repeat costs time and memory proportional to the cap, never to what was asked.
+    """
+    fix = f"shorten the context, lower the repeat, pass --fit-context or raise --max-prompt-tokens (now {limit})"
+    if row.repeat > limit:
+        row.kind, row.error = (
+            "too_long",
+            f"context too long: repeat {row.repeat} makes the prompt longer than the limit of {limit} "
+            f"prompt tokens; {fix}",
+        )
+        return
+    template = JRTPrompt(
+        repeat=row.repeat,
+        question_first=row.question_first,
+        separator=config.separator,
+        answer_prefix=config.answer_prefix,
+    )
+    per_copy = limit // row.repeat + SEAM_TOKENS
+    context_tokens = count_tokens_upto(engine.count_tokens, row.context, per_copy)
+    question_tokens = count_tokens_upto(engine.count_tokens, row.question, limit)
+    over = context_tokens is None or context_tokens > per_copy or question_tokens is None
+    if over and config.fit_context:
+        _fit(row, template, engine, limit)
+        return
+    if over:
+        what = (
+            f"the question alone is over the limit of {limit} prompt tokens"
+            if question_tokens is None
+            else f"the context holds {'more than ' + str(per_copy) if context_tokens is None else context_tokens} "
+            f"tokens, {row.repeat} copies of it are over the limit of {limit} prompt tokens"
+        )
+        row.kind, row.error = "too_long", f"context too long: {what}; {fix}"
+        return
+    row.prompt = template.render(row.context, row.question)
+    row.prompt_tokens = engine.count_tokens(row.prompt)
+    if row.prompt_tokens > limit and config.fit_context:
+        _fit(row, template, engine, limit)
+    elif row.prompt_tokens > limit:
+        row.kind, row.error = (
+            "too_long",
+            f"context too long: the prompt is {row.prompt_tokens} tokens, over the limit of {limit} "
+            f"prompt tokens; {fix}",
+        )
+
+
+def _batches(rows: list[ParsedRow], batch_size: int, limit: int):
+    """Length-sorted rows in batches of at most ``batch_size`` rows and of at most
+    max(limit, batch_size x BATCH_TOKENS_PER_ROW) padded tokens (rows are padded to the longest)."""
+    budget = max(limit, batch_size * BATCH_TOKENS_PER_ROW)
+    batch: list[ParsedRow] = []
+    for row in rows:
+        longest = max([r.prompt_tokens for r in batch] + [row.prompt_tokens])
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * longest > budget):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
+def _write_in_order(path: Path, rows: dict[int, dict[str, Any]]) -> bool:
+    """Rewrite ``path`` with its rows in input order; False when the disk has no room for the copy
+    (the file then stays complete, in the order the rows were scored)."""
+    ordered = _jsonl_bytes(rows[line] for line in sorted(rows))
+    if path.read_bytes() == ordered:
+        return True
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(path.parent).free < len(ordered) + (1 << 20):
+            return False
+    try:
+        _atomic_write(path, ordered)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            return False
+        raise
+    return True
 
 
 def _mark_duplicate_ids(rows: list[ParsedRow]) -> None:
@@ -607,6 +891,7 @@ def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
         "prediction": gen.text,
         "finish_reason": gen.finish_reason,
         "batch_seconds": round(float(gen.seconds), 6),  # wall time of the row's whole batch
+        "input_hash": row.hash,
     }
     if row.context_cut_tokens:
         out["context_cut_tokens"] = row.context_cut_tokens

@@ -286,7 +286,7 @@ def test_input_reading_handles_bom_crlf_blank_lines_and_limit(tmp_path):
     assert [line for line, _ in rows] == [1, 4]
     config = ScoreConfig(input=src, out=tmp_path / "o.jsonl", repeat=1)
     first, second = (parse_row(line, raw, config) for line, raw in rows)
-    assert first.error is None and first.id == 1 and first.context == "c1" and not first.question_first
+    assert first.error is None and first.id is None and first.context == "c1" and not first.question_first
     assert second.id == 7 and second.repeat == 1
     assert read_input(src, limit=1) == rows[:1]
 
