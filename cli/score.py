@@ -15,6 +15,7 @@ from ._common import (
     ModelOption,
     QuestionFirstOption,
     RepeatOption,
+    _Terminated,
     console,
     err_console,
     library_warnings,
@@ -98,33 +99,53 @@ def score_command(
             raise usage_error(f"{option} {value} is invalid: use a whole number >= 1")
     shard_spec, device = _shard_and_device(shard, device)
     quiet_libraries()
-    from jrt_prompt.scoring import score_file
+    from jrt_prompt.scoring import Terminated, score_file
 
-    with progress("scoring") as display, library_warnings():
+    try:
+        with progress("scoring") as display, library_warnings():
 
-        def on_start(total: int, done: int) -> None:
-            if done:
-                err_console.print(f"resuming: {done} of {total} rows already in {out}", highlight=False)
-            display.start(total - done)
+            def on_start(total: int, done: int) -> None:
+                if done:
+                    err_console.print(f"resuming: {done} of {total} rows already in {out}", highlight=False)
+                display.start(total - done)
 
-        result = score_file(
-            input,
-            out,
-            model=model,
-            repeat=repeat,
-            question_first=question_first,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            limit=limit,
-            max_prompt_tokens=max_prompt_tokens,
-            summary=summary,
-            retry_errors=retry_errors,
-            fit_context=fit_context,
-            shard=shard_spec,
-            device=device,
-            dtype=model_dtype(dtype),
-            on_start=on_start,
-            on_progress=display.advance,
+            result = score_file(
+                input,
+                out,
+                model=model,
+                repeat=repeat,
+                question_first=question_first,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                limit=limit,
+                max_prompt_tokens=max_prompt_tokens,
+                summary=summary,
+                retry_errors=retry_errors,
+                fit_context=fit_context,
+                shard=shard_spec,
+                device=device,
+                dtype=model_dtype(dtype),
+                on_start=on_start,
+                on_progress=display.advance,
+            )
+    except KeyboardInterrupt as exc:
+        # Scoring's own SIGTERM / Ctrl-C handling: finished rows are on disk, the lock is released.
+        terminated = isinstance(exc, Terminated | _Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        err_console.print(
+            f"{what}: finished rows are in {out}; rerun the same command to resume",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=143 if terminated else 130) from None
+    if not result.in_input_order:
+        err_console.print(
+            f"warning: every row is in {out}, but in the order they finished: the disk had no room to "
+            "rewrite it in input order (rerun the same command with more free space to reorder it)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
     console.print_json(json.dumps(result.to_json()))
     if strict and result.errors:

@@ -22,12 +22,42 @@ def load_local_rows(path: str | Path) -> list[dict[str, Any]]:
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
     if builder is None:
         raise JRTError(f"data file {path} has an unknown suffix; use .jsonl, .json or .parquet")
+    if builder == "json":
+        check_utf8(path)
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for unreadable files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [dict(row) for row in ds]  # rows are decoded here: inside the error handling
+    except Exception as exc:  # datasets and pyarrow raise many types for unreadable files
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise JRTError(f"data file {path} could not be read as {builder}: {first}") from None
-    return [dict(row) for row in ds]
+
+
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise a one-line error naming the line and byte of the first non-UTF-8 byte of a text file."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                # exc.start counts from the bytes the decoder still held from the previous chunk
+                held = len(exc.object) - len(data)
+                at = offset + exc.start - held
+                f.seek(0)
+                head = f.read(at)
+                bad = exc.object[exc.start] if exc.start < len(exc.object) else 0
+                lines = head.count(b"\n") + 1
+                raise JRTError(
+                    f"data file {path} is not UTF-8 text: byte 0x{bad:02x} on line {lines} "
+                    f"(byte {at + 1} of the file); convert the file to UTF-8"
+                ) from None
+            if not data:
+                return
+            offset += len(data)
 
 
 def load_hub_rows(spec: TaskSpec) -> list[dict[str, Any]]:
