@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import JRTError
-from .checkpoint import read_state_dict
+from .checkpoint import from_pretrained_checked, read_state_dict
 from .modeling_jrt import JRTConfig, JRTForCausalLM
 
 LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.")
@@ -366,7 +366,7 @@ def build_jrt_model(
 def load_gpt_hybrid(path: Path, config: dict[str, Any], device, dtype) -> JRTForCausalLM:
     """JRT-RNN / Based: our own save_pretrained format, or a hazyresearch checkpoint."""
     if config.get("model_type") == JRTConfig.model_type:
-        model = JRTForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = from_pretrained_checked(JRTForCausalLM, path, dtype=dtype or torch.float32)
         return model.to(device).eval()
     state = clean_state_dict(read_state_dict(path), rename_conv1=True)
     jrt_config = jrt_config_from_hazy(config, state)

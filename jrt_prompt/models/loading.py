@@ -25,7 +25,14 @@ from ..hub import hub_allowed as _hub_allowed
 from ..kernels.dispatch import kernel_choice
 from .accelerate import accelerate
 from .adapters.base import Adapter
-from .checkpoint import has_weights, list_files, read_config, resolve_device, resolve_dtype
+from .checkpoint import (
+    check_checkpoint,
+    has_weights,
+    list_files,
+    read_config,
+    resolve_device,
+    resolve_dtype,
+)
 from .registry import ModelSpec, get_spec, suggest
 
 # Adapters tried, in order, for a checkpoint not in the roster; "hf" accepts any transformers model.
@@ -233,7 +240,15 @@ def load_tokenizer(path: Path, fallback: str | None):
         raise JRTError(
             f"{path} has no tokenizer files and its family names none: save the tokenizer into that directory"
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except JRTError:
+        raise
+    except Exception as exc:  # a corrupt tokenizer.json and the like
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise JRTError(
+            f"the tokenizer files in {source} could not be read ({type(exc).__name__}: {first}); re-download them"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -283,7 +298,16 @@ def load_model(
         raise ModelNotFoundError(
             f"{path} holds config.json but no weights (model.safetensors or pytorch_model.bin): download the weight files too"
         )
-    model = adapter.load(path, config, dev, torch_dtype)
+    check_checkpoint(path, config)  # symlinks and shards inside, weight files readable, sizes plausible
+    try:
+        model = adapter.load(path, config, dev, torch_dtype)
+    except JRTError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise JRTError(
+            f"{path}: the checkpoint could not be loaded ({type(exc).__name__}: {first}); re-download it"
+        ) from None
     if dev.type == "cuda" or kernel_choice() != "auto":
         # this project's kernels in place of transformers' PyTorch fallbacks (Mamba families)
         accelerate(model)

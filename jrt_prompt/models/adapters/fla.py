@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ...errors import JRTError
+from ..checkpoint import from_pretrained_checked
 from .base import Adapter
 
 # model_type values of fla's causal LMs (fla/models/*/configuration_*.py).
@@ -65,7 +66,9 @@ def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.
     import_fla()
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.bfloat16, trust_remote_code=False)
+    model = from_pretrained_checked(
+        AutoModelForCausalLM, path, dtype=dtype or torch.bfloat16, trust_remote_code=False
+    )
     return model.to(device).eval()
 
 

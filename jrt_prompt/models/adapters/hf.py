@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ...errors import UnsupportedModelError
+from ..checkpoint import from_pretrained_checked
 from .base import Adapter
 
 
@@ -27,14 +28,9 @@ def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.
             f"{path} needs custom code from its repository (auto_map), which is never run by default; "
             "use a model type that transformers ships"
         )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, trust_remote_code=False
-        )
-    except ValueError as exc:
-        raise UnsupportedModelError(
-            f"{path}: transformers cannot build a causal LM from it ({str(exc).splitlines()[0]})"
-        ) from None
+    model = from_pretrained_checked(
+        AutoModelForCausalLM, path, dtype=dtype or torch.float32, trust_remote_code=False
+    )
     return model.to(device).eval()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ...errors import JRTError
-from ..checkpoint import check_shape, read_state_dict
+from ..checkpoint import check_shape, from_pretrained_checked, read_state_dict
 from .base import Adapter
 
 # The mixer layer class of mamba_ssm's original configs (ssm_cfg.layer); absent means Mamba-1.
@@ -115,7 +115,7 @@ def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.
     from transformers import MambaForCausalLM
 
     if not is_original_format(config):
-        model = MambaForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = from_pretrained_checked(MambaForCausalLM, path, dtype=dtype or torch.float32)
         return model.to(device).eval()
     hf_config, state = convert_mamba_ssm_state_dict(read_state_dict(path), config)
     return build_from_state_dict(MambaForCausalLM, hf_config, state, device, dtype)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ...errors import JRTError
-from ..checkpoint import check_shape, read_state_dict
+from ..checkpoint import check_shape, from_pretrained_checked, read_state_dict
 from .base import Adapter
 from .mamba import build_from_state_dict, is_original_format
 
@@ -106,7 +106,8 @@ def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.
     from transformers import Mamba2ForCausalLM
 
     if not is_original_format(config):
-        return Mamba2ForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device).eval()
+        model = from_pretrained_checked(Mamba2ForCausalLM, path, dtype=dtype or torch.float32)
+        return model.to(device).eval()
     hf_config, state = convert_mamba2_ssm_state_dict(read_state_dict(path), config)
     return build_from_state_dict(Mamba2ForCausalLM, hf_config, state, device, dtype)
 

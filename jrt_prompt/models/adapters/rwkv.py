@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import from_pretrained_checked
 from .base import Adapter
 
 
@@ -17,7 +18,8 @@ def detect(config: dict[str, Any], files: set[str]) -> bool:
 def load(path: Path, config: dict[str, Any], device: torch.device, dtype: torch.dtype | None):
     from transformers import RwkvForCausalLM
 
-    return RwkvForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device).eval()
+    model = from_pretrained_checked(RwkvForCausalLM, path, dtype=dtype or torch.float32)
+    return model.to(device).eval()
 
 
 def state_bytes(config: dict[str, Any], prompt_tokens: int, dtype_bytes: int = 2) -> int:
