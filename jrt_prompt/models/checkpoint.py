@@ -139,26 +139,8 @@ def shard_files(path: Path, index_name: str) -> list[Path]:
 
 # --- checking a checkpoint directory before anything is built from it -------------------------
 
-_LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-# Sizes that no real checkpoint declares larger than the largest dimension of its tensors.
-_SIZE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "n_embd",
-    "d_model",
-    "intermediate_size",
-    "n_inner",
-    "d_inner",
-    "state_size",
-    "d_state",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "n_head",
-    "num_heads",
-    "head_dim",
-    "time_step_rank",
-    "attention_hidden_size",
-)
+# Layer counts of the original (mamba_ssm, hazyresearch) configs, which have no model_type.
+_LAYER_FIELDS = ("n_layer", "num_hidden_layers", "num_layers")
 _LAYER_KEY = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _MAX_ENTRIES = 10_000  # entries of a checkpoint directory looked at for symlinks
 
@@ -240,33 +222,57 @@ def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def _layers_found(shapes: dict[str, tuple[int, ...]]) -> tuple[int, str]:
+    """How many layers the tensors hold (distinct layer indices in their names; else the tensors)."""
+    layers = {int(m.group(1)) for key in shapes if (m := _LAYER_KEY.search("." + key))}
+    return (len(layers), "layers") if layers else (len(shapes), "tensors")
+
+
+def _largest_dim(shapes: dict[str, tuple[int, ...]]) -> int:
+    return max((max(shape, default=1) for shape in shapes.values()), default=1)
+
+
 def check_config_sizes(path: Path, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse a config.json whose sizes the weight files cannot hold (a layer count above the
-    layers found, a width or vocabulary above every tensor dimension)."""
+    """Refuse a config.json whose layer count the weight files cannot hold.
+
+    Configs with a ``model_type`` are checked on transformers' parsed config (which knows which
+    fields are real) by :func:`from_pretrained_checked`; the original formats here.
+    """
     if not shapes:
         raise JRTError(f"the weight files of {path} hold no tensors: re-download the checkpoint")
-    largest = max((max(shape, default=1) for shape in shapes.values()), default=1)
-    layers = {int(m.group(1)) for key in shapes if (m := _LAYER_KEY.search("." + key))}
-    found = len(layers) if layers else len(shapes)
-    for name in _LAYER_FIELDS:
+    found, what = _layers_found(shapes)
+    names = () if "model_type" in config else _LAYER_FIELDS
+    for name in names:
         value = config.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > found:
             raise JRTError(
-                f"{path}/config.json says {name}={value}, but the weights hold "
-                f"{f'{found} layers' if layers else f'{found} tensors'}: config.json and the weights do not belong together"
+                f"{path}/config.json says {name}={value}, but the weights hold {found} {what}: "
+                "config.json and the weights do not belong together"
             )
-    for name in _SIZE_FIELDS:
-        value = config.get(name)
+    mixers = config.get("layer_mixers")
+    if isinstance(mixers, list) and len(mixers) > found:
+        raise JRTError(
+            f"{path}/config.json lists {len(mixers)} layer_mixers, but the weights hold {found} {what}"
+        )
+
+
+def _check_parsed_config(path: Path, config: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+    """transformers' parsed config against the tensors: layers found, vocabulary and width."""
+    found, what = _layers_found(shapes)
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers > found:
+        raise JRTError(
+            f"{path}/config.json says num_hidden_layers={layers}, but the weights hold {found} {what}: "
+            "config.json and the weights do not belong together"
+        )
+    largest = _largest_dim(shapes)
+    for name in ("vocab_size", "hidden_size", "intermediate_size"):
+        value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > largest:
             raise JRTError(
                 f"{path}/config.json says {name}={value}, larger than any tensor dimension of the weights "
                 f"({largest}): config.json and the weights do not belong together"
             )
-    mixers = config.get("layer_mixers")
-    if isinstance(mixers, list) and len(mixers) > found:
-        raise JRTError(
-            f"{path}/config.json lists {len(mixers)} layer_mixers, but the weights hold {found} layers"
-        )
 
 
 def check_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -296,6 +302,7 @@ def from_pretrained_checked(model_cls, path: Path, shapes: dict[str, tuple[int, 
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             build = lambda: model_cls.from_config(config, trust_remote_code=False)
+        _check_parsed_config(path, config, shapes)
         with torch.device("meta"):
             meta = build()
     except JRTError:
