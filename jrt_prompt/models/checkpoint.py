@@ -241,7 +241,9 @@ def check_config_sizes(path: Path, config: dict[str, Any], shapes: dict[str, tup
     if not shapes:
         raise JRTError(f"the weight files of {path} hold no tensors: re-download the checkpoint")
     found, what = _layers_found(shapes)
-    names = () if "model_type" in config else _LAYER_FIELDS
+    # transformers' configs name the layer count num_hidden_layers (checked again once parsed:
+    # parsing a config of 10^7 layers already takes seconds).
+    names = ("num_hidden_layers",) if "model_type" in config else _LAYER_FIELDS
     for name in names:
         value = config.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > found:
