@@ -555,7 +555,9 @@ def score_jsonl(
     if config.out.resolve() == Path(config.input).resolve():
         raise JRTError("--out is the input file; pick another output path")
     if config.out.is_dir():
-        raise JRTError(f"--out {config.out} is a directory: pass a file path, e.g. {config.out / 'preds.jsonl'}")
+        raise JRTError(
+            f"--out {config.out} is a directory: pass a file path, e.g. {config.out / 'preds.jsonl'}"
+        )
     limit = prompt_token_cap(
         engine.max_prompt_tokens, config.max_new_tokens, config.max_prompt_tokens
     )  # checked before the input is read

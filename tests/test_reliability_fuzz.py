@@ -49,7 +49,9 @@ def object_line(draw) -> bytes:
     fields = [
         draw(_field("context", st.one_of(json_text, json_text, value))),
         draw(_field("question", st.one_of(json_text, json_text, value))),
-        draw(_field("id", st.one_of(st.integers(0, 4).map(str), st.sampled_from(['"a"', '"b"', "1"]), value))),
+        draw(
+            _field("id", st.one_of(st.integers(0, 4).map(str), st.sampled_from(['"a"', '"b"', "1"]), value))
+        ),
         draw(_field("answers", st.one_of(json_text, value))),
         draw(_field("repeat", st.one_of(st.integers(-2, 4).map(str), st.just("1000000000"), value))),
         draw(_field("question_first", st.one_of(st.sampled_from(["true", "false"]), value))),
@@ -72,8 +74,10 @@ def object_line(draw) -> bytes:
     return data
 
 
-raw_line = st.integers(0, 9).flatmap(lambda k: st.binary(max_size=60) if k == 9 else object_line()).map(
-    lambda b: b.replace(b"\n", b" ")
+raw_line = (
+    st.integers(0, 9)
+    .flatmap(lambda k: st.binary(max_size=60) if k == 9 else object_line())
+    .map(lambda b: b.replace(b"\n", b" "))
 )
 
 

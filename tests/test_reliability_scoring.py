@@ -32,7 +32,11 @@ def rows_of(path):
 
 HOSTILE = {
     # name: (raw line, expected kind, text the error must contain)
-    "surrogate_context": (b'{"context": "abc \\ud800 def", "question": "q?"}', "invalid_unicode", "'context'"),
+    "surrogate_context": (
+        b'{"context": "abc \\ud800 def", "question": "q?"}',
+        "invalid_unicode",
+        "'context'",
+    ),
     "surrogate_question": (b'{"context": "abc", "question": "\\udfff?"}', "invalid_unicode", "'question'"),
     "surrogate_id": (b'{"id": "x\\ud800", "context": "abc", "question": "q?"}', "invalid_unicode", "'id'"),
     "surrogate_answers": (
@@ -40,13 +44,33 @@ HOSTILE = {
         "invalid_unicode",
         "'answers'",
     ),
-    "huge_integer": (b'{"context": "abc", "question": "q?", "x": ' + b"7" * 5000 + b"}", "invalid_json", "digits"),
-    "huge_integer_id": (b'{"id": ' + b"9" * 4400 + b', "context": "abc", "question": "q?"}', "invalid_json", ""),
-    "deep_nesting": (b'{"context": "abc", "question": "q?", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "invalid_json", "nested"),
+    "huge_integer": (
+        b'{"context": "abc", "question": "q?", "x": ' + b"7" * 5000 + b"}",
+        "invalid_json",
+        "digits",
+    ),
+    "huge_integer_id": (
+        b'{"id": ' + b"9" * 4400 + b', "context": "abc", "question": "q?"}',
+        "invalid_json",
+        "",
+    ),
+    "deep_nesting": (
+        b'{"context": "abc", "question": "q?", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        "invalid_json",
+        "nested",
+    ),
     "deep_top_level": (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "nested"),
-    "giant_repeat": (b'{"context": "abc", "question": "q?", "repeat": 1000000000}', "too_long", "repeat 1000000000"),
+    "giant_repeat": (
+        b'{"context": "abc", "question": "q?", "repeat": 1000000000}',
+        "too_long",
+        "repeat 1000000000",
+    ),
     "float_repeat": (b'{"context": "abc", "question": "q?", "repeat": 1e400}', "wrong_type", "Infinity"),
-    "id_out_of_range": (b'{"id": ' + b"9" * 30 + b', "context": "abc", "question": "q?"}', "wrong_type", "64-bit"),
+    "id_out_of_range": (
+        b'{"id": ' + b"9" * 30 + b', "context": "abc", "question": "q?"}',
+        "wrong_type",
+        "64-bit",
+    ),
 }
 
 

@@ -116,7 +116,9 @@ def shard_files(path: Path, index_name: str) -> list[Path]:
         if not all(isinstance(name, str) for name in shards):
             raise TypeError("shard names must be strings")
     except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as exc:
-        raise JRTError(f"{index_file} is not a valid shard index ({str(exc)[:200]}); re-download it") from None
+        raise JRTError(
+            f"{index_file} is not a valid shard index ({str(exc)[:200]}); re-download it"
+        ) from None
     roots = allowed_roots(path)
     files = []
     for shard in shards:
@@ -169,7 +171,9 @@ def check_links(path: Path) -> None:
         for name in dirnames + filenames:
             seen += 1
             if seen > _MAX_ENTRIES:
-                raise JRTError(f"{path} holds more than {_MAX_ENTRIES} files: point at a checkpoint directory")
+                raise JRTError(
+                    f"{path} holds more than {_MAX_ENTRIES} files: point at a checkpoint directory"
+                )
             entry = Path(dirpath) / name
             if entry.is_symlink() and not _inside(entry, roots):
                 raise JRTError(
@@ -288,7 +292,9 @@ def check_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, tuple[int,
     return shapes
 
 
-def from_pretrained_checked(model_cls, path: Path, shapes: dict[str, tuple[int, ...]] | None = None, **kwargs):
+def from_pretrained_checked(
+    model_cls, path: Path, shapes: dict[str, tuple[int, ...]] | None = None, **kwargs
+):
     """``model_cls.from_pretrained(path, **kwargs)`` after the model was built on the meta device
     and its parameter count compared with the weight files'; every failure is one JRTError line."""
     from transformers import AutoConfig, PreTrainedModel
@@ -314,7 +320,9 @@ def from_pretrained_checked(model_cls, path: Path, shapes: dict[str, tuple[int, 
             f"{path}: transformers cannot build a causal LM from it ({_first_line(exc)})"
         ) from None
     except Exception as exc:
-        raise JRTError(f"{path}/config.json cannot configure {getattr(model_cls, '__name__', model_cls)} ({_first_line(exc)})") from None
+        raise JRTError(
+            f"{path}/config.json cannot configure {getattr(model_cls, '__name__', model_cls)} ({_first_line(exc)})"
+        ) from None
     in_model = sum(p.numel() for p in meta.parameters())
     del meta
     if in_model > 1.25 * in_files + (1 << 20):
