@@ -115,7 +115,7 @@ def shard_files(path: Path, index_name: str) -> list[Path]:
         shards = sorted(set(index["weight_map"].values()))
         if not all(isinstance(name, str) for name in shards):
             raise TypeError("shard names must be strings")
-    except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as exc:
         raise JRTError(
             f"{index_file} is not a valid shard index ({str(exc)[:200]}); re-download it"
         ) from None
