@@ -182,7 +182,7 @@ def fit_prompt(
         )
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     if count_tokens_upto(count, question, max_tokens) is None:
         raise JRTArgumentError(
@@ -207,7 +207,7 @@ def fit_prompt(
                 context = piece
                 break
             size *= 4
-    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(context, add_special_tokens=False, verbose=False)["input_ids"]
     n_ids = len(ids)
     if original is None:
         original = n_ids

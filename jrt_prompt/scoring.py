@@ -91,7 +91,7 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
     tokenizer = loaded.tokenizer
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def gen(prompts: list[str], max_new_tokens: int):
         return loaded.generate(
