@@ -59,6 +59,8 @@ def object_line(draw) -> bytes:
     ]
     if draw(st.integers(0, 2)) < 2:  # mostly rows with good text fields: most rows of real files are
         fields[0] = '"context": ' + json.dumps(draw(st.text(min_size=1, max_size=40)) + "x")
+        if draw(st.integers(0, 9)) == 9:  # a context around or far over the prompt cap (600 tokens)
+            fields[0] = '"context": ' + json.dumps("word " * draw(st.integers(50, 40_000)))
         fields[1] = '"question": ' + json.dumps(draw(st.text(max_size=15)) + "?")
         for k in range(2, 7):
             if draw(st.integers(0, 2)) < 2:

@@ -310,11 +310,6 @@ def from_pretrained_checked(
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             build = lambda: model_cls.from_config(config, trust_remote_code=False)
-        _check_parsed_config(path, config, shapes)
-        with torch.device("meta"):
-            meta = build()
-    except JRTError:
-        raise
     except ValueError as exc:
         raise UnsupportedModelError(
             f"{path}: transformers cannot build a causal LM from it ({_first_line(exc)})"
@@ -323,13 +318,24 @@ def from_pretrained_checked(
         raise JRTError(
             f"{path}/config.json cannot configure {getattr(model_cls, '__name__', model_cls)} ({_first_line(exc)})"
         ) from None
-    in_model = sum(p.numel() for p in meta.parameters())
-    del meta
-    if in_model > 1.25 * in_files + (1 << 20):
-        raise JRTError(
-            f"{path}/config.json describes a model of {in_model:,} parameters but the weight files hold "
-            f"{in_files:,}: config.json and the weights do not belong together"
-        )
+    _check_parsed_config(path, config, shapes)
+    try:
+        with torch.device("meta"):
+            meta = build()
+    except ValueError as exc:  # e.g. a config that is no causal LM
+        raise UnsupportedModelError(
+            f"{path}: transformers cannot build a causal LM from it ({_first_line(exc)})"
+        ) from None
+    except Exception:  # a class that cannot be built on the meta device: the checks above remain
+        meta = None
+    if meta is not None:
+        in_model = sum(p.numel() for p in meta.parameters())
+        del meta
+        if in_model > 1.25 * in_files + (1 << 20):
+            raise JRTError(
+                f"{path}/config.json describes a model of {in_model:,} parameters but the weight files hold "
+                f"{in_files:,}: config.json and the weights do not belong together"
+            )
     try:
         return model_cls.from_pretrained(path, **kwargs)
     except JRTError:
