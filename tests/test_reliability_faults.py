@@ -347,3 +347,23 @@ def test_cli_reports_filesystem_faults_in_one_line(tmp_path, tiny_dir):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "is a directory" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_signal_during_a_write_is_raised_once_the_rows_are_complete(tmp_path):
+    signals = scoring._Signals()
+    out = tmp_path / "out.jsonl"
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with signals.installed():
+        appender = scoring._Appender(out, signals)
+        with pytest.raises(scoring.Terminated):
+            with signals.critical():
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of a write
+                appender.file.write(b'{"line": 1}\n')
+                appender.file.flush()
+            pytest.fail("SIGTERM was swallowed")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # outside a write: at once
+            time.sleep(5)
+        appender.close()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # restored
+    assert complete_rows(out) == [{"line": 1}]
