@@ -269,3 +269,49 @@ def test_absurd_config_sizes_are_refused_within_bounded_memory_and_time(tmp_path
         assert "\n" not in outcome and "config.json" in outcome, (case, outcome)
         assert seconds < 20, (case, seconds)
     assert report["rss_mb"] < 1500, report["rss_mb"]  # torch and transformers alone take ~500 MB
+
+
+BROKEN_CONFIGS = [
+    ("mamba-hf", {"hidden_size": "abc"}),
+    ("mamba-hf", {"hidden_size": -5}),
+    ("mamba-hf", {"hidden_size": None}),
+    ("mamba-hf", {"num_hidden_layers": 0}),
+    ("mamba-hf", {"vocab_size": 0}),
+    ("mamba-hf", {"model_type": 123}),
+    ("mamba-hf", {"model_type": "no-such-model"}),
+    ("mamba-hf", {"state_size": 0}),
+    ("mamba-original", {"d_model": "abc"}),
+    ("mamba-original", {"n_layer": -1}),
+    ("mamba-original", {"ssm_cfg": "x"}),
+    ("mamba-original", {"ssm_cfg": {"d_state": "q"}}),
+    ("mamba-original", {"vocab_size": None}),
+    ("jrt-hybrid", {"layer_mixers": "x"}),
+    ("jrt-hybrid", {"num_heads": 0}),
+    ("jrt-hybrid", {"hidden_size": 7}),
+    ("jrt-hybrid", {"feature_dim": 10**6}),
+    ("llama", {"num_attention_heads": 0}),
+]
+
+
+@pytest.mark.parametrize("name, edits", BROKEN_CONFIGS, ids=lambda v: str(v)[:40])
+def test_a_broken_config_is_a_one_line_error(tmp_path, written, name, edits):
+    path = _copy(written, name, tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    config.update(edits)
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JRTError) as info:
+        load_model(path, device="cpu")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 500
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' + b"9" * 5000 + b"}", b"[1]", b"\xff\xfe", b"{" * 10],
+    ids=["deep", "huge-int", "not-object", "not-utf8", "torn"],
+)
+def test_an_unreadable_config_json_is_a_one_line_error(tmp_path, written, text):
+    path = _copy(written, "mamba-hf", tmp_path / "model")
+    (path / "config.json").write_bytes(text)
+    with pytest.raises(JRTError, match="config.json") as info:
+        load_model(path, device="cpu")
+    assert "\n" not in str(info.value)

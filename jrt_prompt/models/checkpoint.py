@@ -28,6 +28,7 @@ import torch
 from ..errors import JRTArgumentError, JRTError, UnsupportedModelError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_MAX_CONFIG_BYTES = 16 << 20
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -36,10 +37,16 @@ def read_config(path: Path) -> dict[str, Any]:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise JRTError(f"{path} has no config.json: point at a checkpoint directory that contains one")
+    if file.stat().st_size > _MAX_CONFIG_BYTES:
+        raise JRTError(
+            f"{file} is {file.stat().st_size:,} bytes, far more than any model config: re-download or fix the file"
+        )
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JRTError(f"{file} is not valid JSON ({exc}); re-download or fix the file") from None
+    except RecursionError:
+        raise JRTError(f"{file} nests too deeply to be a model config; re-download or fix the file") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of > 4300 digits
+        raise JRTError(f"{file} is not valid JSON ({str(exc)[:200]}); re-download or fix the file") from None
     if not isinstance(config, dict):
         raise JRTError(f"{file} must hold a JSON object")
     return config
@@ -271,9 +278,15 @@ def _check_parsed_config(path: Path, config: Any, shapes: dict[str, tuple[int, .
             f"{path}/config.json says num_hidden_layers={layers}, but the weights hold {found} {what}: "
             "config.json and the weights do not belong together"
         )
+    if isinstance(layers, int) and layers < 1:
+        raise JRTError(
+            f"{path}/config.json says num_hidden_layers={layers}: a model needs at least one layer"
+        )
     largest = _largest_dim(shapes)
     for name in ("vocab_size", "hidden_size", "intermediate_size"):
         value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise JRTError(f"{path}/config.json says {name}={value}: sizes must be positive")
         if isinstance(value, int) and not isinstance(value, bool) and value > largest:
             raise JRTError(
                 f"{path}/config.json says {name}={value}, larger than any tensor dimension of the weights "

@@ -114,7 +114,14 @@ def detect_adapter(config: dict[str, Any], files: set[str]) -> Adapter:
             adapter = get_adapter(name)
         except UnsupportedModelError:
             continue
-        if adapter.detect(config, files):
+        try:
+            matches = adapter.detect(config, files)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise JRTError(
+                f"config.json has a field of the wrong type for a {adapter.family} model "
+                f"({type(exc).__name__}: {str(exc)[:120]}); fix or re-download it"
+            ) from None
+        if matches:
             return adapter
     raise UnsupportedModelError(
         "config.json matches no known model family (no model_type, and not a mamba_ssm or hazyresearch config)"
