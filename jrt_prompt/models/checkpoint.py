@@ -68,6 +68,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     plain containers, never arbitrary pickled objects.
     """
     path = Path(path)
+    check_links(path)
     files = list_files(path)
     if "model.safetensors" in files:
         return _read_safetensors(path / "model.safetensors")
