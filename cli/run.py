@@ -51,7 +51,10 @@ def run_command(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate, >= 1.")] = 48,
     max_prompt_tokens: Annotated[
         int | None,
-        typer.Option(help="Cut the context so the prompt fits this many tokens (default: model limit)."),
+        typer.Option(
+            help="Cut the context so the prompt fits this many tokens (default: the model's positions "
+            "minus --max-new-tokens, else 32768)."
+        ),
     ] = None,
     show_prompt: Annotated[
         bool,

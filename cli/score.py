@@ -60,7 +60,10 @@ def score_command(
     limit: Annotated[int | None, typer.Option(help="Score only the first N rows (N >= 1).")] = None,
     max_prompt_tokens: Annotated[
         int | None,
-        typer.Option(help="Rows whose prompt is longer become error rows (default: the model's limit)."),
+        typer.Option(
+            help="Rows whose prompt is longer become error rows (default: the model's positions minus "
+            "--max-new-tokens, else 32768)."
+        ),
     ] = None,
     summary: Annotated[
         Path | None, typer.Option(help="Summary JSON path (default: OUT.summary.json).")

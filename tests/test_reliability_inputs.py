@@ -18,7 +18,7 @@ def test_the_default_cap_comes_from_the_config_or_the_documented_default():
     assert prompt_token_cap(None, 48) == DEFAULT_MAX_PROMPT_TOKENS
     assert prompt_token_cap(2048, 48) == 2000
     assert prompt_token_cap(2048, 48, 100) == 100 and prompt_token_cap(None, 48, 7) == 7
-    with pytest.raises(JRTError, match="--max-prompt-tokens -1 is invalid"):
+    with pytest.raises(JRTError, match="max_prompt_tokens=-1 is invalid"):
         prompt_token_cap(None, 48, -1)
 
 

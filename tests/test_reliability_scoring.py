@@ -132,7 +132,7 @@ def test_max_prompt_tokens_overrides_the_default_cap_and_repeat_is_checked_first
     first, second = rows_of(out)
     assert first["kind"] == "too_long" and "limit of 100" in first["error"]
     assert second["kind"] == "too_long" and "repeat 1000000000000" in second["error"]
-    with pytest.raises(JRTError, match="--max-prompt-tokens 0 is invalid"):
+    with pytest.raises(JRTError, match="max_prompt_tokens=0 is invalid"):
         score_file(src, tmp_path / "o2.jsonl", model=tiny, max_prompt_tokens=0)
 
 
