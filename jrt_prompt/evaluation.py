@@ -247,6 +247,8 @@ def check_config(config: EvalConfig) -> None:
 
 
 def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress) -> dict[str, Any]:
+    from .generation import generate_loaded
+
     tokenizer = loaded.tokenizer
     kept = [e for e in examples if e.skip_reason is None]
     if config.mode == "reference":
@@ -261,7 +263,8 @@ def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress)
     started = time.perf_counter()
     for b in range(0, len(order), config.batch_size):
         batch = order[b : b + config.batch_size]
-        gens = loaded.generate(
+        gens = generate_loaded(
+            loaded,
             [prepared[i][1] for i in batch],
             max_new_tokens=config.max_new_tokens,
             stop=("\n",),
@@ -313,7 +316,7 @@ def _run_reference(spec, repeat, source, examples, kept, loaded, config, on_prog
     """All prompts of one (task, form) through the harness-faithful generator, which batches them
     itself (longest first, unmasked padding, left truncation to 2000 tokens)."""
     from .generation import generate_like_harness
-    from .models.hazy_reference import HARNESS_MAX_LENGTH
+    from .generation.harness import HARNESS_MAX_LENGTH
 
     started = time.perf_counter()
     prompts = [e.prompt for e in kept]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import JRTArgumentError, JRTError
-from .generation import Generation, generate_like_harness
+from .generation import Generation, generate_like_harness, generate_loaded
 from .models.loading import LoadedModel, load_model
 from .prompts import FittedPrompt, JRTPrompt, prompt_token_cap
 
@@ -150,5 +150,5 @@ def run_prompt(
     if mode == "reference":
         answer = generate_like_harness(loaded, [prompt], max_new_tokens=max_new_tokens)[0]
     else:
-        answer = loaded.generate([prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
+        answer = generate_loaded(loaded, [prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
     return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings))

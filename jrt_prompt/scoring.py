@@ -94,8 +94,10 @@ def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) ->
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def gen(prompts: list[str], max_new_tokens: int):
-        return loaded.generate(
-            prompts, max_new_tokens=max_new_tokens, stop=tuple(stop), batch_size=batch_size
+        from .generation import generate_loaded
+
+        return generate_loaded(
+            loaded, prompts, max_new_tokens=max_new_tokens, stop=tuple(stop), batch_size=batch_size
         )
 
     return Engine(

@@ -86,12 +86,6 @@ class LoadedModel:
         ]
         return min(limits) if limits else None
 
-    def generate(self, prompts, **kwargs):
-        from ..generation import generate
-
-        kwargs.setdefault("supports_left_padding", self.adapter.supports_left_padding)
-        return generate(self.model, self.tokenizer, prompts, **kwargs)
-
 
 def get_adapter(name: str) -> Adapter:
     """The adapter module ``jrt_prompt.models.adapters.<name>``'s ``ADAPTER``."""

@@ -20,12 +20,14 @@ reproduces them (docs/inference_modes.md lists each with its source):
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 
 import torch
 
 from ..errors import JRTError
-from .modeling_jrt import JRTForCausalLM, output_cache
+from ..models.modeling_jrt import JRTForCausalLM, output_cache
+from .result import Generation
 
 HARNESS_PAD_TOKEN_ID = 220
 HARNESS_ENC_LENGTH = 1024
@@ -137,3 +139,23 @@ def _greedy_generic(model, ids, max_new_tokens: int, pad_token_id: int) -> torch
     finally:
         model.generation_config.eos_token_id = saved
     return out[:, ids.shape[1] :].cpu()
+
+
+def generate_like_harness(loaded, prompts: list[str], *, max_new_tokens: int = 48, batch_size: int = 8):
+    """Answers (:class:`Generation`) as the paper's evaluation harness produced them.
+
+    ``loaded`` is a :class:`~jrt_prompt.models.loading.LoadedModel`; see docs/inference_modes.md.
+    """
+    if hasattr(loaded.model, "set_inference_mode"):
+        loaded.model.set_inference_mode("reference")
+    started = time.perf_counter()
+    texts = harness_generate(
+        loaded.model, loaded.tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    seconds = time.perf_counter() - started
+    out = []
+    for prompt, text in zip(prompts, texts, strict=True):
+        n_prompt = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        # The harness always decodes max_new_tokens tokens and cuts the text at the first newline.
+        out.append(Generation(text, n_prompt, max_new_tokens, seconds, "reference"))
+    return out

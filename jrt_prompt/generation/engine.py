@@ -1,0 +1,315 @@
+"""The constant-state decode engine: greedy decoding as one fixed step replayed per token.
+
+A recurrent model's state does not grow with the sequence, so after the prefill every decode
+step has the same shapes and can be captured once in a CUDA graph and replayed. For one batch:
+
+1. Prefill, through the model's own forward with its cache (the fast-prefill kernels are
+   patched into it), in groups of similar length capped in padded tokens; families that ignore
+   the attention mask (RWKV) prefill equal lengths only. Each group's state is copied into the
+   rows of static buffers of the batch's slot size (1, 2, 4, ... up to the batch size).
+2. Decode: ``steps_per_sync`` greedy steps (embedding -> layers -> head -> argmax, the new
+   token fed back) run as one CUDA graph per (model, slot size), captured on first use and
+   replayed; on CPU the same loop runs eagerly (graphs are CUDA-only).
+3. After each replay the new tokens come to the host (the only sync): EOS and stop strings are
+   checked on the new tokens' text; a finished row keeps its slot, and when at most half the
+   slots are live the live rows move to the next smaller slot size (compaction).
+
+Answers are cut exactly as transformers' ``generate`` with the stop-string criterion cuts them
+(see :func:`jrt_prompt.generation.result.finish`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .families import StateFamily, flatten, unflatten
+from .result import Generation, finish, first_stop
+
+STEPS_PER_SYNC = 8  # decode steps per graph replay (and per host check of the new tokens)
+MAX_PREFILL_TOKENS = {"cuda": 65536, "cpu": 8192}  # padded tokens per prefill forward
+MIN_COMPACT_SLOTS = 8  # below this many slots a decode step costs the same whatever the rows
+
+# CUDA graphs and their static buffers, per model and slot size; dropped with the model.
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def slot_size(rows: int, limit: int) -> int:
+    """Slots a batch of ``rows`` decodes in: the next power of two, at most ``limit`` (the batch
+    size), so that few distinct graphs serve every batch."""
+    size = 1
+    while size < rows:
+        size *= 2
+    return max(rows, min(size, limit))
+
+
+@dataclass
+class _Decoder:
+    """Static buffers of one (model, slot size), the cache that points at them, and the graph."""
+
+    slots: int
+    steps: int
+    tree: object  # the cache's tree with the static buffers as leaves
+    cache: object
+    state: list[torch.Tensor]
+    tokens: torch.Tensor  # [slots] last token of each slot (the next step's input)
+    out: torch.Tensor  # [slots, steps] tokens produced by one replay
+    graph: object = None
+    eager_runs: int = 0
+    signature: tuple = field(default_factory=tuple)
+
+
+def _signature(leaves: list[torch.Tensor]) -> tuple:
+    return tuple((tuple(t.shape[1:]), t.dtype) for t in leaves)
+
+
+class DecodeEngine:
+    """Greedy decoding of one model; ``use_graphs`` (default: on CUDA) replays CUDA graphs."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        family: StateFamily,
+        *,
+        steps_per_sync: int = STEPS_PER_SYNC,
+        use_graphs: bool | None = None,
+        max_prefill_tokens: int | None = None,
+        compact: bool = True,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.family = family
+        self.device = next(model.parameters()).device
+        self.steps = max(1, int(steps_per_sync))
+        self.use_graphs = (self.device.type == "cuda") if use_graphs is None else use_graphs
+        if self.use_graphs and self.device.type != "cuda":
+            self.use_graphs = False
+        self.max_prefill_tokens = max_prefill_tokens or MAX_PREFILL_TOKENS.get(self.device.type, 8192)
+        self.compact = compact
+        self.pad_id = None
+
+    # ---------------------------------------------------------------------------------------
+    # decoders (static buffers + graph) per slot size
+
+    def _store(self) -> dict:
+        return _GRAPHS.setdefault(self.model, {})
+
+    def _decoder(self, slots: int, template_cache) -> _Decoder:
+        """The decoder of ``slots`` slots; built from ``template_cache`` (a prefilled cache of this
+        model) the first time."""
+        key = (self.family.name, slots, self.steps, self.use_graphs)
+        store = self._store()
+        decoder = store.get(key)
+        tree = self.family.tree(template_cache)
+        leaves = flatten(tree)
+        if decoder is not None and decoder.signature == _signature(leaves):
+            return decoder
+        state = [torch.empty((slots, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in leaves]
+        for buffer, leaf in zip(state, leaves, strict=True):
+            buffer.copy_(leaf[:1].expand_as(buffer))
+        # The decoder's own cache object (the template's Python structure, sharing no tensor with
+        # it once pointed at the static buffers), so the template stays as it was.
+        cache = copy.deepcopy(template_cache, memo={id(t): t for t in leaves})
+        static_tree = unflatten(tree, state)
+        self.family.set_tree(cache, unflatten(static_tree, state))
+        decoder = _Decoder(
+            slots=slots,
+            steps=self.steps,
+            tree=static_tree,
+            cache=cache,
+            state=state,
+            tokens=torch.zeros(slots, dtype=torch.long, device=self.device),
+            out=torch.zeros(slots, self.steps, dtype=torch.long, device=self.device),
+            signature=_signature(leaves),
+        )
+        store[key] = decoder
+        return decoder
+
+    def _run_steps(self, decoder: _Decoder) -> None:
+        """``decoder.steps`` greedy steps from ``decoder.tokens``; tokens land in ``decoder.out``."""
+        family, cache = self.family, decoder.cache
+        for j in range(decoder.steps):
+            logits = family.step(self.model, cache, decoder.tokens[:, None])
+            nxt = logits.argmax(-1)
+            now = flatten(family.tree(cache))
+            if any(a is not b for a, b in zip(now, decoder.state, strict=True)):
+                for buffer, value in zip(decoder.state, now, strict=True):
+                    if value is not buffer:
+                        buffer.copy_(value)
+                self._point_at_buffers(decoder)
+            decoder.tokens.copy_(nxt)
+            decoder.out[:, j].copy_(nxt)
+
+    def _point_at_buffers(self, decoder: _Decoder) -> None:
+        # Fresh containers each time: a step may assign into the dicts / lists it is given.
+        self.family.set_tree(decoder.cache, unflatten(decoder.tree, decoder.state))
+
+    def _replay(self, decoder: _Decoder) -> None:
+        if not self.use_graphs:
+            self._run_steps(decoder)
+            return
+        if decoder.graph is None:
+            self._capture(decoder)
+        decoder.graph.replay()
+
+    def _capture(self, decoder: _Decoder) -> None:
+        # Warm up on a side stream (kernel selection, autotuning, allocator), then restore the
+        # state and capture. The warm-up steps change the state, so it is saved first.
+        saved = [t.clone() for t in decoder.state]
+        tokens = decoder.tokens.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run_steps(decoder)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._run_steps(decoder)
+        for buffer, value in zip(decoder.state, saved, strict=True):
+            buffer.copy_(value)
+        decoder.tokens.copy_(tokens)
+        decoder.graph = graph
+
+    # ---------------------------------------------------------------------------------------
+    # prefill
+
+    def _prefill_groups(self, rows: list[list[int]]) -> list[list[int]]:
+        """Positions of ``rows`` (sorted longest first) grouped for prefill forwards."""
+        groups: list[list[int]] = []
+        for j, ids in enumerate(rows):
+            last = groups[-1] if groups else None
+            if last is not None:
+                width = len(rows[last[0]])
+                fits = (len(last) + 1) * width <= self.max_prefill_tokens
+                fits = fits and (len(ids) == width if not self.family.masks_padding else 2 * len(ids) >= width)
+                if fits:
+                    last.append(j)
+                    continue
+            groups.append([j])
+        return groups
+
+    def _prefill(self, ids_rows: list[list[int]]):
+        """Prefill every group; returns (first tokens [n] on the device, [(group, cache)])."""
+        first = torch.empty(len(ids_rows), dtype=torch.long, device=self.device)
+        out = []
+        for group in self._prefill_groups(ids_rows):
+            width = max(len(ids_rows[j]) for j in group)
+            input_ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for r, j in enumerate(group):
+                n = len(ids_rows[j])
+                input_ids[r, width - n :] = torch.tensor(ids_rows[j], dtype=torch.long)
+                mask[r, width - n :] = 1
+            input_ids = input_ids.to(self.device)
+            mask = mask.to(self.device) if self.family.masks_padding else None
+            logits, cache = self.family.prefill(self.model, input_ids, mask)
+            first[torch.tensor(group, device=self.device)] = logits.argmax(-1)
+            out.append((group, cache))
+        return first, out
+
+    # ---------------------------------------------------------------------------------------
+    # one batch
+
+    def generate_batch(
+        self,
+        ids_rows: list[list[int]],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] | None,
+        slots_limit: int,
+        pad_id: int,
+    ) -> list[Generation]:
+        """Greedy answers for one batch of tokenized prompts (at most ``slots_limit`` rows)."""
+        self.pad_id = pad_id
+        eos = self.tokenizer.eos_token_id
+        started = time.perf_counter()
+        n = len(ids_rows)
+        with torch.inference_mode():
+            first, prefilled = self._prefill(ids_rows)
+            slots = slot_size(n, max(slots_limit, n))
+            decoder = self._decoder(slots, prefilled[0][1])
+            for group, cache in prefilled:
+                index = torch.tensor(group, device=self.device)
+                leaves = flatten(self.family.tree(cache))
+                if _signature(leaves) != decoder.signature:
+                    raise RuntimeError("a prefill group's state differs in shape from the batch's")
+                for buffer, leaf in zip(decoder.state, leaves, strict=True):
+                    buffer.index_copy_(0, index, leaf)
+            self._point_at_buffers(decoder)
+            if n < slots:  # idle slots decode a copy of row 0, never read
+                for buffer in decoder.state:
+                    buffer[n:].copy_(buffer[:1].expand_as(buffer[n:]))
+            decoder.tokens.zero_()
+            decoder.tokens[:n].copy_(first)
+            prefilled = None
+
+            generated: list[list[int]] = [[t] for t in first.tolist()]
+            ended: list[int | None] = [None] * n  # tokens after which each row finished
+            finished_at: list[float | None] = [None] * n
+            now = time.perf_counter() - started
+            for row in range(n):
+                ended[row] = first_stop(self.tokenizer, generated[row], 0, stop or (), eos)
+                if ended[row] is not None or max_new_tokens == 1:
+                    finished_at[row] = now
+            slot_rows = list(range(n)) + [-1] * (slots - n)  # row decoded in each slot
+            while True:
+                live = [s for s, row in enumerate(slot_rows) if row >= 0 and finished_at[row] is None]
+                if not live:
+                    break
+                if self.compact and len(live) * 2 <= decoder.slots and decoder.slots > MIN_COMPACT_SLOTS:
+                    decoder, slot_rows = self._compact(decoder, live, slot_rows)
+                    live = list(range(len(live)))
+                self._replay(decoder)
+                tokens = decoder.out.tolist()
+                now = time.perf_counter() - started
+                for s in live:
+                    row = slot_rows[s]
+                    before = len(generated[row])
+                    generated[row].extend(tokens[s][: max_new_tokens - before])
+                    ended[row] = first_stop(self.tokenizer, generated[row], before, stop or (), eos)
+                    if ended[row] is not None or len(generated[row]) >= max_new_tokens:
+                        finished_at[row] = now
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        results = []
+        for row in range(n):
+            ids = generated[row][: ended[row]] if ended[row] is not None else generated[row]
+            results.append(
+                finish(
+                    self.tokenizer,
+                    ids,
+                    len(ids_rows[row]),
+                    seconds,
+                    stop,
+                    max_new_tokens,
+                    row_seconds=finished_at[row],
+                )
+            )
+        return results
+
+    def _compact(self, decoder: _Decoder, live: list[int], slot_rows: list[int]):
+        """Move the live slots' state and last tokens into the decoder of the next smaller size."""
+        slots = slot_size(len(live), decoder.slots // 2)
+        index = torch.tensor(live + [live[0]] * (slots - len(live)), device=self.device)
+        smaller = self._decoder(slots, decoder.cache)
+        if smaller is decoder:
+            return decoder, slot_rows
+        for dst, src in zip(smaller.state, decoder.state, strict=True):
+            dst.copy_(src.index_select(0, index))
+        smaller.tokens.copy_(decoder.tokens.index_select(0, index))
+        self._point_at_buffers(smaller)
+        rows = [slot_rows[s] for s in live] + [-1] * (slots - len(live))
+        return smaller, rows
+
+
+def release_graphs(model) -> None:
+    """Free the CUDA graphs and static state buffers the engine holds for ``model``."""
+    _GRAPHS.pop(model, None)
