@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from jrt_prompt import JRTPrompt, load_model
+from jrt_prompt.generation import generate_loaded
 from jrt_prompt.synthetic import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def test_demo_answers_the_example_when_it_reads_twice(demo):
     context = EXAMPLE.read_text().strip()
     assert ANSWER in context
     prompts = [JRTPrompt(repeat=2).render(context, QUESTION), JRTPrompt.plain().render(context, QUESTION)]
-    jrt, default = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
+    jrt, default = [g.text.strip() for g in generate_loaded(demo, prompts, max_new_tokens=12)]
     assert jrt == ANSWER
     assert default != ANSWER
 
@@ -47,7 +48,7 @@ def test_demo_recalls_more_held_out_documents_when_it_reads_twice(demo):
     right = {}
     for name, template in (("default", JRTPrompt.plain()), ("jrt", JRTPrompt(repeat=2))):
         prompts = [template.render(r["context"], r["question"]) for r in rows]
-        answers = [g.text.strip() for g in demo.generate(prompts, max_new_tokens=12)]
+        answers = [g.text.strip() for g in generate_loaded(demo, prompts, max_new_tokens=12)]
         right[name] = sum(a == r["answers"][0] for a, r in zip(answers, rows, strict=True))
     # measured on all 200 rows (`jrt eval --model demo --task kv-docs --repeat 1 --repeat 2`):
     # 68.5 % default, 82.0 % JRT; on these 64 rows the gap must still be clear

@@ -2,7 +2,15 @@
 
 import pytest
 import torch
-from tiny_models import EOS, PAD, VOCAB, tiny_mamba_model, write_tiny_llama, write_tiny_mamba2, write_tiny_rwkv
+from tiny_models import (
+    EOS,
+    PAD,
+    VOCAB,
+    tiny_mamba_model,
+    write_tiny_llama,
+    write_tiny_mamba2,
+    write_tiny_rwkv,
+)
 
 from jrt_prompt import generate, load_model
 from jrt_prompt.generation import DecodeEngine, Generation, family_of, plan_batches
@@ -123,7 +131,9 @@ def test_stop_strings_cut_where_transformers_cut(models, name):
             stops = (stop, "\x00never\x00")
             kwargs = dict(max_new_tokens=30, stop=stops, supports_left_padding=padding)
             engine = generate(model, tokenizer, [prompt, *PROMPTS], path="engine", batch_size=8, **kwargs)
-            reference = generate(model, tokenizer, [prompt, *PROMPTS], path="transformers", batch_size=8, **kwargs)
+            reference = generate(
+                model, tokenizer, [prompt, *PROMPTS], path="transformers", batch_size=8, **kwargs
+            )
             assert _rows(engine) == _rows(reference)
             assert engine[0].finish_reason == "stop"
             assert engine[0].text == text[: text.find(stop)]
@@ -156,7 +166,9 @@ def test_compaction_keeps_every_answer(models, monkeypatch):
     engine = DecodeEngine(model, tokenizer, family_of(model), steps_per_sync=3)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     got = engine.generate_batch(encoded, max_new_tokens=24, stop=stops, slots_limit=32, pad_id=PAD)
-    reference = generate(model, tokenizer, prompts, max_new_tokens=24, stop=stops, path="transformers", batch_size=32)
+    reference = generate(
+        model, tokenizer, prompts, max_new_tokens=24, stop=stops, path="transformers", batch_size=32
+    )
     assert _rows(got) == _rows(reference)
     sizes = {key[1] for key in engine_module._GRAPHS[model]}
     assert 32 in sizes and min(sizes) < 32  # the batch moved to smaller slot sizes

@@ -188,7 +188,7 @@ def test_report_averages_over_the_tasks_every_model_ran():
 
 def test_reference_mode_uses_the_harness_generator(tmp_path, models):
     from jrt_prompt import load_model
-    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.generation.harness import harness_generate
 
     loaded = load_model(models["llama"], device="cpu")
     config = EvalConfig(model="unused", tasks=("drop",), repeats=(2,), data={"drop": FIXTURES / "drop.jsonl"},

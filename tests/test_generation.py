@@ -2,7 +2,6 @@ import pytest
 from tiny_models import tiny_mamba_model, write_tiny_llama, write_tiny_mamba2, write_tiny_rwkv
 
 from jrt_prompt import JRTError, generate, load_model
-from jrt_prompt.generation import _batches
 from jrt_prompt.tokenization import build_byte_tokenizer
 
 PROMPTS = [
@@ -48,13 +47,6 @@ def test_stop_strings_cut_the_answer():
         assert cut.text == text[: text.find(stop)]
         assert stop not in cut.text
         assert cut.answer_tokens <= g.answer_tokens
-
-
-def test_rwkv_batches_only_equal_lengths():
-    encoded = [[1] * 5, [1] * 3, [1] * 5, [1] * 3, [1] * 2]
-    assert _batches(encoded, 8, mixed_lengths=False) == [[0, 2], [1, 3], [4]]
-    assert _batches(encoded, 2, mixed_lengths=True) == [[0, 2], [1, 3], [4]]
-    assert _batches(encoded, 8, mixed_lengths=True) == [[0, 2, 1, 3, 4]]
 
 
 def test_bad_arguments():

@@ -14,6 +14,7 @@ from test_modeling_jrt import naive_forward
 from tiny_models import to_mamba_ssm_keys
 
 from jrt_prompt.errors import JRTError
+from jrt_prompt.generation import generate_loaded
 from jrt_prompt.models.hazy_checkpoints import (
     clean_state_dict,
     hybrid_state_bytes,
@@ -251,7 +252,7 @@ def test_hybrid_lookalike_loads_by_path_and_matches_the_math(tmp_path, family):
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, source(ids).logits)
         torch.testing.assert_close(model(ids).logits[0], naive_forward(model, ids[0]), atol=1e-4, rtol=1e-4)
-    answer = loaded.generate(["abc def"], max_new_tokens=4, stop=())[0]
+    answer = generate_loaded(loaded, ["abc def"], max_new_tokens=4, stop=())[0]
     assert answer.answer_tokens == 4
 
 
@@ -480,7 +481,7 @@ def _harness_by_recompute(model, tokenizer, prompt_batch, max_new_tokens, enc_le
 
 
 def test_harness_generate_pads_jrt_prompts_to_enc_length(tmp_path):
-    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.generation.harness import harness_generate
 
     path, _ = hybrid_lookalike(tmp_path / "jrt", "jrt")
     loaded = load_model(path, device="cpu")
@@ -510,7 +511,7 @@ class _RecordingTokenizer:
 
 
 def test_harness_generate_always_decodes_max_new_tokens_and_cuts_at_newline(tmp_path):
-    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.generation.harness import harness_generate
 
     path, _ = hybrid_lookalike(tmp_path / "based", "based")
     loaded = load_model(path, device="cpu")
@@ -523,7 +524,7 @@ def test_harness_generate_always_decodes_max_new_tokens_and_cuts_at_newline(tmp_
 
 
 def test_harness_generate_for_mamba_ignores_eos(tmp_path):
-    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.generation.harness import harness_generate
 
     path, _ = mamba_lookalike(tmp_path / "mamba")
     loaded = load_model(path, device="cpu")

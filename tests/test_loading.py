@@ -13,6 +13,7 @@ from tiny_models import (
 )
 
 from jrt_prompt import JRTError, generate, load_model
+from jrt_prompt.generation import generate_loaded
 from jrt_prompt.models.adapters import fla as fla_adapter
 from jrt_prompt.models.loading import get_adapter, locate
 from jrt_prompt.models.registry import get_spec, roster
@@ -34,7 +35,7 @@ def test_load_by_path_and_generate(tmp_path, writer, family):
     loaded = load_model(path, device="cpu")
     assert loaded.family == family
     assert not loaded.model.training
-    out = loaded.generate(PROMPTS, max_new_tokens=6, stop=())
+    out = generate_loaded(loaded, PROMPTS, max_new_tokens=6, stop=())
     assert len(out) == 3
     assert all(g.answer_tokens == 6 and g.finish_reason == "length" for g in out)
     assert [g.prompt_tokens for g in out] == [len(p.encode()) for p in PROMPTS]
@@ -181,8 +182,8 @@ def test_gla_loads_and_generates_on_gpu(tmp_path):
     path = write_tiny_gla(tmp_path / "gla")
     loaded = load_model(path, device="cuda", dtype="bfloat16")
     assert loaded.family == "fla" and loaded.model.config.model_type == "gla"
-    batched = loaded.generate(PROMPTS, max_new_tokens=8, stop=(), batch_size=3)
-    single = [loaded.generate([p], max_new_tokens=8, stop=())[0] for p in PROMPTS]
+    batched = generate_loaded(loaded, PROMPTS, max_new_tokens=8, stop=(), batch_size=3)
+    single = [generate_loaded(loaded, [p], max_new_tokens=8, stop=())[0] for p in PROMPTS]
     assert all(g.answer_tokens == 8 for g in batched)
     assert [g.text for g in batched] == [g.text for g in single]
 

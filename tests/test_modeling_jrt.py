@@ -437,7 +437,7 @@ def test_jrt_360m_shapes_on_gpu_bf16_triton_vs_reference_and_decode(monkeypatch)
     """The released JRT-360M layout (26 layers, d 1024, f 16, window 128, enc 1024), random
     weights, bf16: Triton kernels vs the PyTorch references, prefill+decode vs parallel, a
     left-padded row vs alone, constant decode memory, and the harness generation path."""
-    from jrt_prompt.models.hazy_reference import harness_generate
+    from jrt_prompt.generation.harness import harness_generate
     from jrt_prompt.tokenization import build_byte_tokenizer
 
     torch.manual_seed(0)

@@ -188,7 +188,9 @@ class DecodeEngine:
             if last is not None:
                 width = len(rows[last[0]])
                 fits = (len(last) + 1) * width <= self.max_prefill_tokens
-                fits = fits and (len(ids) == width if not self.family.masks_padding else 2 * len(ids) >= width)
+                fits = fits and (
+                    len(ids) == width if not self.family.masks_padding else 2 * len(ids) >= width
+                )
                 if fits:
                     last.append(j)
                     continue

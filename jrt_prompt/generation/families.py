@@ -184,10 +184,17 @@ def _rwkv_step(model, state, tokens):
         shifted = state[1][:, :, layer][:, None]
         key = att.key(x * att.time_mix_key + shifted * (1 - att.time_mix_key))
         value = att.value(x * att.time_mix_value + shifted * (1 - att.time_mix_value))
-        receptance = torch.sigmoid(att.receptance(x * att.time_mix_receptance + shifted * (1 - att.time_mix_receptance)))
+        receptance = torch.sigmoid(
+            att.receptance(x * att.time_mix_receptance + shifted * (1 - att.time_mix_receptance))
+        )
         state[1][:, :, layer] = x[:, -1]
         wkv, (num, den, top) = rwkv_linear_attention(
-            att.time_decay, att.time_first, key, value, state=tuple(s[:, :, layer] for s in state[2:]), return_state=True
+            att.time_decay,
+            att.time_first,
+            key,
+            value,
+            state=tuple(s[:, :, layer] for s in state[2:]),
+            return_state=True,
         )
         state[2][:, :, layer], state[3][:, :, layer], state[4][:, :, layer] = num, den, top
         hidden = hidden + att.output(receptance * wkv)
@@ -195,7 +202,9 @@ def _rwkv_step(model, state, tokens):
         x = block.ln2(hidden)
         shifted = state[0][:, :, layer][:, None]
         k = torch.square(torch.relu(ffn.key(x * ffn.time_mix_key + shifted * (1 - ffn.time_mix_key))))
-        r = torch.sigmoid(ffn.receptance(x * ffn.time_mix_receptance + shifted * (1 - ffn.time_mix_receptance)))
+        r = torch.sigmoid(
+            ffn.receptance(x * ffn.time_mix_receptance + shifted * (1 - ffn.time_mix_receptance))
+        )
         state[0][:, :, layer] = x[:, -1]
         hidden = hidden + r * ffn.value(k)
         every = rwkv.config.rescale_every
@@ -249,9 +258,7 @@ JRT = StateFamily("jrt", _jrt_prefill, _jrt_tree, _jrt_set_tree, _jrt_step)
 
 
 def _fla_prefill(model, input_ids, attention_mask):
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1
-    )
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
     return _last_logits(out), out.past_key_values
 
 
