@@ -1,4 +1,4 @@
-"""`jrt bench prefill|decode|model`: kernel and model benchmarks on a CUDA GPU."""
+"""`jrt bench prefill|decode|model|decode-model|eval-throughput`: kernel and model benchmarks on a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -142,3 +142,55 @@ def model_command(
     _write_json(result, json_out)
     if plot is not None:
         console.print(f"wrote {plot_model_bench(result, plot)}")
+
+
+@bench_app.command("decode-model")
+@reports_errors
+def decode_model_command(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated benchmark models (jrt_prompt.bench.model).")
+    ] = "mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b",
+    batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,64",
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 512,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens generated to time decoding.")] = 64,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Decode tokens/s before (transformers' generate) and after (the decode engine), % of the bandwidth limit."""
+    from jrt_prompt.bench.decode_model import format_decode_model_table, run_decode_model_bench
+
+    result = run_decode_model_bench(
+        [m.strip() for m in models.split(",") if m.strip()],
+        batches=_ints(batches, "--batches"),
+        prompt_tokens=prompt_tokens,
+        decode_tokens=decode_tokens,
+        dtype=dtype,
+    )
+    console.print(format_decode_model_table(result))
+    _write_json(result, json_out)
+
+
+@bench_app.command("eval-throughput")
+@reports_errors
+def eval_throughput_command(
+    models: Annotated[str, typer.Option(help="Comma-separated benchmark models.")] = "mamba-1.4b",
+    prompts: Annotated[
+        int, typer.Option(help="Prompts per form (the paper's Table 1: 12,000; each also in the twice form).")
+    ] = 12000,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (default: from free GPU memory).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Wall time and prompts/s of the Table-1-shaped protocol (500-2,000-token prompts, 48 greedy tokens)."""
+    from jrt_prompt.bench.eval_throughput import format_eval_throughput_table, run_eval_throughput
+
+    result = run_eval_throughput(
+        [m.strip() for m in models.split(",") if m.strip()],
+        prompts=prompts,
+        batch_size=batch_size,
+        dtype=dtype,
+    )
+    console.print(format_eval_throughput_table(result))
+    _write_json(result, json_out)

@@ -297,6 +297,36 @@ class DecodeEngine:
             )
         return results
 
+    def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None):
+        """``new_tokens`` greedy token ids per row of an already batched ``input_ids`` [b, l], with
+        no stop test (what a decode benchmark times). Returns (ids [b, new_tokens] on the host,
+        prefill seconds, decode seconds); the decode runs in whole replays of ``steps_per_sync``."""
+        rows = input_ids.shape[0]
+        with torch.inference_mode():
+            self._sync()
+            started = time.perf_counter()
+            logits, cache = self.family.prefill(self.model, input_ids, attention_mask)
+            first = logits.argmax(-1)
+            self._sync()
+            prefilled = time.perf_counter()
+            decoder = self._decoder(rows, cache)
+            for buffer, leaf in zip(decoder.state, flatten(self.family.tree(cache)), strict=True):
+                buffer.copy_(leaf)
+            self._point_at_buffers(decoder)
+            decoder.tokens.copy_(first)
+            chunks = [first[:, None]]
+            while sum(c.shape[1] for c in chunks) < new_tokens:
+                self._replay(decoder)
+                chunks.append(decoder.out.clone())
+            self._sync()
+            done = time.perf_counter()
+        ids = torch.cat(chunks, dim=1)[:, :new_tokens].cpu()
+        return ids, prefilled - started, done - prefilled
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _compact(self, decoder: _Decoder, live: list[int], slot_rows: list[int]):
         """Move the live slots' state and last tokens into the decoder of the next smaller size."""
         slots = slot_size(len(live), decoder.slots // 2)

@@ -1,0 +1,237 @@
+"""`jrt bench decode-model`: greedy decode tokens/s of whole models, before and after the engine.
+
+For each model (real sizes, random weights, from :func:`jrt_prompt.bench.model.build_model`) and
+batch size (1, 8, 64 by default), after a prompt of ``prompt_tokens`` random tokens:
+
+- ``before``: transformers' ``generate`` (the path every answer took before the decode engine);
+  tokens/s from the difference between generating ``decode_tokens + 1`` and 1 token(s), so the
+  prefill cancels out;
+- ``after``: the constant-state decode engine (CUDA graph of ``steps_per_sync`` steps replayed);
+  the decode phase is timed on its own, after a warm-up call that captures the graph;
+- the Transformer has no engine path: its ``after`` is transformers' static cache with
+  ``torch.compile`` (``cache_implementation="static"``), its strongest decode path here.
+
+``% of limit``: a decode step reads every weight once, so ``batch × copy bandwidth / weight
+bytes`` tokens/s bounds it; the copy bandwidth is measured on the device (a large tensor copy,
+read + write bytes over time).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from jrt_prompt.errors import JRTError
+
+from .prefill import _dtype
+from .timing import environment
+
+MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "transformer-1.3b")
+BATCHES = (1, 8, 64)
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30, reps: int = 10) -> float:
+    """Bytes/s of a device-to-device tensor copy (bytes read + bytes written per second)."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / reps
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:  # tied embeddings are read once
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _hf_tokens_per_s(model, ids, decode_tokens: int, device, **extra) -> float:
+    def run(n):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                **extra,
+            )
+        _sync(device)
+        return time.perf_counter() - start
+
+    run(2)  # warm-up (and compilation for the static cache)
+    run(decode_tokens + 1)
+    one = min(run(1) for _ in range(2))
+    many = run(decode_tokens + 1)
+    return ids.shape[0] * decode_tokens / max(many - one, 1e-9)
+
+
+def _engine_tokens_per_s(model, ids, decode_tokens: int) -> float:
+    from jrt_prompt.generation import DecodeEngine, family_of
+
+    engine = DecodeEngine(model, None, family_of(model))
+    engine.greedy_ids(ids, decode_tokens + 1)  # warm-up: graph capture for this batch size
+    _, _, seconds = engine.greedy_ids(ids, decode_tokens + 1)
+    steps = math.ceil(decode_tokens / engine.steps) * engine.steps
+    return ids.shape[0] * steps / seconds
+
+
+def run_decode_model_bench(
+    models: Sequence[str] = MODELS,
+    *,
+    batches: Sequence[int] = BATCHES,
+    prompt_tokens: int = 512,
+    decode_tokens: int = 64,
+    dtype: str = "bfloat16",
+    paths: Sequence[str] = ("before", "after"),
+    device: str | None = None,
+    tiny: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """One row per (model, batch, path): decode tokens/s and its share of the bandwidth limit.
+
+    A model or row that fails (a name :mod:`jrt_prompt.bench.model` does not build, out of
+    memory) gets a ``note`` and the others still run.
+    """
+    from jrt_prompt.generation import family_of
+
+    from .model import build_model
+
+    if device is None:
+        if not torch.cuda.is_available():
+            raise JRTError(
+                "jrt bench decode-model needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)"
+            )
+        device = "cuda"
+    on_cuda = torch.device(device).type == "cuda"
+    torch_dtype = _dtype(dtype) if on_cuda else torch.float32
+    bandwidth = copy_bandwidth(device) if on_cuda else None
+    rows = []
+    for name in models:
+        try:
+            model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
+        except Exception as exc:  # recorded per model: a missing builder must not hide the others
+            note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            rows.append({"model": name, "note": f"not built: {note}"})
+            log(f"{name:<18} not built: {note}")
+            continue
+        nbytes = weight_bytes(model)
+        covered = family_of(model) is not None
+        vocab = min(model.config.vocab_size, 50000)
+        for batch in batches:
+            gen = torch.Generator().manual_seed(batch)
+            ids = torch.randint(0, vocab, (batch, prompt_tokens), generator=gen).to(device)
+            for path in paths:
+                how = {
+                    "before": "transformers generate",
+                    "after": "decode engine" if covered else "static cache + torch.compile",
+                }[path]
+                row = {"model": name, "batch": batch, "path": path, "method": how, "weight_bytes": nbytes}
+                try:
+                    if path == "before":
+                        tps = _hf_tokens_per_s(model, ids, decode_tokens, device)
+                    elif covered:
+                        tps = _engine_tokens_per_s(model, ids, decode_tokens)
+                    else:
+                        tps = _hf_tokens_per_s(
+                            model, ids, decode_tokens, device, cache_implementation="static"
+                        )
+                    row["tokens_per_s"] = tps
+                    if bandwidth:
+                        limit = batch * bandwidth / nbytes
+                        row.update(limit_tokens_per_s=limit, share_of_limit=tps / limit)
+                except torch.cuda.OutOfMemoryError:
+                    row["note"] = "out of GPU memory"
+                except Exception as exc:  # recorded per row
+                    row["note"] = (
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    )
+                log(
+                    f"{name:<18} batch {batch:>3} {how:<28} "
+                    + (
+                        f"{row['tokens_per_s']:10.1f} tok/s"
+                        + (
+                            f"  {100 * row['share_of_limit']:5.1f}% of limit"
+                            if "share_of_limit" in row
+                            else ""
+                        )
+                        if "tokens_per_s" in row
+                        else row["note"]
+                    )
+                )
+                rows.append(row)
+                gc.collect()
+                if on_cuda:
+                    torch.cuda.empty_cache()
+            ids = None
+        from jrt_prompt.generation import release_graphs
+
+        release_graphs(model)
+        model = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+    return {
+        "env": environment(),
+        "shape": {"prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "dtype": dtype},
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "rows": rows,
+    }
+
+
+def format_decode_model_table(result: dict) -> str:
+    lines = [
+        "| model | batch | before (generate) tok/s | after tok/s | after method | speed-up | % of limit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = result["rows"]
+    keys = list(dict.fromkeys((r["model"], r.get("batch")) for r in rows))
+    for model, batch in keys:
+        if batch is None:
+            note = next(r["note"] for r in rows if r["model"] == model)
+            lines.append(f"| {model} | — | — | — | {note} | — | — |")
+            continue
+        before = next(
+            (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, "before")), {}
+        )
+        after = next(
+            (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, "after")), {}
+        )
+
+        def cell(r):
+            return f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else r.get("note", "—")
+
+        speedup = (
+            f"{after['tokens_per_s'] / before['tokens_per_s']:.1f}×"
+            if "tokens_per_s" in after and "tokens_per_s" in before
+            else "—"
+        )
+        share = f"{100 * after['share_of_limit']:.1f}%" if "share_of_limit" in after else "—"
+        lines.append(
+            f"| {model} | {batch} | {cell(before)} | {cell(after)} | {after.get('method', '—')} | {speedup} | {share} |"
+        )
+    return "\n".join(lines)

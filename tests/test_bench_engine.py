@@ -1,0 +1,61 @@
+"""The decode-model and eval-throughput benchmark jobs on tiny CPU models (the GPU runs them at size)."""
+
+from jrt_prompt.bench.decode_model import format_decode_model_table, run_decode_model_bench
+from jrt_prompt.bench.eval_throughput import (
+    format_eval_throughput_table,
+    run_eval_throughput,
+    synthetic_records,
+)
+
+
+def test_decode_model_bench_on_tiny_cpu_models():
+    result = run_decode_model_bench(
+        ["jrt-rnn-1.3b", "mamba2-1.3b", "transformer-1.3b", "no-such-model"],
+        batches=[1, 3],
+        prompt_tokens=12,
+        decode_tokens=4,
+        device="cpu",
+        tiny=True,
+        paths=("before", "after"),
+        log=lambda s: None,
+    )
+    rows = result["rows"]
+    done = [r for r in rows if "tokens_per_s" in r]
+    assert {(r["model"], r["batch"], r["path"]) for r in done} >= {
+        ("jrt-rnn-1.3b", 3, "after"),
+        ("mamba2-1.3b", 1, "before"),
+        ("mamba2-1.3b", 3, "after"),
+    }
+    assert all(r["tokens_per_s"] > 0 for r in done)
+    methods = {(r["model"], r["path"]): r["method"] for r in rows if "method" in r}
+    assert methods[("jrt-rnn-1.3b", "after")] == "decode engine"
+    assert methods[("transformer-1.3b", "after")] == "static cache + torch.compile"
+    missing = next(r for r in rows if r["model"] == "no-such-model")
+    assert "not built" in missing["note"]
+    table = format_decode_model_table(result)
+    assert "| jrt-rnn-1.3b | 3 |" in table and "no-such-model" in table
+
+
+def test_synthetic_records_spread_lengths():
+    records = synthetic_records(5, 100, 300)
+    lengths = [len(c) + len(q) + 1 for c, q in records]
+    assert lengths[0] <= 101 and 295 <= lengths[-1] <= 301
+    assert lengths == sorted(lengths)
+    assert all(q.split()[-1].rstrip("?") in c for c, q in records)  # the asked key is in the context
+
+
+def test_eval_throughput_on_a_tiny_cpu_model():
+    result = run_eval_throughput(
+        ["based-1.3b"],
+        prompts=4,
+        min_tokens=20,
+        max_tokens=60,
+        max_new_tokens=5,
+        device="cpu",
+        tiny=True,
+        log=lambda s: None,
+    )
+    row = result["rows"][0]
+    assert row["path"] == "decode engine" and row["generations"] == 8
+    assert row["seconds"] > 0 and row["prompts_per_s"] > 0 and 0 < row["answer_tokens"] <= 40
+    assert "| based-1.3b | decode engine | 8 |" in format_eval_throughput_table(result)
