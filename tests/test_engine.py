@@ -170,7 +170,7 @@ def test_compaction_keeps_every_answer(models, monkeypatch):
         model, tokenizer, prompts, max_new_tokens=24, stop=stops, path="transformers", batch_size=32
     )
     assert _rows(got) == _rows(reference)
-    sizes = {key[1] for key in engine_module._GRAPHS[model]}
+    sizes = {key[1] for key in engine_module._GRAPHS[model] if isinstance(key, tuple)}
     assert 32 in sizes and min(sizes) < 32  # the batch moved to smaller slot sizes
 
 

@@ -32,7 +32,7 @@ from .families import StateFamily, flatten, unflatten
 from .result import Generation, finish, first_stop
 
 STEPS_PER_SYNC = 8  # decode steps per graph replay (and per host check of the new tokens)
-MAX_PREFILL_TOKENS = {"cuda": 65536, "cpu": 8192}  # padded tokens per prefill forward
+MAX_PREFILL_TOKENS = {"cuda": 32768, "cpu": 8192}  # padded tokens per prefill forward
 MIN_COMPACT_SLOTS = 8  # below this many slots a decode step costs the same whatever the rows
 
 # CUDA graphs and their static buffers, per model and slot size; dropped with the model.
@@ -169,8 +169,11 @@ class DecodeEngine:
             for _ in range(2):
                 self._run_steps(decoder)
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        # One memory pool for all graphs of a model: they never run at the same time, and what
+        # they leave behind is copied into buffers allocated outside the pool.
+        pool = self._store().setdefault("pool", torch.cuda.graph_pool_handle())
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             self._run_steps(decoder)
         for buffer, value in zip(decoder.state, saved, strict=True):
             buffer.copy_(value)
