@@ -59,3 +59,17 @@ def test_eval_throughput_on_a_tiny_cpu_model():
     assert row["path"] == "decode engine" and row["generations"] == 8
     assert row["seconds"] > 0 and row["prompts_per_s"] > 0 and 0 < row["answer_tokens"] <= 40
     assert "| based-1.3b | decode engine | 8 |" in format_eval_throughput_table(result)
+
+
+def test_engine_bench_commands_without_gpu_fail_with_one_line():
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    for args in (["bench", "decode-model", "--batches", "1"], ["bench", "eval-throughput", "--prompts", "10"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "needs a CUDA GPU" in result.output
+    result = runner.invoke(app, ["bench", "decode-model", "--batches", "x"])
+    assert result.exit_code == 2 and "comma-separated integers" in result.output
