@@ -60,8 +60,9 @@ class _Decoder:
     tokens: torch.Tensor  # [slots] last token of each slot (the next step's input)
     out: torch.Tensor  # [slots, steps] tokens produced by one replay
     graph: object = None
-    eager_runs: int = 0
     signature: tuple = field(default_factory=tuple)
+    host: list | None = None  # two pinned host buffers for the tokens of one replay (CUDA)
+    flip: int = 0
 
 
 def _signature(leaves: list[torch.Tensor]) -> tuple:
@@ -145,6 +146,21 @@ class DecodeEngine:
                 self._point_at_buffers(decoder)
             decoder.tokens.copy_(nxt)
             decoder.out[:, j].copy_(nxt)
+
+    def _fetch(self, decoder: _Decoder):
+        """Start copying the last replay's tokens to the host: (host tensor, event or None)."""
+        if decoder.out.device.type != "cuda":
+            return decoder.out.clone(), None
+        if decoder.host is None:
+            decoder.host = [
+                torch.empty(decoder.out.shape, dtype=torch.long, pin_memory=True) for _ in range(2)
+            ]
+        host = decoder.host[decoder.flip]
+        decoder.flip ^= 1
+        host.copy_(decoder.out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
 
     def _point_at_buffers(self, decoder: _Decoder) -> None:
         # Fresh containers each time: a step may assign into the dicts / lists it is given.
@@ -264,23 +280,49 @@ class DecodeEngine:
                 if ended[row] is not None or max_new_tokens == 1:
                     finished_at[row] = now
             slot_rows = list(range(n)) + [-1] * (slots - n)  # row decoded in each slot
-            while True:
-                live = [s for s, row in enumerate(slot_rows) if row >= 0 and finished_at[row] is None]
-                if not live:
-                    break
-                if self.compact and len(live) * 2 <= decoder.slots and decoder.slots > MIN_COMPACT_SLOTS:
-                    decoder, slot_rows = self._compact(decoder, live, slot_rows)
-                    live = list(range(len(live)))
-                self._replay(decoder)
-                tokens = decoder.out.tolist()
+            # The next replay is launched before the host looks at the previous one's tokens, so
+            # the GPU never waits on the check; a row that finished in the checked chunk wastes at
+            # most one chunk. No replay is launched past max_new_tokens.
+            length = 1  # tokens every slot holds after the replays launched so far
+            pending = None  # (tokens on the host, copy-done event, slot -> row) of one replay
+
+            def take(chunk) -> None:
+                host, done, rows_of = chunk
+                if done is not None:
+                    done.synchronize()
+                tokens = host.tolist()
                 now = time.perf_counter() - started
-                for s in live:
-                    row = slot_rows[s]
+                for s, row in enumerate(rows_of):
+                    if row < 0 or finished_at[row] is not None:
+                        continue
                     before = len(generated[row])
                     generated[row].extend(tokens[s][: max_new_tokens - before])
                     ended[row] = first_stop(self.tokenizer, generated[row], before, stop or (), eos)
                     if ended[row] is not None or len(generated[row]) >= max_new_tokens:
                         finished_at[row] = now
+
+            def live_slots() -> list[int]:
+                return [s for s, row in enumerate(slot_rows) if row >= 0 and finished_at[row] is None]
+
+            while True:
+                live = live_slots()
+                if pending is not None and self._pays_to_compact(decoder, live):
+                    take(pending)  # compaction needs the latest finished rows: wait for them
+                    pending = None
+                    live = live_slots()
+                if pending is None:
+                    if not live:
+                        break
+                    if self._pays_to_compact(decoder, live):
+                        decoder, slot_rows = self._compact(decoder, live, slot_rows)
+                launched = None
+                if live and length < max_new_tokens:
+                    self._replay(decoder)
+                    launched = (*self._fetch(decoder), list(slot_rows))
+                    length += decoder.steps
+                if pending is not None:
+                    take(pending)
+                pending = launched
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
@@ -329,6 +371,14 @@ class DecodeEngine:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _pays_to_compact(self, decoder: _Decoder, live: list[int]) -> bool:
+        return (
+            self.compact
+            and 0 < len(live)
+            and len(live) * 2 <= decoder.slots
+            and decoder.slots > MIN_COMPACT_SLOTS
+        )
 
     def _compact(self, decoder: _Decoder, live: list[int], slot_rows: list[int]):
         """Move the live slots' state and last tokens into the decoder of the next smaller size."""
