@@ -215,3 +215,17 @@ def test_plan_batches_caps_padding():
     assert plan_batches(lengths, 8, min_fill=0.0) == [[0, 2, 1, 3, 4]]
     # Never more than max_tokens padded tokens, and a short row never waits on a huge one.
     assert plan_batches([1000, 990, 980, 40, 30], 8, max_tokens=2000) == [[0, 1], [2], [3, 4]]
+
+
+@pytest.mark.parametrize("name", ["based", "jrt-rnn-enc8", "mamba"])
+def test_harness_mode_through_the_engine_is_unchanged(models, name, monkeypatch):
+    from jrt_prompt.generation import harness
+
+    model, tokenizer, _ = models(name)
+    prompts = [p * 3 for p in PROMPTS]
+    kwargs = dict(batch_size=3, max_new_tokens=10, until="", enc_length=16)
+    engine = harness.harness_generate(model, tokenizer, prompts, **kwargs)
+    monkeypatch.setattr(harness, "family_of", lambda model: None)  # the plain loop / generate
+    plain = harness.harness_generate(model, tokenizer, prompts, **kwargs)
+    assert engine == plain
+    assert getattr(model.config, "inference_mode", "default") == "default"

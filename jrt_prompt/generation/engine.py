@@ -101,10 +101,18 @@ class DecodeEngine:
     def _store(self) -> dict:
         return _GRAPHS.setdefault(self.model, {})
 
+    def _numerics(self) -> tuple:
+        """What changes the captured step besides shapes: the model's inference mode (JRT's
+        reference numerics) and autocast (the harness runs JRT models under bf16 autocast)."""
+        device = self.device.type
+        autocast = torch.is_autocast_enabled(device) if device in ("cuda", "cpu") else False
+        dtype = torch.get_autocast_dtype(device) if autocast else None
+        return (getattr(self.model.config, "inference_mode", None), autocast, dtype)
+
     def _decoder(self, slots: int, template_cache) -> _Decoder:
         """The decoder of ``slots`` slots; built from ``template_cache`` (a prefilled cache of this
         model) the first time."""
-        key = (self.family.name, slots, self.steps, self.use_graphs)
+        key = (self.family.name, slots, self.steps, self.use_graphs, self._numerics())
         store = self._store()
         decoder = store.get(key)
         tree = self.family.tree(template_cache)
@@ -342,15 +350,19 @@ class DecodeEngine:
             )
         return results
 
-    def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None):
+    def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None, prefill=None):
         """``new_tokens`` greedy token ids per row of an already batched ``input_ids`` [b, l], with
-        no stop test (what a decode benchmark times). Returns (ids [b, new_tokens] on the host,
-        prefill seconds, decode seconds); the decode runs in whole replays of ``steps_per_sync``."""
+        no stop test (a decode benchmark; the harness mode). ``prefill``: a callable returning
+        (last logits, cache) in place of the family's prefill. Returns (ids [b, new_tokens] on the
+        host, prefill seconds, decode seconds); the decode runs in whole replays."""
         rows = input_ids.shape[0]
         with torch.inference_mode():
             self._sync()
             started = time.perf_counter()
-            logits, cache = self.family.prefill(self.model, input_ids, attention_mask)
+            if prefill is not None:
+                logits, cache = prefill()
+            else:
+                logits, cache = self.family.prefill(self.model, input_ids, attention_mask)
             first = logits.argmax(-1)
             self._sync()
             prefilled = time.perf_counter()

@@ -222,19 +222,25 @@ RWKV = StateFamily("rwkv", _rwkv_prefill, lambda cache: list(cache), _rwkv_set_t
 
 def _jrt_prefill(model, input_ids, attention_mask):
     out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    from ..models.modeling_jrt import output_cache
+
+    return _last_logits(out), pad_windows(model, output_cache(out))
+
+
+def pad_windows(model, cache):
+    """Give every sliding-window layer of a JRTCache a full window (constant shapes): the window
+    is filled on the left with keys marked invalid, which softmax attention gives no weight,
+    exactly as if they were not there."""
     window = model.config.sliding_window
     for i, entry in enumerate(cache.layers):
         if isinstance(entry, dict) and entry["k"].shape[1] < window:
-            # A constant shape: the window is filled on the left with keys marked invalid, which
-            # softmax attention gives no weight, exactly as if they were not there.
             missing = window - entry["k"].shape[1]
             cache.layers[i] = {
                 "k": torch.nn.functional.pad(entry["k"], (0, 0, 0, 0, missing, 0)),
                 "v": torch.nn.functional.pad(entry["v"], (0, 0, 0, 0, missing, 0)),
                 "valid": torch.nn.functional.pad(entry["valid"], (missing, 0), value=False),
             }
-    return _last_logits(out), cache
+    return cache
 
 
 def _jrt_tree(cache):

@@ -27,6 +27,8 @@ import torch
 
 from ..errors import JRTError
 from ..models.modeling_jrt import JRTForCausalLM, output_cache
+from .engine import DecodeEngine
+from .families import family_of, pad_windows
 from .result import Generation
 
 HARNESS_PAD_TOKEN_ID = 220
@@ -109,6 +111,15 @@ def _greedy_hybrid(model: JRTForCausalLM, ids, harness_mask, max_new_tokens: int
     previous = model.config.inference_mode
     model.set_inference_mode("reference")
     try:
+        family = family_of(model)
+        if family is not None:
+            # The decode engine (a CUDA graph on a GPU) runs the very same step from the same state.
+            def prefill():
+                out = model(ids, use_cache=True, logits_to_keep=1, harness_pad_mask=harness_mask)
+                return out.logits[:, -1], pad_windows(model, output_cache(out))
+
+            engine = DecodeEngine(model, None, family)
+            return engine.greedy_ids(ids, max_new_tokens, prefill=prefill)[0]
         out = model(ids, use_cache=True, logits_to_keep=1, harness_pad_mask=harness_mask)
         cache = output_cache(out)
         tokens = [out.logits[:, -1].argmax(-1)]
@@ -124,6 +135,12 @@ def _greedy_hybrid(model: JRTForCausalLM, ids, harness_mask, max_new_tokens: int
 def _greedy_generic(model, ids, max_new_tokens: int, pad_token_id: int) -> torch.Tensor:
     """Any transformers causal LM (the harness's Mamba path): unmasked padding, no EOS stop."""
     from transformers import GenerationConfig
+
+    family = family_of(model)
+    if family is not None and family.masks_padding:
+        # An all-ones mask multiplies every position by one: the same as no mask, so the decode
+        # engine reproduces transformers' generate here (no EOS stop either).
+        return DecodeEngine(model, None, family).greedy_ids(ids, max_new_tokens)[0]
 
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None
