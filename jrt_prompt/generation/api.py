@@ -108,7 +108,9 @@ def generate(
 
     if batch_size is None:
         longest = max(len(e) for e in encoded) + max_new_tokens
-        per_row = kv_bytes_per_token(model.config) * longest + 8 * _vocab(model) * longest
+        hidden = getattr(model.config, "hidden_size", 1024) or 1024
+        # KV cache, the prefill's activations (a few hidden-size vectors per token), last logits.
+        per_row = (kv_bytes_per_token(model.config) + 32 * hidden) * longest + 8 * _vocab(model)
         batch_size = auto_batch_size(device, per_row)
     if getattr(model.config, "model_type", "") == "rwkv":
         # transformers' RWKV decodes a batch of more than one row wrongly (its one-token branch
