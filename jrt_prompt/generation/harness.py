@@ -26,7 +26,6 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import JRTError
-from ..models.modeling_jrt import JRTForCausalLM, output_cache
 from .engine import DecodeEngine
 from .families import family_of, pad_windows
 from .result import Generation
@@ -62,6 +61,8 @@ def harness_generate(
         raise JRTError(f"batch_size={batch_size} is invalid: use a positive batch size")
     if max_new_tokens < 1 or max_new_tokens >= max_length:
         raise JRTError(f"max_new_tokens={max_new_tokens} must be between 1 and max_length {max_length}")
+    from ..models.modeling_jrt import JRTForCausalLM  # imported on use: it loads the kernels
+
     is_hybrid = isinstance(model, JRTForCausalLM)
     if jrt_padding is None:
         jrt_padding = is_hybrid and "prefix_linear" in model.config.layer_mixers
@@ -107,7 +108,9 @@ def harness_generate(
     return results  # type: ignore[return-value]
 
 
-def _greedy_hybrid(model: JRTForCausalLM, ids, harness_mask, max_new_tokens: int) -> torch.Tensor:
+def _greedy_hybrid(model, ids, harness_mask, max_new_tokens: int) -> torch.Tensor:
+    from ..models.modeling_jrt import output_cache
+
     previous = model.config.inference_mode
     model.set_inference_mode("reference")
     try:
