@@ -149,7 +149,7 @@ def model_command(
 def decode_model_command(
     models: Annotated[
         str, typer.Option(help="Comma-separated benchmark models (jrt_prompt.bench.model).")
-    ] = "mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b",
+    ] = "mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,gla-1.3b,transformer-1.3b",
     batches: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,64",
     prompt_tokens: Annotated[int, typer.Option(help="Prompt tokens before decoding.")] = 512,
     decode_tokens: Annotated[int, typer.Option(help="Tokens generated to time decoding.")] = 64,

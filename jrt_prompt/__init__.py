@@ -3,7 +3,8 @@
 - :class:`JRTPrompt` lays a context and question out for JRT-Prompt (context read k times,
   question also up front);
 - :func:`load_model` loads a roster model, hub id or local checkpoint with its tokenizer;
-- :func:`generate` decodes greedy answers in batches for any transformers causal LM;
+- :func:`generate` decodes greedy answers in batches for any transformers causal LM (recurrent
+  models through the constant-state decode engine, :mod:`jrt_prompt.generation`);
 - :func:`accelerate` puts this project's Triton kernels into a transformers Mamba / Mamba-2 /
   Falcon-Mamba model the caller loaded (``load_model`` does it on CUDA).
 

@@ -30,7 +30,7 @@ from jrt_prompt.errors import JRTError
 from .prefill import _dtype
 from .timing import environment
 
-MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "transformer-1.3b")
+MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 BATCHES = (1, 8, 64)
 
 

@@ -25,7 +25,7 @@ from .prefill import _dtype
 from .timing import environment
 
 PAPER_PROMPTS = 12_000
-MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "transformer-1.3b")
+MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 
 
 def synthetic_records(count: int, min_tokens: int, max_tokens: int, seed: int = 0) -> list[tuple[str, str]]:
