@@ -6,6 +6,7 @@ from tiny_models import (
     EOS,
     PAD,
     VOCAB,
+    _tiny,
     tiny_mamba_model,
     write_tiny_llama,
     write_tiny_mamba2,
@@ -55,7 +56,22 @@ def tiny_jrt(mixer: str, seed: int = 0, enc_length: int = 8) -> JRTForCausalLM:
     return model
 
 
-FAMILIES = ["mamba", "mamba2", "rwkv", "jrt-rnn", "based", "demo"]
+FAMILIES = ["mamba", "falcon-mamba", "mamba2", "rwkv", "jrt-rnn", "based", "demo"]
+
+
+def tiny_falcon_mamba():
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+
+    return _tiny(
+        FalconMambaConfig,
+        FalconMambaForCausalLM,
+        0,
+        hidden_size=32,
+        num_hidden_layers=2,
+        state_size=8,
+        expand=2,
+        conv_kernel=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +84,8 @@ def models(tmp_path_factory):
         tokenizer = build_byte_tokenizer()
         if name == "mamba":
             out = (tiny_mamba_model(), tokenizer, True)
+        elif name == "falcon-mamba":
+            out = (tiny_falcon_mamba(), tokenizer, True)
         elif name == "jrt-rnn":
             # Encoder region of one token: transformers 5.24's generate does not hand JRTCache back
             # to the model, it runs the whole sequence again each step, which equals decoding from

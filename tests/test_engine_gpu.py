@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from test_engine import PROMPTS, tiny_jrt
+from test_engine import PROMPTS, tiny_falcon_mamba, tiny_jrt
 from tiny_models import PAD, tiny_mamba_model, write_tiny_gla, write_tiny_mamba2, write_tiny_rwkv
 
 from jrt_prompt import generate, load_model
@@ -18,13 +18,15 @@ from jrt_prompt.tokenization import build_byte_tokenizer
 
 pytestmark = pytest.mark.gpu
 
-FAMILIES = ["mamba", "mamba2", "rwkv", "jrt-rnn", "based", "demo"]
+FAMILIES = ["mamba", "falcon-mamba", "mamba2", "rwkv", "jrt-rnn", "based", "demo"]
 
 
 def _model(name, tmp_path, dtype=torch.float32):
     tokenizer = build_byte_tokenizer()
     if name == "mamba":
         model = tiny_mamba_model()
+    elif name == "falcon-mamba":
+        model = tiny_falcon_mamba()
     elif name in ("jrt-rnn", "based"):
         model = tiny_jrt("prefix_linear" if name == "jrt-rnn" else "based")
     elif name == "gla":
