@@ -54,7 +54,8 @@ def generate(
         paper's harness; turn on for tokenizers that expect a BOS token).
     path: "auto" (the decode engine for constant-state models, else transformers' generate),
         "engine" (error if the model is not covered) or "transformers".
-    max_batch_tokens: cap on a batch's padded prompt tokens (rows × longest prompt).
+    max_batch_tokens: cap on a batch's padded prompt tokens (rows × longest prompt); the decode
+        engine applies it to each prefill forward (its decode batches mix lengths freely).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -89,7 +90,7 @@ def generate(
     if family is not None:
         if not supports_left_padding and family.masks_padding:
             family = replace(family, masks_padding=False)
-        engine = DecodeEngine(model, tokenizer, family)
+        engine = DecodeEngine(model, tokenizer, family, max_prefill_tokens=max_batch_tokens)
         if batch_size is None:
             batch_size = auto_batch_size(device, _engine_row_bytes(engine, encoded, pad_id))
         # A decode step costs the same whatever the prompt lengths: batches are filled in length
