@@ -247,3 +247,19 @@ def test_harness_mode_through_the_engine_is_unchanged(models, name, monkeypatch)
     plain = harness.harness_generate(model, tokenizer, prompts, **kwargs)
     assert engine == plain
     assert getattr(model.config, "inference_mode", "default") == "default"
+
+
+def test_prefill_groups_respect_the_token_cap(models):
+    model, tokenizer, _ = models("mamba2")
+    engine = DecodeEngine(model, tokenizer, family_of(model), max_prefill_tokens=64)
+    rows = sorted((tokenizer(p)["input_ids"] for p in PROMPTS), key=len, reverse=True)
+    groups = engine._prefill_groups(rows)
+    assert sorted(j for g in groups for j in g) == list(range(len(rows)))
+    for group in groups:
+        width = len(rows[group[0]])
+        assert len(group) == 1 or (len(group) * width <= 64 and all(2 * len(rows[j]) >= width for j in group))
+    capped = generate(
+        model, tokenizer, PROMPTS, max_new_tokens=8, stop=(), path="engine", max_batch_tokens=64
+    )
+    free = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=(), path="engine")
+    assert _rows(capped) == _rows(free)
