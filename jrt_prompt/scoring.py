@@ -900,6 +900,8 @@ def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
         "batch_seconds": round(float(gen.seconds), 6),  # wall time of the row's whole batch
         "input_hash": row.hash,
     }
+    if getattr(gen, "row_seconds", None) is not None:
+        out["row_seconds"] = round(float(gen.row_seconds), 6)  # from its batch's start to its answer
     if row.context_cut_tokens:
         out["context_cut_tokens"] = row.context_cut_tokens
     if row.answers is not None:
