@@ -144,7 +144,6 @@ def model_command(
         console.print(f"wrote {plot_model_bench(result, plot)}")
 
 
-@bench_app.command("decode-model")
 @reports_errors
 def decode_model_command(
     models: Annotated[
@@ -170,7 +169,6 @@ def decode_model_command(
     _write_json(result, json_out)
 
 
-@bench_app.command("eval-throughput")
 @reports_errors
 def eval_throughput_command(
     models: Annotated[str, typer.Option(help="Comma-separated benchmark models.")] = "mamba-1.4b",
