@@ -258,3 +258,14 @@ def test_prefill_groups_respect_the_token_cap(models):
     )
     free = generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop=(), path="engine")
     assert _rows(capped) == _rows(free)
+
+
+def test_bad_arguments_are_value_errors(models):
+    model, tokenizer, _ = models("mamba")
+    for kwargs, match in (
+        (dict(max_new_tokens=0), "max_new_tokens=0"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(path="fastest"), "path 'fastest' is unknown"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            generate(model, tokenizer, ["abc"], **kwargs)

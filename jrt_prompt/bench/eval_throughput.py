@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from jrt_prompt.errors import JRTError
+from jrt_prompt.errors import JRTArgumentError, JRTError
 
 from .prefill import _dtype
 from .timing import environment
@@ -32,9 +32,9 @@ def synthetic_records(count: int, min_tokens: int, max_tokens: int, seed: int = 
     """``count`` (context, question) pairs whose default-form prompt is between ``min_tokens`` and
     ``max_tokens`` byte tokens, lengths evenly spread."""
     if count < 1:
-        raise JRTError(f"--prompts {count} is invalid: time at least one prompt")
+        raise JRTArgumentError(f"prompts={count} is invalid: time at least one prompt")
     if not 0 < min_tokens <= max_tokens:
-        raise JRTError(f"prompt lengths {min_tokens}-{max_tokens} are invalid: use 0 < min <= max")
+        raise JRTArgumentError(f"prompt lengths {min_tokens}-{max_tokens} are invalid: use 0 < min <= max")
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
     out = []

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from ..errors import JRTError
+from ..errors import JRTArgumentError
 from .batching import auto_batch_size, kv_bytes_per_token, plan_batches
 from .engine import DecodeEngine
 from .families import family_of, flatten
@@ -60,14 +60,14 @@ def generate(
     if isinstance(prompts, str):
         prompts = [prompts]
     if max_new_tokens < 1:
-        raise JRTError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
+        raise JRTArgumentError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
     if batch_size is not None and batch_size < 1:
-        raise JRTError(f"batch_size={batch_size} is invalid: use a positive batch size")
+        raise JRTArgumentError(f"batch_size={batch_size} is invalid: use a positive batch size")
     if path not in PATHS:
-        raise JRTError(f"path {path!r} is unknown: use one of {', '.join(PATHS)}")
+        raise JRTArgumentError(f"path {path!r} is unknown: use one of {', '.join(PATHS)}")
     family = family_of(model) if path != "transformers" else None
     if path == "engine" and family is None:
-        raise JRTError(
+        raise JRTArgumentError(
             f"the decode engine does not cover {type(model).__name__} (its state grows with the "
             "sequence or its family is unknown): use path='auto' or 'transformers'"
         )
@@ -77,9 +77,9 @@ def generate(
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
-            raise JRTError(f"prompt {i} is empty: give every prompt some text")
+            raise JRTArgumentError(f"prompt {i} is empty: give every prompt some text")
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-            raise JRTError(
+            raise JRTArgumentError(
                 f"prompt {i} has {len(ids)} tokens, over the limit of {max_prompt_tokens}: shorten the context "
                 "or fit it to a token budget (JRTPrompt.fit)"
             )

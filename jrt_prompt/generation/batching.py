@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import JRTError
+from ..errors import JRTArgumentError
 
 CPU_BATCH_SIZE = 8  # batch size on CPU when the caller sets none
 MAX_AUTO_BATCH = 128  # largest batch picked from free GPU memory
@@ -34,7 +34,7 @@ def plan_batches(
     equal_lengths: only prompts of equal length share a batch.
     """
     if batch_size < 1:
-        raise JRTError(f"batch_size={batch_size} is invalid: use a positive batch size")
+        raise JRTArgumentError(f"batch_size={batch_size} is invalid: use a positive batch size")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     for i in order:
