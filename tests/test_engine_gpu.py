@@ -69,6 +69,9 @@ def test_graph_path_equals_eager_path_fp32(name, tmp_path, monkeypatch):
                 encoded[start : start + 16], max_new_tokens=24, stop=stops, slots_limit=16, pad_id=PAD
             )
         out[graphs] = _rows(gens)
+        if graphs:  # every decoder really replayed a captured graph (no eager fallback)
+            decoders = [d for k, d in engine_module._GRAPHS[model].items() if isinstance(k, tuple)]
+            assert decoders and all(isinstance(d.graph, torch.cuda.CUDAGraph) for d in decoders)
     assert out[True] == out[False]
     ids = torch.tensor([encoded[0]], device="cuda")
     eager = DecodeEngine(model, tokenizer, family, use_graphs=False).greedy_ids(ids, 20)[0]

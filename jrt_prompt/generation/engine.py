@@ -20,8 +20,10 @@ Answers are cut exactly as transformers' ``generate`` with the stop-string crite
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from .result import Generation, finish, first_stop
 STEPS_PER_SYNC = 8  # decode steps per graph replay (and per host check of the new tokens)
 MAX_PREFILL_TOKENS = {"cuda": 32768, "cpu": 8192}  # padded tokens per prefill forward
 MIN_COMPACT_SLOTS = 8  # below this many slots a decode step costs the same whatever the rows
+
+_EAGER = "eager"  # a decoder whose step could not be captured
 
 # CUDA graphs and their static buffers, per model and slot size; dropped with the model.
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -175,11 +179,14 @@ class DecodeEngine:
         self.family.set_tree(decoder.cache, unflatten(decoder.tree, decoder.state))
 
     def _replay(self, decoder: _Decoder) -> None:
-        if not self.use_graphs:
+        if not self.use_graphs or decoder.graph is _EAGER:
             self._run_steps(decoder)
             return
         if decoder.graph is None:
             self._capture(decoder)
+            if decoder.graph is _EAGER:
+                self._run_steps(decoder)
+                return
         decoder.graph.replay()
 
     def _capture(self, decoder: _Decoder) -> None:
@@ -197,8 +204,21 @@ class DecodeEngine:
         # they leave behind is copied into buffers allocated outside the pool.
         pool = self._store().setdefault("pool", torch.cuda.graph_pool_handle())
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self._run_steps(decoder)
+        try:
+            with torch.cuda.graph(graph, pool=pool):
+                self._run_steps(decoder)
+        except Exception as exc:  # a step that cannot be captured still decodes, eagerly
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize(self.device)
+            warnings.warn(
+                f"the decode step of {type(self.model).__name__} could not be captured in a CUDA graph "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                "decoding eagerly",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            graph = _EAGER
+        self._point_at_buffers(decoder)
         for buffer, value in zip(decoder.state, saved, strict=True):
             buffer.copy_(value)
         decoder.tokens.copy_(tokens)
