@@ -9,7 +9,8 @@ step has the same shapes and can be captured once in a CUDA graph and replayed. 
    rows of static buffers of the batch's slot size (1, 2, 4, ... up to the batch size).
 2. Decode: ``steps_per_sync`` greedy steps (embedding -> layers -> head -> argmax, the new
    token fed back) run as one CUDA graph per (model, slot size), captured on first use and
-   replayed; on CPU the same loop runs eagerly (graphs are CUDA-only).
+   replayed; on CPU the same loop runs eagerly (graphs are CUDA-only), and so does a step that
+   cannot be captured (with a warning).
 3. After each replay the new tokens come to the host (the only sync): EOS and stop strings are
    checked on the new tokens' text; a finished row keeps its slot, and when at most half the
    slots are live the live rows move to the next smaller slot size (compaction).
