@@ -114,7 +114,10 @@ def eval_command(
     max_new_tokens: Annotated[
         int, typer.Option(help="Tokens generated per example, >= 1 (the paper: 48).")
     ] = 48,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (length-sorted).")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Prompts per batch, >= 1 (length-sorted); default: sized from free GPU memory, 8 on CPU."),
+    ] = None,
     max_prompt_tokens: Annotated[
         int | None, typer.Option(help="Cut longer prompts from the left (default: model limit).")
     ] = None,

@@ -55,7 +55,10 @@ def score_command(
     model: ModelOption = "demo",
     repeat: RepeatOption = None,
     question_first: QuestionFirstOption = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch, >= 1 (batches are length-sorted).")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Prompts per batch, >= 1 (length-sorted); default: sized from free GPU memory, 8 on CPU."),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate per row, >= 1.")] = 48,
     limit: Annotated[int | None, typer.Option(help="Score only the first N rows (N >= 1).")] = None,
     max_prompt_tokens: Annotated[

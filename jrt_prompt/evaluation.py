@@ -51,6 +51,13 @@ def form_name(repeat: int) -> str:
     return "default" if repeat == 1 else ("jrt" if repeat == 2 else f"jrt-k{repeat}")
 
 
+
+# Prompts per call of the generation layer when no batch size is given (it sizes the batches).
+AUTO_GROUP_ROWS = 64
+# The harness-faithful mode pads without masking, so its answers depend on the batch size: it keeps
+# a fixed one unless the caller sets another.
+REFERENCE_BATCH_SIZE = 8
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Options of one ``jrt eval`` run.
@@ -69,7 +76,9 @@ class EvalConfig:
     context_length: int | None = 1000
     answer_length: int = 50
     max_new_tokens: int = 48
-    batch_size: int = 8
+    # None: rows go to the generation layer AUTO_GROUP_ROWS at a time and it sizes the batches from
+    # free GPU memory (8 on CPU); the reference mode's harness batches REFERENCE_BATCH_SIZE prompts
+    batch_size: int | None = None
     max_prompt_tokens: int | None = None
     save_prompts: bool = False
     mode: str = "default"  # "reference": generate as the paper's harness did (docs/inference_modes.md)
@@ -227,7 +236,7 @@ def check_config(config: EvalConfig) -> None:
         )
     if config.mode not in ("default", "reference"):
         raise JRTArgumentError(f"mode {config.mode!r} is unknown: use default or reference")
-    if config.max_new_tokens < 1 or config.batch_size < 1:
+    if config.max_new_tokens < 1 or (config.batch_size is not None and config.batch_size < 1):
         raise JRTArgumentError("max_new_tokens and batch_size must be positive")
     if config.limit is not None and config.limit < 1:
         raise JRTArgumentError(
@@ -261,8 +270,9 @@ def _run_one(spec, repeat, source, examples, loaded, limit, config, on_progress)
     order = sorted(range(len(prepared)), key=lambda i: (-prepared[i][2], i))
     records: list[dict[str, Any] | None] = [None] * len(prepared)
     started = time.perf_counter()
-    for b in range(0, len(order), config.batch_size):
-        batch = order[b : b + config.batch_size]
+    group = config.batch_size or AUTO_GROUP_ROWS
+    for b in range(0, len(order), group):
+        batch = order[b : b + group]
         gens = generate_loaded(
             loaded,
             [prepared[i][1] for i in batch],
@@ -322,7 +332,10 @@ def _run_reference(spec, repeat, source, examples, kept, loaded, config, on_prog
     prompts = [e.prompt for e in kept]
     gens = (
         generate_like_harness(
-            loaded, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
+            loaded,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size or REFERENCE_BATCH_SIZE,
         )
         if prompts
         else []

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 OPTIONAL_FIELDS = ("id", "answers", "repeat", "question_first")
 
 # Rows of one batch are padded to its longest prompt: a batch holds at most this many (padded)
+# Rows handed to the generation layer at a time when no --batch-size is given: it splits them into
+# batches that fit the GPU's free memory (the decode engine's slots), and each group is appended
+# (and so survives a crash) once answered.
+AUTO_GROUP_ROWS = 64
 # tokens per row of --batch-size, or one row at the cap, so short rows never pad up to a huge one.
 BATCH_TOKENS_PER_ROW = 2048
 
@@ -86,8 +90,9 @@ class Engine:
     device: Any = None  # recorded in the summary
 
 
-def engine_for(loaded, *, batch_size: int = 8, stop: Sequence[str] = ("\n",)) -> Engine:
-    """An :class:`Engine` over a model from :func:`jrt_prompt.load_model`."""
+def engine_for(loaded, *, batch_size: int | None = None, stop: Sequence[str] = ("\n",)) -> Engine:
+    """An :class:`Engine` over a model from :func:`jrt_prompt.load_model` (``batch_size`` None: the
+    generation layer picks it from free GPU memory, 8 on CPU)."""
     tokenizer = loaded.tokenizer
 
     def count(text: str) -> int:
@@ -118,7 +123,7 @@ class ScoreConfig:
     out: Path
     repeat: int = 2
     question_first: bool | None = None  # None: question first whenever the context is repeated
-    batch_size: int = 8
+    batch_size: int | None = None  # None: rows are grouped AUTO_GROUP_ROWS at a time, sized by generation
     max_new_tokens: int = 48
     limit: int | None = None
     max_prompt_tokens: int | None = None  # None: the model's own limit minus max_new_tokens
@@ -550,7 +555,7 @@ def score_jsonl(
     on_start(total rows, rows already done) is called once; on_progress(rows just finished)
     after every write.
     """
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise JRTError(f"--batch-size {config.batch_size} is invalid: use a positive batch size")
     if config.max_new_tokens < 1:
         raise JRTError(f"--max-new-tokens {config.max_new_tokens} is invalid: generate at least one token")
@@ -727,7 +732,7 @@ def _score_locked(
         if on_progress and bad:
             on_progress(len(bad))
         good = sorted((r for r in pending if r.error is None), key=lambda r: (-r.prompt_tokens, r.line))
-        for batch in _batches(good, config.batch_size, limit):
+        for batch in _batches(good, config.batch_size or AUTO_GROUP_ROWS, limit):
             generations = engine.generate([r.prompt for r in batch], config.max_new_tokens)
             out_rows = [_ok_row(row, gen, config) for row, gen in zip(batch, generations, strict=True)]
             appender.write(out_rows)
@@ -966,7 +971,7 @@ def score_file(
     model: str | Any = "demo",
     repeat: int | None = None,
     question_first: bool | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_new_tokens: int = 48,
     limit: int | None = None,
     max_prompt_tokens: int | None = None,

@@ -1,5 +1,6 @@
 """`jrt score` on a tiny random Mamba: bad rows, resume, torn-line repair, kill -9 mid-run."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -357,3 +358,28 @@ def test_two_shard_processes_at_once(tmp_path, tiny_dir):
     rows = read_rows(out)
     assert [r["line"] for r in rows] == list(range(1, n + 1))
     assert not list(tmp_path.glob("out.jsonl.shard-*-of-2")) and not list(tmp_path.glob("*.lock"))
+
+
+def test_default_batch_size_is_left_to_the_generation_layer(tmp_path, tiny):
+    """No --batch-size: rows go to generation AUTO_GROUP_ROWS at a time with batch_size=None (sized
+    from free memory there), and the answers equal those of an explicit batch size."""
+    from jrt_prompt import scoring
+
+    src = write_input(tmp_path / "in.jsonl", 5)
+    seen = []
+    engine = scoring.engine_for(tiny)
+    inner = engine.generate
+
+    def spy(prompts, max_new_tokens):
+        seen.append(len(prompts))
+        return inner(prompts, max_new_tokens)
+
+    engine = dataclasses.replace(engine, generate=spy)
+    config = scoring.ScoreConfig(input=src, out=tmp_path / "auto.jsonl")
+    assert config.batch_size is None
+    scoring.score_jsonl(config, engine)
+    assert seen == [5]  # one group: fewer rows than AUTO_GROUP_ROWS
+    explicit = scoring.ScoreConfig(input=src, out=tmp_path / "two.jsonl", batch_size=2)
+    scoring.score_jsonl(explicit, scoring.engine_for(tiny, batch_size=2))
+    answers = lambda p: {r["id"]: r["prediction"] for r in read_rows(p)}  # noqa: E731
+    assert answers(tmp_path / "auto.jsonl") == answers(tmp_path / "two.jsonl")
