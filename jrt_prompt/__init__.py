@@ -39,12 +39,16 @@ _LAZY = {
     "fit_prompt": ".prompts",
     "Generation": ".generation",
     "generate": ".generation",
+    "DocumentState": ".generation",
+    "read_document": ".generation",
     "LoadedModel": ".models.loading",
     "load_model": ".models.loading",
     "accelerate": ".models.accelerate",
 }
 
 __all__ = [
+    "DocumentState",
+    "read_document",
     "FittedPrompt",
     "Generation",
     "JRTArgumentError",

@@ -13,6 +13,12 @@ Layout of :meth:`JRTPrompt.render` (``sep`` is :attr:`JRTPrompt.separator`)::
 
 With ``repeat=1`` and ``question_first=False`` this is exactly the plain prompt
 ``context + sep + question + answer_prefix``.
+
+Two layouts: *question-first* (the paper's JRT-Prompt, the default when ``repeat > 1``) and
+*context-first* (``question_first=False``: ``context × k`` then the question). Only the second
+shares its text before the question between the questions of one document, so only it lets a
+recurrent model read the document once and answer many questions from copies of its state
+(:meth:`JRTPrompt.prefix` + :meth:`JRTPrompt.suffix` is the rendered prompt).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from .errors import JRTArgumentError
 # one GPU: transformers' Mamba path without mamba-ssm kernels holds d_inner x d_state floats per
 # token (4096 x 16 x 4 bytes = 256 KiB for mamba-1.4b), i.e. 8 GiB for one 32k-token row.
 DEFAULT_MAX_PROMPT_TOKENS = 32_768
+
+LAYOUTS = ("question-first", "context-first")
 
 # Texts longer than this many characters are measured by prefixes first (see count_tokens_upto).
 PROBE_CHARS = 1 << 16
@@ -107,6 +115,53 @@ class JRTPrompt:
             raise JRTArgumentError(
                 f"question_first={self.question_first!r} is invalid: use True, False or None"
             )
+
+    @classmethod
+    def context_first(cls, repeat: int = 2, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:
+        """The reusable layout: ``context × repeat``, then the question. Everything before the
+        question is the same for every question of a document, so a recurrent model can read it
+        once and branch its state per question (:func:`jrt_prompt.generation.reuse.read_document`)."""
+        return cls(repeat=repeat, question_first=False, separator=separator, answer_prefix=answer_prefix)
+
+    @classmethod
+    def from_layout(cls, layout: str, repeat: int = 2, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:
+        """The templater of a named layout: ``"question-first"`` (the paper's JRT-Prompt) or
+        ``"context-first"`` (reusable)."""
+        if layout not in LAYOUTS:
+            raise JRTArgumentError(f"layout {layout!r} is unknown: use one of {', '.join(LAYOUTS)}")
+        return cls(
+            repeat=repeat,
+            question_first=layout == "question-first",
+            separator=separator,
+            answer_prefix=answer_prefix,
+        )
+
+    @property
+    def layout(self) -> str:
+        """``"question-first"`` or ``"context-first"`` (``repeat=1`` context-first is the plain prompt)."""
+        return "question-first" if self.question_first else "context-first"
+
+    @property
+    def reusable(self) -> bool:
+        """Whether every question of one context shares the prompt's text before the question."""
+        return not self.question_first
+
+    def prefix(self, context: str) -> str:
+        """The question-independent start of a reusable prompt: ``(context + sep) × repeat``;
+        ``prefix(context) + suffix(question) == render(context, question)``."""
+        if not self.reusable:
+            raise JRTArgumentError(
+                "the question-first layout puts the question before the context, so no prefix is shared "
+                "between questions: use JRTPrompt.context_first(repeat) to reuse a document's state"
+            )
+        if not isinstance(context, str):
+            raise JRTArgumentError(f"context must be a string, got {type(context).__name__}")
+        return (context + self.separator) * self.repeat
+
+    def suffix(self, question: str) -> str:
+        """What a reusable prompt adds after its prefix: the question and the answer prefix."""
+        _check_question(question)
+        return question + self.answer_prefix
 
     @classmethod
     def plain(cls, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:

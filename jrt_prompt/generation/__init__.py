@@ -6,6 +6,8 @@
 - :func:`generate_loaded`: the same for a :class:`~jrt_prompt.models.loading.LoadedModel`;
 - :func:`generate_like_harness` / :func:`harness_generate` (``harness.py``): the paper's
   evaluation harness, reproduced exactly (reference mode, docs/inference_modes.md);
+- :func:`read_document` / :class:`DocumentState` (``reuse.py``): read a document once, answer
+  many questions from copies of its state, save and load the state;
 - :class:`Generation` (``result.py``): one answer; batching rules in ``batching.py``.
 """
 
@@ -15,9 +17,14 @@ from .engine import DecodeEngine, release_graphs
 from .families import family_of
 from .harness import generate_like_harness, harness_generate
 from .result import Generation
+from .reuse import DocumentState, StateMismatchError, ask_many, read_document
 
 __all__ = [
     "DecodeEngine",
+    "DocumentState",
+    "StateMismatchError",
+    "ask_many",
+    "read_document",
     "Generation",
     "family_of",
     "generate",

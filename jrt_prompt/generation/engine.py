@@ -278,11 +278,38 @@ class DecodeEngine:
     ) -> list[Generation]:
         """Greedy answers for one batch of tokenized prompts (at most ``slots_limit`` rows)."""
         self.pad_id = pad_id
-        eos = self.tokenizer.eos_token_id
         started = time.perf_counter()
-        n = len(ids_rows)
         with torch.inference_mode():
             first, prefilled = self._prefill(ids_rows)
+            return self.decode_prefilled(
+                first,
+                prefilled,
+                [len(ids) for ids in ids_rows],
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                slots_limit=slots_limit,
+                started=started,
+            )
+
+    def decode_prefilled(
+        self,
+        first: torch.Tensor,
+        prefilled: list,
+        prompt_tokens: list[int],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] | None,
+        slots_limit: int,
+        started: float | None = None,
+    ) -> list[Generation]:
+        """Greedy answers of rows whose prompts are already read: ``first`` [n] is each row's
+        first generated token, ``prefilled`` a list of (row indices, cache) whose trees hold those
+        rows' states (a prefill's output, or a reused document state continued by a question).
+        ``prompt_tokens``: each row's prompt length, as reported in its Generation."""
+        eos = self.tokenizer.eos_token_id
+        started = time.perf_counter() if started is None else started
+        n = len(prompt_tokens)
+        with torch.inference_mode():
             slots = slot_size(n, max(slots_limit, n))
             decoder = self._decoder(slots, prefilled[0][1])
             for group, cache in prefilled:
@@ -362,7 +389,7 @@ class DecodeEngine:
                 finish(
                     self.tokenizer,
                     ids,
-                    len(ids_rows[row]),
+                    prompt_tokens[row],
                     seconds,
                     stop,
                     max_new_tokens,

@@ -43,10 +43,37 @@ class StopOnStrings:
         return self.done.to(input_ids.device)
 
 
+def cache_keyword(model) -> str:
+    """transformers 5.24 calls the cache argument ``cache``; earlier 5.x ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The cache of a model output (``cache`` in transformers 5.24, ``past_key_values`` before)."""
+    for key in ("cache", "past_key_values"):
+        value = out.get(key) if hasattr(out, "get") else None
+        if value is not None:
+            return value
+    raise RuntimeError("the model returned no cache from a forward with use_cache=True")
+
+
 def greedy_transformers(
-    model, tokenizer, input_ids, attention_mask, max_new_tokens: int, stop, pad_id: int, started: float
+    model,
+    tokenizer,
+    input_ids,
+    attention_mask,
+    max_new_tokens: int,
+    stop,
+    pad_id: int,
+    started: float,
+    past_key_values=None,
 ):
-    """(generated ids [b, width + n], {row: seconds until that row finished})."""
+    """(generated ids [b, width + n], {row: seconds until that row finished}).
+
+    past_key_values: a cache holding the keys and values of a prefix of ``input_ids`` (prefix
+    reuse: only the rest of the prompt is read); it is extended in place."""
     from transformers import GenerationConfig, StoppingCriteriaList
 
     eos = tokenizer.eos_token_id
@@ -65,5 +92,6 @@ def greedy_transformers(
             attention_mask=attention_mask,
             generation_config=config,
             stopping_criteria=StoppingCriteriaList([criterion]),
+            **({} if past_key_values is None else {cache_keyword(model): past_key_values}),
         )
     return out, criterion.finished_at
