@@ -92,6 +92,20 @@ def score_command(
     strict: Annotated[
         bool, typer.Option("--strict", metavar="", help="Exit with code 1 when any row is an error row.")
     ] = False,
+    reuse_state: Annotated[
+        str,
+        typer.Option(
+            help="auto: rows sharing a context in the context-first layout (--no-question-first) read it "
+            "once and answer from copies of the model's state; off: every row reads its whole prompt."
+        ),
+    ] = "auto",
+    state_cache: Annotated[
+        Path | None,
+        typer.Option(help="Directory keeping document states across runs (keyed by model and document)."),
+    ] = None,
+    state_cache_mb: Annotated[
+        int, typer.Option(help="Size bound of --state-cache in MiB; least recently used states go first.")
+    ] = 1024,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
 ) -> None:
@@ -103,6 +117,10 @@ def score_command(
     ):
         if value is not None and value < 1:
             raise usage_error(f"{option} {value} is invalid: use a whole number >= 1")
+    if reuse_state not in ("auto", "off"):
+        raise usage_error(f"--reuse-state {reuse_state!r} is invalid: use auto or off")
+    if state_cache_mb < 1:
+        raise usage_error(f"--state-cache-mb {state_cache_mb} is invalid: use a whole number >= 1")
     shard_spec, device = _shard_and_device(shard, device)
     quiet_libraries()
     from jrt_prompt.scoring import Terminated, score_file
@@ -129,6 +147,9 @@ def score_command(
                 retry_errors=retry_errors,
                 fit_context=fit_context,
                 shard=shard_spec,
+                reuse_state=reuse_state,
+                state_cache=state_cache,
+                state_cache_bytes=state_cache_mb << 20,
                 device=device,
                 dtype=model_dtype(dtype),
                 on_start=on_start,

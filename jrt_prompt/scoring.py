@@ -68,6 +68,9 @@ BATCH_TOKENS_PER_ROW = 2048
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+REUSE_MODES = ("auto", "off")
+
+
 class Terminated(KeyboardInterrupt):
     """The scoring run received SIGTERM (handled like Ctrl-C: done rows stay, the lock is released)."""
 
@@ -88,12 +91,49 @@ class Engine:
     max_prompt_tokens: int | None = None
     tokenizer: Any = None  # needed only to cut contexts to the budget (--fit-context)
     device: Any = None  # recorded in the summary
+    # (prompt, context, question) triples, max_new_tokens -> (one Generation per triple, documents
+    # read): answers from document states read once per shared context (context-first layouts).
+    ask: Callable[[list[tuple[JRTPrompt, str, str]], int], tuple[list[Any], int]] | None = None
 
 
-def engine_for(loaded, *, batch_size: int | None = None, stop: Sequence[str] = ("\n",)) -> Engine:
+def engine_for(
+    loaded,
+    *,
+    batch_size: int | None = None,
+    stop: Sequence[str] = ("\n",),
+    state_cache: str | os.PathLike | None = None,
+    state_cache_bytes: int | None = None,
+) -> Engine:
     """An :class:`Engine` over a model from :func:`jrt_prompt.load_model` (``batch_size`` None: the
-    generation layer picks it from free GPU memory, 8 on CPU)."""
+    generation layer picks it from free GPU memory, 8 on CPU).
+
+    state_cache: a directory keeping document states across runs (at most ``state_cache_bytes``,
+    least recently used first out); used by rows that share a context in a reusable layout."""
     tokenizer = loaded.tokenizer
+    cache = None
+    if state_cache is not None:
+        from .generation.reuse import DEFAULT_STATE_CACHE_BYTES, StateCache
+
+        cache = StateCache(state_cache, state_cache_bytes or DEFAULT_STATE_CACHE_BYTES)
+
+    def ask(items: list[tuple[JRTPrompt, str, str]], max_new_tokens: int):
+        from .generation.reuse import ask_many, read_documents_cached
+
+        keys: dict[tuple[JRTPrompt, str], int] = {}
+        for prompt, context, _ in items:
+            keys.setdefault((prompt, context), len(keys))
+        states: list[Any] = [None] * len(keys)
+        read = 0
+        by_prompt: dict[JRTPrompt, list[tuple[int, str]]] = {}
+        for (prompt, context), k in keys.items():
+            by_prompt.setdefault(prompt, []).append((k, context))
+        for prompt, docs in by_prompt.items():
+            got, n = read_documents_cached(loaded, prompt, [c for _, c in docs], cache)
+            read += n
+            for (k, _), state in zip(docs, got, strict=True):
+                states[k] = state
+        pairs = [(states[keys[(p, c)]], q) for p, c, q in items]
+        return ask_many(pairs, max_new_tokens=max_new_tokens, stop=tuple(stop), batch_size=batch_size), read
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
@@ -112,6 +152,7 @@ def engine_for(loaded, *, batch_size: int | None = None, stop: Sequence[str] = (
         max_prompt_tokens=loaded.token_limit(),
         tokenizer=tokenizer,
         device=getattr(loaded, "device", None),
+        ask=ask,
     )
 
 
@@ -133,6 +174,9 @@ class ScoreConfig:
     shard: tuple[int, int] | None = None  # (index, count): score every count-th row, from index
     separator: str = "\n"
     answer_prefix: str = ""
+    # "auto": rows that share a context in a reusable (context-first) layout read it once and
+    # answer from copies of its state; "off": every row reads its whole prompt.
+    reuse_state: str = "auto"
 
     @property
     def summary_path(self) -> Path:
@@ -154,6 +198,8 @@ class ParsedRow:
     prompt_tokens: int = 0
     context_cut_tokens: int = 0
     hash: str = ""
+    template: JRTPrompt | None = None  # set when the prompt is template.prefix(shared) + suffix(question)
+    shared: str | None = None  # the (possibly cut) context the prompt repeats
 
 
 @dataclass
@@ -559,6 +605,8 @@ def score_jsonl(
         raise JRTError(f"--batch-size {config.batch_size} is invalid: use a positive batch size")
     if config.max_new_tokens < 1:
         raise JRTError(f"--max-new-tokens {config.max_new_tokens} is invalid: generate at least one token")
+    if config.reuse_state not in REUSE_MODES:
+        raise JRTError(f"--reuse-state {config.reuse_state!r} is invalid: use one of {', '.join(REUSE_MODES)}")
     if config.out.resolve() == Path(config.input).resolve():
         raise JRTError("--out is the input file; pick another output path")
     if config.out.is_dir():
@@ -726,12 +774,23 @@ def _score_locked(
 
     appender = _Appender(write_path, signals)
     scored_now = 0
+    documents_read = 0
     try:
         bad = [row for row in pending if row.error is not None]
         appender.write([_error_row(row) for row in bad])
         if on_progress and bad:
             on_progress(len(bad))
         good = sorted((r for r in pending if r.error is None), key=lambda r: (-r.prompt_tokens, r.line))
+        shared, good = _shared_rows(good, config, engine)
+        for wave in _waves(shared, config.batch_size or AUTO_GROUP_ROWS):
+            generations, read = engine.ask(
+                [(r.template, r.shared, r.question) for r in wave], config.max_new_tokens
+            )
+            documents_read += read
+            appender.write([_ok_row(row, gen, config) for row, gen in zip(wave, generations, strict=True)])
+            scored_now += len(wave)
+            if on_progress:
+                on_progress(len(wave))
         for batch in _batches(good, config.batch_size or AUTO_GROUP_ROWS, limit):
             generations = engine.generate([r.prompt for r in batch], config.max_new_tokens)
             out_rows = [_ok_row(row, gen, config) for row, gen in zip(batch, generations, strict=True)]
@@ -753,6 +812,7 @@ def _score_locked(
     )
     summary.in_input_order = in_order
     summary.settings["max_prompt_tokens"] = limit
+    summary.settings["shared_documents_read"] = documents_read
     _atomic_write(summary_path, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
     return summary
 
@@ -817,6 +877,8 @@ def _build_prompt(row: ParsedRow, config: ScoreConfig, engine: Engine, limit: in
         return
     row.prompt = template.render(row.context, row.question)
     row.prompt_tokens = engine.count_tokens(row.prompt)
+    if template.reusable:
+        row.template, row.shared = template, row.context
     if row.prompt_tokens > limit and config.fit_context:
         _fit(row, template, engine, limit)
     elif row.prompt_tokens > limit:
@@ -889,6 +951,39 @@ def _fit(row: ParsedRow, template: JRTPrompt, engine: Engine, limit: int) -> Non
         fitted.prompt_tokens,
         fitted.cut_tokens,
     )
+    row.template, row.shared = (template, fitted.context) if template.reusable else (None, None)
+
+
+def _shared_rows(rows: list[ParsedRow], config: ScoreConfig, engine: Engine):
+    """(rows that share their context with another row in a reusable layout, the other rows).
+    Shared rows are ordered by document, so a wave of them reads each document once."""
+    if config.reuse_state == "off" or engine.ask is None:
+        return [], rows
+    counts = Counter((r.template, r.shared) for r in rows if r.template is not None)
+    shared = [r for r in rows if r.template is not None and counts[(r.template, r.shared)] > 1]
+    if not shared:
+        return [], rows
+    ids = {id(r) for r in shared}
+    first: dict[tuple, int] = {}
+    for r in shared:
+        first.setdefault((r.template, r.shared), r.line)
+    shared.sort(key=lambda r: (first[(r.template, r.shared)], r.line))
+    return shared, [r for r in rows if id(r) not in ids]
+
+
+def _waves(rows: list[ParsedRow], batch_size: int):
+    """Shared rows in waves of whole documents, about ``batch_size`` questions each (a document's
+    questions never split across waves, so it is read once)."""
+    wave: list[ParsedRow] = []
+    for i, row in enumerate(rows):
+        wave.append(row)
+        nxt = rows[i + 1] if i + 1 < len(rows) else None
+        same = nxt is not None and (nxt.template, nxt.shared) == (row.template, row.shared)
+        if not same and len(wave) >= batch_size:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
 
 
 def _ok_row(row: ParsedRow, gen, config: ScoreConfig) -> dict[str, Any]:
@@ -952,6 +1047,7 @@ def _summarize(config, engine, parsed, final, done_before, scored_now, torn, ela
             "limit": config.limit,
             "max_prompt_tokens": config.max_prompt_tokens,
             "fit_context": config.fit_context,
+            "reuse_state": config.reuse_state,
             "shard": list(config.shard) if config.shard else None,
         },
         environment=_environment(engine),
@@ -979,6 +1075,9 @@ def score_file(
     retry_errors: bool = False,
     fit_context: bool = False,
     shard: tuple[int, int] | None = None,
+    reuse_state: str = "auto",
+    state_cache: str | os.PathLike | None = None,
+    state_cache_bytes: int | None = None,
     device: str = "auto",
     dtype: str | None = None,
     on_start: Callable[[int, int], None] | None = None,
@@ -1008,7 +1107,9 @@ def score_file(
         retry_errors=retry_errors,
         fit_context=fit_context,
         shard=shard,
+        reuse_state=reuse_state,
     )
-    return score_jsonl(
-        config, engine_for(loaded, batch_size=batch_size), on_start=on_start, on_progress=on_progress
+    engine = engine_for(
+        loaded, batch_size=batch_size, state_cache=state_cache, state_cache_bytes=state_cache_bytes
     )
+    return score_jsonl(config, engine, on_start=on_start, on_progress=on_progress)

@@ -17,11 +17,12 @@ from .engine import DecodeEngine, release_graphs
 from .families import family_of
 from .harness import generate_like_harness, harness_generate
 from .result import Generation
-from .reuse import DocumentState, StateMismatchError, ask_many, read_document
+from .reuse import DocumentState, StateCache, StateMismatchError, ask_many, read_document
 
 __all__ = [
     "DecodeEngine",
     "DocumentState",
+    "StateCache",
     "StateMismatchError",
     "ask_many",
     "read_document",

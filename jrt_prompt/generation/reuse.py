@@ -36,9 +36,11 @@ imports nothing above it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -497,3 +499,114 @@ def _ask_kv(state: DocumentState, question_ids: list[int], max_new_tokens: int, 
         max_new_tokens,
         row_seconds=finished_at.get(0, seconds),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# States on disk across runs
+
+
+DEFAULT_STATE_CACHE_BYTES = 1 << 30  # 1 GiB
+
+
+class StateCache:
+    """Document states kept in a directory across runs, keyed by model and document, at most
+    ``max_bytes`` in all: the least recently used files are deleted first (a file's use time is
+    its modification time, touched on every hit)."""
+
+    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_STATE_CACHE_BYTES):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise JRTArgumentError(f"max_bytes={max_bytes!r} is invalid: give the state cache a positive size in bytes")
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise JRTArgumentError(f"state cache {self.directory} is a file: pass a directory")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(reader: _Reader, prompt: JRTPrompt, context: str) -> str:
+        parts = [
+            reader.name,
+            reader.config_hash,
+            reader.weights,
+            prompt.layout,
+            str(prompt.repeat),
+            prompt.separator,
+            prompt.answer_prefix,
+            document_hash(context),
+        ]
+        return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    def get(self, loaded_or_model, prompt: JRTPrompt, context: str, *, name: str | None = None) -> DocumentState | None:
+        reader = _reader(loaded_or_model, name)
+        path = self.path(self.key(reader, prompt, context))
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            state = DocumentState.load(path, loaded_or_model, prompt=prompt, document=context, name=name)
+        except JRTError:  # torn or foreign: read the document again and overwrite it
+            path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        self.hits += 1
+        return state
+
+    def put(self, state: DocumentState, context: str) -> Path:
+        path = self.path(self.key(state.reader, state.prompt, context))
+        state.save(path)
+        self.evict(keep=path)
+        return path
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("*.safetensors"))
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files())
+
+    def evict(self, keep: Path | None = None) -> None:
+        """Delete the least recently used states until the cache fits its size (``keep`` last)."""
+        entries = []
+        for p in self.files():
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                entries.append((p == keep, st.st_mtime_ns, p, st.st_size))
+        total = sum(e[3] for e in entries)
+        for _, _, p, size in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                p.unlink()
+                total -= size
+
+
+def read_documents_cached(
+    loaded_or_model,
+    prompt: JRTPrompt,
+    contexts: Sequence[str],
+    cache: StateCache | None = None,
+    *,
+    name: str | None = None,
+) -> tuple[list[DocumentState], int]:
+    """States of ``contexts`` (taken from ``cache`` where it has them, read and stored otherwise);
+    returns (states, documents read now)."""
+    states: list[DocumentState | None] = [None] * len(contexts)
+    missing = []
+    for i, context in enumerate(contexts):
+        if cache is not None:
+            states[i] = cache.get(loaded_or_model, prompt, context, name=name)
+        if states[i] is None:
+            missing.append(i)
+    if missing:
+        fresh = read_document(loaded_or_model, [contexts[i] for i in missing], prompt.repeat, prompt=prompt, name=name)
+        for i, state in zip(missing, fresh, strict=True):
+            states[i] = state
+            if cache is not None:
+                cache.put(state, contexts[i])
+    return states, len(missing)  # type: ignore[return-value]
