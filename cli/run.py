@@ -1,4 +1,4 @@
-"""`jrt run`: one question about one document.
+"""`jrt run`: questions about one document (one answer per line, in the order asked).
 
 stdout carries the answer alone (``answer=$(jrt run ...)``); how it was obtained goes to stderr,
 or, with ``--json``, both go to stdout as one JSON object.
@@ -30,7 +30,13 @@ from ._common import (
 @reports_errors
 def run_command(
     question: Annotated[
-        str, typer.Option("--question", "-q", help="The question to answer from the context.")
+        list[str],
+        typer.Option(
+            "--question",
+            "-q",
+            help="The question to answer from the context; repeat the option to ask several "
+            "(one answer per line; with --no-question-first the context is read once for all).",
+        ),
     ],
     context: Annotated[
         str | None,
@@ -85,14 +91,14 @@ def run_command(
     if mode not in ("default", "reference"):
         raise usage_error(f"--mode {mode!r} is unknown: use default or reference")
     quiet_libraries()
-    from jrt_prompt.run import read_context, run_prompt
+    from jrt_prompt.run import read_context, run_questions
 
     document = read_context(context) if context is not None else text
     status = _Status()
     try:
-        result = run_prompt(
+        results = run_questions(
             document,
-            question,
+            list(question),
             model=model,
             repeat=repeat,
             question_first=question_first,
@@ -108,6 +114,11 @@ def run_command(
         )
     finally:
         status.stop()
+    for result in results:
+        _print_result(result, show_prompt=show_prompt, json_out=json_out, mode=mode)
+
+
+def _print_result(result, *, show_prompt: bool, json_out: bool, mode: str) -> None:
     answer = result.answer.text.strip()
     cut = result.fitted.cut_tokens if result.fitted and result.fitted.truncated else 0
     if json_out:
@@ -129,6 +140,7 @@ def run_command(
         if show_prompt:
             doc["prompt"] = result.prompt
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
         return
     if show_prompt:
         err_console.rule("prompt")

@@ -152,3 +152,82 @@ def run_prompt(
     else:
         answer = generate_loaded(loaded, [prompt], max_new_tokens=max_new_tokens, stop=stop)[0]
     return RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings))
+
+
+def run_questions(
+    context: str,
+    questions: list[str],
+    *,
+    model: str | LoadedModel = DEFAULT_MODEL,
+    repeat: int | None = None,
+    question_first: bool | None = None,
+    separator: str = "\n",
+    max_new_tokens: int = 48,
+    max_prompt_tokens: int | None = None,
+    stop: tuple[str, ...] = ("\n",),
+    device: str = "auto",
+    dtype: str | None = None,
+    mode: str = "default",
+    reuse_state: bool = True,
+    on_stage: Callable[[str, int | None], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> list[RunResult]:
+    """Answer several questions about one context (one :class:`RunResult` each, in order).
+
+    In the context-first layout (``question_first=False``) with ``reuse_state`` on, the model
+    reads the context once and answers every question from a copy of its state
+    (:func:`jrt_prompt.generation.reuse.read_document`); the context is cut, where it must be, to
+    fit the longest question, so that every prompt shares it. Otherwise (question first, the
+    default for repeat > 1, or the reference mode) every question reads its whole prompt.
+    """
+    if isinstance(questions, str):
+        questions = [questions]
+    if not questions:
+        raise JRTArgumentError("no question given: pass at least one question")
+    if len(questions) == 1 or mode == "reference":
+        return [
+            run_prompt(
+                context, q, model=model, repeat=repeat, question_first=question_first, separator=separator,
+                max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=stop,
+                device=device, dtype=dtype, mode=mode, on_stage=on_stage, on_warning=on_warning,
+            )
+            for q in questions
+        ]
+    for q in questions:
+        JRTPrompt.plain(separator).render("", q)
+    if not isinstance(model, LoadedModel) and on_stage:
+        on_stage(f"loading {model}", None)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    k = default_repeat(loaded) if repeat is None else repeat
+    first = (k > 1) if question_first is None else question_first
+    template = JRTPrompt(repeat=k, question_first=first, separator=separator)
+    limit = prompt_token_cap(loaded.token_limit(), max_new_tokens, max_prompt_tokens)
+    count = lambda text: len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    longest = max(questions, key=count)
+    fitted = template.fit(context, longest, loaded.tokenizer, limit)
+    kept = fitted.context
+    prompts = [template.render(kept, q) for q in questions]
+    warnings = []
+    trained = trained_tokens(loaded)
+    n_prompt = max(count(p) for p in prompts)
+    if trained and n_prompt > trained:
+        warnings.append(
+            f"the prompt is {n_prompt} tokens, longer than the {trained} tokens {loaded.name} was trained on: "
+            "expect slow, unreliable answers (pass a shorter context or max_prompt_tokens)"
+        )
+    for warning in warnings:
+        if on_warning:
+            on_warning(warning)
+    if on_stage:
+        on_stage(f"reading {n_prompt} prompt tokens and answering {len(questions)} questions", n_prompt)
+    if template.reusable and reuse_state:
+        from .generation.reuse import read_document
+
+        state = read_document(loaded, kept, k, prompt=template)
+        answers = state.ask(questions, max_new_tokens=max_new_tokens, stop=stop)
+    else:
+        answers = generate_loaded(loaded, prompts, max_new_tokens=max_new_tokens, stop=stop)
+    results = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        results.append(RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings)))
+    return results
