@@ -1,4 +1,4 @@
-"""`jrt bench prefill|decode|model|decode-model|eval-throughput`: kernel and model benchmarks on a CUDA GPU."""
+"""`jrt bench prefill|decode|model|decode-model|eval-throughput|reuse`: kernel and model benchmarks on a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -191,4 +191,35 @@ def eval_throughput_command(
         dtype=dtype,
     )
     console.print(format_eval_throughput_table(result))
+    _write_json(result, json_out)
+
+
+@reports_errors
+def reuse_command(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated benchmark models (jrt_prompt.bench.model).")
+    ] = "mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b",
+    questions: Annotated[str, typer.Option(help="Questions per document, comma-separated.")] = "1,4,16,64",
+    doc_tokens: Annotated[int, typer.Option(help="Document tokens (one read of it).")] = 2048,
+    question_tokens: Annotated[int, typer.Option(help="Tokens per question.")] = 16,
+    answer_tokens: Annotated[int, typer.Option(help="Greedy tokens per answer.")] = 16,
+    paths: Annotated[
+        str, typer.Option(help="Comma-separated: scratch, scratch-context-first, reuse.")
+    ] = "scratch,scratch-context-first,reuse",
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Questions/s answering Q questions per document from scratch (JRT-Prompt) and from a state read once, and bytes per cached document."""
+    from jrt_prompt.bench.reuse import format_reuse_table, run_reuse_bench
+
+    result = run_reuse_bench(
+        [m.strip() for m in models.split(",") if m.strip()],
+        questions=_ints(questions, "--questions"),
+        doc_tokens=doc_tokens,
+        question_tokens=question_tokens,
+        answer_tokens=answer_tokens,
+        paths=[p.strip() for p in paths.split(",") if p.strip()],
+        dtype=dtype,
+    )
+    console.print(format_reuse_table(result))
     _write_json(result, json_out)

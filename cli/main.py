@@ -71,6 +71,7 @@ bench_app.command("decode")(bench.decode_command)
 bench_app.command("model")(bench.model_command)
 bench_app.command("decode-model")(bench.decode_model_command)
 bench_app.command("eval-throughput")(bench.eval_throughput_command)
+bench_app.command("reuse")(bench.reuse_command)
 app.add_typer(bench_app, name="bench")
 
 synth_app = typer.Typer(

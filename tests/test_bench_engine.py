@@ -73,3 +73,32 @@ def test_engine_bench_commands_without_gpu_fail_with_one_line():
         assert "needs a CUDA GPU" in result.output
     result = runner.invoke(app, ["bench", "decode-model", "--batches", "x"])
     assert result.exit_code == 2 and "comma-separated integers" in result.output
+
+
+def test_reuse_bench_on_tiny_cpu_models():
+    from jrt_prompt.bench.reuse import format_reuse_table, run_reuse_bench
+
+    result = run_reuse_bench(
+        ["mamba-1.4b", "jrt-rnn-1.3b", "transformer-1.3b", "no-such-model"],
+        questions=[1, 3],
+        doc_tokens=40,
+        question_tokens=6,
+        answer_tokens=3,
+        device="cpu",
+        tiny=True,
+        log=lambda s: None,
+    )
+    rows = result["rows"]
+    done = {(r["model"], r["questions"], r["path"]) for r in rows if "questions_per_s" in r}
+    for model in ("mamba-1.4b", "jrt-rnn-1.3b", "transformer-1.3b"):
+        for path in ("scratch", "scratch-context-first", "reuse"):
+            assert (model, 3, path) in done, (model, path, [r for r in rows if r["model"] == model])
+    by = {(r["model"], r["questions"], r["path"]): r for r in rows if "questions" in r}
+    assert by[("mamba-1.4b", 3, "scratch")]["prompt_tokens"] == 6 + 40 + 40 + 6 + 3  # question first, k = 2
+    assert by[("mamba-1.4b", 3, "reuse")]["prompt_tokens"] == 40 + 40 + 6 + 2
+    assert by[("jrt-rnn-1.3b", 3, "reuse")]["prompt_tokens"] == 40 + 6 + 1  # JRT-RNN: the plain prompt
+    recurrent = by[("mamba-1.4b", 3, "reuse")]["state_bytes"]
+    kv = by[("transformer-1.3b", 3, "reuse")]["state_bytes"]
+    assert by[("transformer-1.3b", 3, "reuse")]["cache"] == "prefix KV cache" and recurrent > 0 and kv > 0
+    table = format_reuse_table(result)
+    assert "| mamba-1.4b | 3 |" in table and "no-such-model" in table and "MiB" in table
