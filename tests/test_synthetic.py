@@ -297,3 +297,24 @@ def test_set_disjointness_found_score_reads_only_the_prompt_non_causally():
     evaluate_sd_found(model, task, ["default"], num_examples=4, batch_size=4, bf16=False)
     last = task.sample(4, torch.Generator().manual_seed(0), PromptForm.default, "long_first")
     assert model.config.enc_length == prompt_length(last)
+
+
+def test_context_first_form_repeats_the_context_before_the_queries(byte_tokenizer):
+    from jrt_prompt.synthetic.kv_docs import kv_docs_shared_examples
+
+    task = MQARTask(num_pairs=6, num_queries=3, num_keys=10, num_values=12)
+    default = task.sample(4, _gen(3), PromptForm.default)
+    twice = task.sample(4, _gen(3), PromptForm.context_first)
+    assert twice.input_ids.shape[1] == task.length(PromptForm.context_first)
+    for i in range(4):
+        context, answers = _segments(default.input_ids[i])
+        assert _segments(twice.input_ids[i]) == [context, context, answers]
+    assert (twice.targets != IGNORE).sum() == (default.targets != IGNORE).sum()
+    assert PromptForm.context_first.repeat == 2 and not PromptForm.context_first.question_first_flag
+    kv = KVDocsTask(num_queries=1).sample(2, _gen(2), PromptForm.context_first)
+    text = bytes(kv.input_ids[0][kv.input_ids[0] != 257].tolist()).decode()
+    assert not text.startswith("What is")  # the question comes after both copies
+    rows = kv_docs_shared_examples(3, 4, seed=1)
+    assert len(rows) == 12 and len({r["context"] for r in rows}) == 3
+    assert all(r["answers"][0] in r["context"] for r in rows)
+    assert len({(r["context"], r["question"]) for r in rows}) == 12  # distinct fields per document

@@ -315,6 +315,29 @@ def kv_docs_examples(
     return out
 
 
+def kv_docs_shared_examples(
+    documents: int,
+    questions: int,
+    seed: int,
+    *,
+    min_fields: int = 4,
+    max_fields: int = 6,
+    field_names: str = "families",
+) -> list[dict]:
+    """Rows that share documents: ``documents`` documents drawn as :func:`kv_docs_examples` draws
+    them, each asked ``questions`` distinct fields (at most its number of fields), one row per
+    question, the rows of a document next to each other (``id`` = ``"d<doc>-q<question>"``)."""
+    if documents < 0 or questions < 1:
+        raise JRTError(f"documents={documents}, questions={questions} are invalid: ask for >= 0 documents and >= 1 question")
+    rng = random.Random(seed)
+    out = []
+    for d in range(documents):
+        doc = make_document(rng, rng.randint(min_fields, max_fields), field_names)
+        for q, (field, value) in enumerate(rng.sample(list(doc.facts), min(questions, len(doc.facts)))):
+            out.append({"id": f"d{d}-q{q}", "context": doc.text, "question": question_for(field), "answers": [value]})
+    return out
+
+
 def write_jsonl(examples: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

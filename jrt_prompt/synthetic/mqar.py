@@ -72,6 +72,7 @@ class MQARTask:
             PromptForm.default: 2 * k + 1 + 2 * q,
             PromptForm.question_first: q + 2 * k + 2 + 2 * q,
             PromptForm.jrt: q + 4 * k + 3 + 2 * q,
+            PromptForm.context_first: 4 * k + 2 + 2 * q,
         }[form]
 
     def facts(self, batch_size: int, generator: torch.Generator):
@@ -94,6 +95,8 @@ class MQARTask:
             head = [context, sep]
         elif form is PromptForm.question_first:
             head = [q_keys, sep, context, sep]
+        elif form is PromptForm.context_first:
+            head = [context, sep, context, sep]
         else:
             head = [q_keys, sep, context, sep, context, sep]
         ids = torch.cat(head + [answers], dim=1)

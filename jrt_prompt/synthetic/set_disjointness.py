@@ -83,6 +83,8 @@ class SetDisjointnessTask:
             head = [first, sep]
         elif form is PromptForm.question_first:
             head = [second, sep, first, sep]
+        elif form is PromptForm.context_first:
+            head = [first, sep, first, sep]
         else:
             head = [second, sep, first, sep, first, sep]
         ids = torch.cat(head + [marked], dim=1)

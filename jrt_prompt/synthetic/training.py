@@ -391,10 +391,11 @@ def run_job(
 def _run_job(config: TrainConfig, out_dir, device, log) -> dict:
     model, history = train(config, device=device, log=log)
     task = make_task(config.task, **config.task_options)
+    forms = _eval_forms(config)
     accuracy = evaluate(
-        model, task, ALL_FORMS, num_examples=config.eval_examples, seed=config.eval_seed, bf16=config.bf16
+        model, task, forms, num_examples=config.eval_examples, seed=config.eval_seed, bf16=config.bf16
     )
-    lengths = eval_lengths(task)
+    lengths = eval_lengths(task, forms)
     result = {
         "config": config.to_dict(),
         "label": config.model.label,
@@ -462,7 +463,13 @@ def evaluate_saved(
     model = load_trained(path, device=device)
     scorer = evaluate_sd_found if found else evaluate
     with differentiable_kernels():
+        forms = _eval_forms(config)
         accuracy = scorer(
-            model, task, ALL_FORMS, num_examples=num_examples, seed=seed, bf16=str(device).startswith("cuda")
+            model, task, forms, num_examples=num_examples, seed=seed, bf16=str(device).startswith("cuda")
         )
-    return accuracy, model, eval_lengths(task)
+    return accuracy, model, eval_lengths(task, forms)
+
+
+def _eval_forms(config: TrainConfig):
+    """The three standard forms, and any other form the model was trained on (context_first)."""
+    return ALL_FORMS + tuple(f for f in parse_forms(config.forms) if f not in ALL_FORMS)
