@@ -44,3 +44,10 @@ def test_generation_imports_no_job_or_command():
     for path, package in _modules("jrt_prompt/generation"):
         bad = sorted(m for m in _imports(path, package) if m.startswith(JOBS))
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_generation_imports_no_prompt_or_task_module():
+    above = ("jrt_prompt.prompts", "jrt_prompt.tasks")
+    for path, package in _modules("jrt_prompt/generation"):
+        bad = sorted(m for m in _imports(path, package) if m.startswith(above))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

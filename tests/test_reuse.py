@@ -113,8 +113,15 @@ def test_question_first_cannot_be_reused():
 
 
 def test_layouts():
+    from jrt_prompt.generation.reuse import ContextFirst, as_layout
+
     prompt = JRTPrompt.context_first(2)
     assert prompt.prefix("doc") + prompt.suffix("q?") == prompt.render("doc", "q?") == "doc\ndoc\nq?"
+    for repeat, sep, prefix in [(1, "\n", ""), (2, " | ", " A:"), (3, "\n\n", "")]:
+        jrt = JRTPrompt.context_first(repeat, sep, prefix)
+        layout = as_layout(jrt)
+        assert layout == ContextFirst(repeat, sep, prefix)
+        assert layout.prefix("a doc") + layout.suffix("q?") == jrt.render("a doc", "q?")
     assert JRTPrompt.from_layout("question-first", 2) == JRTPrompt(repeat=2)
     assert JRTPrompt.from_layout("context-first", 1) == JRTPrompt.plain()
     assert JRTPrompt().layout == "question-first" and not JRTPrompt().reusable

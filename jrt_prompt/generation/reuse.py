@@ -50,7 +50,6 @@ from typing import Any
 import torch
 
 from ..errors import JRTArgumentError, JRTError
-from ..prompts import JRTPrompt
 from .batching import CPU_BATCH_SIZE
 from .engine import DecodeEngine
 from .families import StateFamily, family_of, flatten, unflatten
@@ -60,6 +59,57 @@ from .result import Generation, finish, pad_token_id
 FORMAT = "jrt-document-state/1"
 KV_FAMILY = "transformers-kv"  # transformers' prefix KV cache (a model without a constant state)
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
+
+
+@dataclass(frozen=True)
+class ContextFirst:
+    """The reusable prompt layout: ``(context + separator) × repeat``, then the question and the
+    answer prefix — what :meth:`jrt_prompt.prompts.JRTPrompt.render` writes with
+    ``question_first=False`` (the prompts layer sits above this one, so the rule is stated here
+    too; tests/test_reuse.py checks that both agree)."""
+
+    repeat: int = 2
+    separator: str = "\n"
+    answer_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise JRTArgumentError(f"repeat={self.repeat!r} is invalid: the context must be shown at least once")
+        if not isinstance(self.separator, str) or not isinstance(self.answer_prefix, str):
+            raise JRTArgumentError("separator and answer_prefix must be strings")
+
+    @property
+    def layout(self) -> str:
+        return "context-first"
+
+    def prefix(self, context: str) -> str:
+        if not isinstance(context, str):
+            raise JRTArgumentError(f"context must be a string, got {type(context).__name__}")
+        return (context + self.separator) * self.repeat
+
+    def suffix(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise JRTArgumentError("question is empty: pass the question to ask about the context")
+        return question + self.answer_prefix
+
+
+def as_layout(prompt) -> ContextFirst:
+    """The :class:`ContextFirst` layout of ``prompt`` (a ContextFirst, or a templater such as
+    :class:`~jrt_prompt.prompts.JRTPrompt` with ``question_first=False``); a question-first prompt
+    is refused: its state depends on the question from the first token."""
+    if isinstance(prompt, ContextFirst):
+        return prompt
+    if getattr(prompt, "question_first", None):
+        raise JRTArgumentError(
+            "prompt puts the question first, so its state cannot be shared between questions: "
+            "use JRTPrompt.context_first(repeat)"
+        )
+    try:
+        return ContextFirst(prompt.repeat, prompt.separator, prompt.answer_prefix)
+    except AttributeError:
+        raise JRTArgumentError(
+            f"prompt {prompt!r} is not a prompt layout: pass a JRTPrompt with question_first=False"
+        ) from None
 
 
 class StateMismatchError(JRTError):
@@ -171,7 +221,7 @@ class DocumentState:
     """
 
     reader: _Reader
-    prompt: JRTPrompt
+    prompt: ContextFirst
     template: Any  # a cache object of this model: the structure the leaves are put back into
     leaves: list[torch.Tensor]
     tokens: int
@@ -240,7 +290,7 @@ class DocumentState:
         path: str | Path,
         loaded_or_model,
         *,
-        prompt: JRTPrompt | None = None,
+        prompt: Any | None = None,
         document: str | None = None,
         name: str | None = None,
     ) -> DocumentState:
@@ -277,11 +327,11 @@ class DocumentState:
                     f"{meta.get(key)!r}, not {want!r}): read the document again with this model"
                 )
         fields = json.loads(meta["prompt"])
-        saved = JRTPrompt.context_first(fields["repeat"], fields["separator"], fields["answer_prefix"])
-        if prompt is not None and prompt != saved:
+        saved = ContextFirst(fields["repeat"], fields["separator"], fields["answer_prefix"])
+        if prompt is not None and as_layout(prompt) != saved:
             raise StateMismatchError(
                 f"state file {path} holds layout {saved.layout} repeat={saved.repeat} (separator "
-                f"{saved.separator!r}), not {prompt.layout} repeat={prompt.repeat} (separator "
+                f"{saved.separator!r}), not {as_layout(prompt).layout} repeat={prompt.repeat} (separator "
                 f"{prompt.separator!r}): read the document again in this layout"
             )
         if document is not None and document_hash(document) != meta["document_hash"]:
@@ -346,13 +396,14 @@ def _cache_with(reader: _Reader, template, leaves: list[torch.Tensor]):
 def read_document(
     loaded_or_model,
     context: str | Sequence[str],
-    repeat: int = 2,
+    repeat: int | None = None,
     *,
-    prompt: JRTPrompt | None = None,
+    prompt: Any | None = None,
     name: str | None = None,
     max_prefill_tokens: int | None = None,
 ) -> DocumentState | list[DocumentState]:
-    """Read ``prompt.prefix(context)`` once (default prompt: ``JRTPrompt.context_first(repeat)``).
+    """Read ``prompt.prefix(context)`` once (default prompt: ``JRTPrompt.context_first(repeat)``,
+    repeat 2 by default).
 
     loaded_or_model: a :class:`~jrt_prompt.models.loading.LoadedModel` or a (model, tokenizer) pair.
     context: one document, or a list of documents (read in length-grouped batches; a list of
@@ -362,14 +413,11 @@ def read_document(
         config's ``_name_or_path``).
     """
     if prompt is None:
-        prompt = JRTPrompt.context_first(repeat)
-    elif prompt.repeat != repeat and repeat != 2:
-        raise JRTArgumentError(f"repeat={repeat} and prompt.repeat={prompt.repeat} differ: pass one of them")
-    if not prompt.reusable:
-        raise JRTArgumentError(
-            "prompt puts the question first, so its state cannot be shared between questions: "
-            "use JRTPrompt.context_first(repeat)"
-        )
+        prompt = ContextFirst(2 if repeat is None else repeat)
+    else:
+        prompt = as_layout(prompt)
+        if repeat is not None and prompt.repeat != repeat:
+            raise JRTArgumentError(f"repeat={repeat} and prompt.repeat={prompt.repeat} differ: pass one of them")
     single = isinstance(context, str)
     contexts = [context] if single else list(context)
     reader = _reader(loaded_or_model, name)
@@ -525,7 +573,8 @@ class StateCache:
         self.misses = 0
 
     @staticmethod
-    def key(reader: _Reader, prompt: JRTPrompt, context: str) -> str:
+    def key(reader: _Reader, prompt, context: str) -> str:
+        prompt = as_layout(prompt)
         parts = [
             reader.name,
             reader.config_hash,
@@ -541,7 +590,7 @@ class StateCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
-    def get(self, loaded_or_model, prompt: JRTPrompt, context: str, *, name: str | None = None) -> DocumentState | None:
+    def get(self, loaded_or_model, prompt, context: str, *, name: str | None = None) -> DocumentState | None:
         reader = _reader(loaded_or_model, name)
         path = self.path(self.key(reader, prompt, context))
         if not path.is_file():
@@ -588,7 +637,7 @@ class StateCache:
 
 def read_documents_cached(
     loaded_or_model,
-    prompt: JRTPrompt,
+    prompt,
     contexts: Sequence[str],
     cache: StateCache | None = None,
     *,
@@ -596,6 +645,7 @@ def read_documents_cached(
 ) -> tuple[list[DocumentState], int]:
     """States of ``contexts`` (taken from ``cache`` where it has them, read and stored otherwise);
     returns (states, documents read now)."""
+    prompt = as_layout(prompt)
     states: list[DocumentState | None] = [None] * len(contexts)
     missing = []
     for i, context in enumerate(contexts):
