@@ -12,9 +12,10 @@ restart their scan from zero when a second multi-token forward runs on a cache (
 state is carried), so a multi-token continuation would be wrong there; JRT-RNN's own forward
 continues a cache one token at a time as well, so later tokens never enter the encoder part of
 prefix linear attention. Stepping is therefore the one rule, and it is what makes a reused answer
-token-identical to the answer of the whole prompt (tests/test_reuse.py, fp32). Questions of equal
-token length, from one or several documents, step together (the states stacked along the batch),
-then decode together in the engine.
+token-identical to the answer of the whole prompt (tests/test_reuse.py, fp32). The questions of
+a batch, from one or several documents, step together (the states stacked along the batch, the
+questions aligned at their end, a row's state held until its question starts), then decode
+together in the engine.
 
 JRT-RNN: prefix linear attention reads the first ``enc_length`` prompt tokens non-causally. A
 reused state holds the encoder over the document (its first ``enc_length`` tokens); the question
@@ -456,8 +457,8 @@ def ask_many(
     stop: Sequence[str] | None = ("\n",),
     batch_size: int | None = None,
 ) -> list[Generation]:
-    """Greedy answers to (document state, question) pairs, in order. Questions of equal token
-    length step together from their stacked states, then all decode in batches of ``batch_size``
+    """Greedy answers to (document state, question) pairs, in order. The questions of a batch
+    step together from their stacked states, then decode together, in batches of ``batch_size``
     (default 8 on CPU, 32 on a GPU); a batch gives the answers each question gets alone."""
     if max_new_tokens < 1:
         raise JRTArgumentError(f"max_new_tokens={max_new_tokens} is invalid: generate at least one token")
@@ -486,24 +487,11 @@ def ask_many(
         batch = order[start : start + batch_size]
         started = time.perf_counter()
         with torch.inference_mode():
-            first = torch.empty(len(batch), dtype=torch.long, device=device)
-            prefilled = []
-            # Rows of one question length step together (batch positions within this batch).
-            by_length: dict[int, list[int]] = {}
-            for pos, i in enumerate(batch):
-                by_length.setdefault(len(encoded[i]), []).append(pos)
-            for positions in by_length.values():
-                rows = [batch[p] for p in positions]
-                states = [pairs[i][0] for i in rows]
-                leaves = [
-                    torch.cat([s.leaves[k] for s in states]).clone() for k in range(len(states[0].leaves))
-                ]
-                cache = _cache_with(reader, states[0].template, leaves)
-                tokens = torch.tensor([encoded[i] for i in rows], dtype=torch.long, device=device)
-                for t in range(tokens.shape[1]):
-                    logits = reader.family.step(reader.model, cache, tokens[:, t : t + 1])
-                first[torch.tensor(positions, device=device)] = logits.argmax(-1)
-                prefilled.append((positions, cache))
+            states = [pairs[i][0] for i in batch]
+            leaves = [torch.cat([st.leaves[k] for st in states]).clone() for k in range(len(states[0].leaves))]
+            cache = _cache_with(reader, states[0].template, leaves)
+            first = _read_questions(reader, cache, [encoded[i] for i in batch], device)
+            prefilled = [(list(range(len(batch))), cache)]
             gens = engine.decode_prefilled(
                 first,
                 prefilled,
@@ -516,6 +504,39 @@ def ask_many(
         for i, gen in zip(batch, gens, strict=True):
             results[i] = gen
     return results  # type: ignore[return-value]
+
+
+def _read_questions(reader: _Reader, cache, questions: list[list[int]], device) -> torch.Tensor:
+    """Continue the stacked states of ``cache`` by each row's question, one token at a time
+    through the family's decode step; returns each row's first answer token.
+
+    Questions are aligned at their end: a shorter question starts later, and until it starts its
+    row's state is put back after every step (a step changes every row), so each row's state is
+    exactly its document's state continued by its own question."""
+    family = reader.family
+    width = max(len(q) for q in questions)
+    tokens = torch.full((len(questions), width), reader.pad_id, dtype=torch.long)
+    for r, q in enumerate(questions):
+        tokens[r, width - len(q) :] = torch.tensor(q, dtype=torch.long)
+    tokens = tokens.to(device)
+    starts = torch.tensor([width - len(q) for q in questions], device=device)
+    logits = None
+    for t in range(width):
+        waiting = starts > t
+        held = None
+        if bool(waiting.any()):
+            tree = family.tree(cache)
+            held = [leaf.clone() for leaf in flatten(tree)]
+        logits = family.step(reader.model, cache, tokens[:, t : t + 1])
+        if held is not None:
+            tree = family.tree(cache)
+            now = flatten(tree)
+            merged = []
+            for new, old in zip(now, held, strict=True):
+                keep = waiting.view(-1, *([1] * (new.dim() - 1)))
+                merged.append(torch.where(keep, old, new))
+            family.set_tree(cache, unflatten(tree, merged))
+    return logits.argmax(-1)
 
 
 def _ask_kv(state: DocumentState, question_ids: list[int], max_new_tokens: int, stop) -> Generation:
