@@ -398,6 +398,57 @@ class DecodeEngine:
             )
         return results
 
+    def continue_rows(self, cache, questions: list[list[int]], *, slots_limit: int, pad_id: int):
+        """Continue the ``n`` rows of a prefilled ``cache`` by the tokens of ``questions`` (one per
+        row), one forced token per step through the model's decode step: a one-step decoder
+        whose step is captured in a CUDA graph on a GPU (eager elsewhere), replayed per token.
+
+        Questions are aligned at their end: a shorter one starts later, and until it starts its
+        row's state is put back after every step (a step changes every row). Returns (each row's
+        first generated token [n], the continued state's tensors, ``n`` rows each)."""
+        n = len(questions)
+        forced = DecodeEngine(
+            self.model,
+            self.tokenizer,
+            self.family,
+            steps_per_sync=1,
+            use_graphs=self.use_graphs,
+            max_prefill_tokens=self.max_prefill_tokens,
+            compact=False,
+        )
+        width = max(len(q) for q in questions)
+        starts = [width - len(q) for q in questions]
+        with torch.inference_mode():
+            slots = slot_size(n, max(slots_limit, n))
+            decoder = forced._decoder(slots, cache)
+            leaves = flatten(self.family.tree(cache))
+            if _signature(leaves) != decoder.signature:
+                raise RuntimeError("a document state differs in shape from the model's decode state")
+            for buffer, leaf in zip(decoder.state, leaves, strict=True):
+                buffer[:n].copy_(leaf)
+                if n < slots:  # idle slots step a copy of row 0, never read
+                    buffer[n:].copy_(leaf[:1].expand_as(buffer[n:]))
+            forced._point_at_buffers(decoder)
+            tokens = torch.full((slots, width), pad_id, dtype=torch.long)
+            for r, q in enumerate(questions):
+                tokens[r, starts[r] :] = torch.tensor(q, dtype=torch.long)
+            tokens = tokens.to(self.device)
+            start = torch.tensor(starts + [0] * (slots - n), device=self.device)
+            for t in range(width):
+                held = None
+                if any(s > t for s in starts):
+                    held = [buffer.clone() for buffer in decoder.state]
+                decoder.tokens.copy_(tokens[:, t])
+                forced._replay(decoder)
+                if held is not None:
+                    waiting = start > t
+                    for buffer, old in zip(decoder.state, held, strict=True):
+                        keep = waiting.view(-1, *([1] * (buffer.dim() - 1)))
+                        buffer.copy_(torch.where(keep, old, buffer))
+            first = decoder.out[:n, 0].clone()
+            state = [buffer[:n].clone() for buffer in decoder.state]
+        return first, state
+
     def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None, prefill=None):
         """``new_tokens`` greedy token ids per row of an already batched ``input_ids`` [b, l], with
         no stop test (a decode benchmark; the harness mode). ``prefill``: a callable returning

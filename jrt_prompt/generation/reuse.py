@@ -6,8 +6,9 @@ document's length. With a *context-first* layout (``context × k``, then the que
 for every question of a document, so the model reads it once (:func:`read_document`) and each
 question continues from a copy of that state (:meth:`DocumentState.ask`).
 
-How a question continues the state: one token at a time through the family's decode step (the
-path the decode engine replays), for every family. transformers' Mamba-1 / Falcon-Mamba mixers
+How a question continues the state: one token at a time through the family's decode step, for
+every family: the decode engine's one-step decoder, a CUDA graph on a GPU, is replayed with the
+question's tokens forced (:meth:`DecodeEngine.continue_rows`). transformers' Mamba-1 / Falcon-Mamba mixers
 restart their scan from zero when a second multi-token forward runs on a cache (only the conv
 state is carried), so a multi-token continuation would be wrong there; JRT-RNN's own forward
 continues a cache one token at a time as well, so later tokens never enter the encoder part of
@@ -490,8 +491,10 @@ def ask_many(
             states = [pairs[i][0] for i in batch]
             leaves = [torch.cat([st.leaves[k] for st in states]).clone() for k in range(len(states[0].leaves))]
             cache = _cache_with(reader, states[0].template, leaves)
-            first = _read_questions(reader, cache, [encoded[i] for i in batch], device)
-            prefilled = [(list(range(len(batch))), cache)]
+            first, continued = engine.continue_rows(
+                cache, [encoded[i] for i in batch], slots_limit=batch_size, pad_id=reader.pad_id
+            )
+            prefilled = [(list(range(len(batch))), _cache_with(reader, cache, continued))]
             gens = engine.decode_prefilled(
                 first,
                 prefilled,
@@ -504,39 +507,6 @@ def ask_many(
         for i, gen in zip(batch, gens, strict=True):
             results[i] = gen
     return results  # type: ignore[return-value]
-
-
-def _read_questions(reader: _Reader, cache, questions: list[list[int]], device) -> torch.Tensor:
-    """Continue the stacked states of ``cache`` by each row's question, one token at a time
-    through the family's decode step; returns each row's first answer token.
-
-    Questions are aligned at their end: a shorter question starts later, and until it starts its
-    row's state is put back after every step (a step changes every row), so each row's state is
-    exactly its document's state continued by its own question."""
-    family = reader.family
-    width = max(len(q) for q in questions)
-    tokens = torch.full((len(questions), width), reader.pad_id, dtype=torch.long)
-    for r, q in enumerate(questions):
-        tokens[r, width - len(q) :] = torch.tensor(q, dtype=torch.long)
-    tokens = tokens.to(device)
-    starts = torch.tensor([width - len(q) for q in questions], device=device)
-    logits = None
-    for t in range(width):
-        waiting = starts > t
-        held = None
-        if bool(waiting.any()):
-            tree = family.tree(cache)
-            held = [leaf.clone() for leaf in flatten(tree)]
-        logits = family.step(reader.model, cache, tokens[:, t : t + 1])
-        if held is not None:
-            tree = family.tree(cache)
-            now = flatten(tree)
-            merged = []
-            for new, old in zip(now, held, strict=True):
-                keep = waiting.view(-1, *([1] * (new.dim() - 1)))
-                merged.append(torch.where(keep, old, new))
-            family.set_tree(cache, unflatten(tree, merged))
-    return logits.argmax(-1)
 
 
 def _ask_kv(state: DocumentState, question_ids: list[int], max_new_tokens: int, stop) -> Generation:
