@@ -124,7 +124,9 @@ class JRTPrompt:
         return cls(repeat=repeat, question_first=False, separator=separator, answer_prefix=answer_prefix)
 
     @classmethod
-    def from_layout(cls, layout: str, repeat: int = 2, separator: str = "\n", answer_prefix: str = "") -> JRTPrompt:
+    def from_layout(
+        cls, layout: str, repeat: int = 2, separator: str = "\n", answer_prefix: str = ""
+    ) -> JRTPrompt:
         """The templater of a named layout: ``"question-first"`` (the paper's JRT-Prompt) or
         ``"context-first"`` (reusable)."""
         if layout not in LAYOUTS:

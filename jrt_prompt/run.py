@@ -187,9 +187,20 @@ def run_questions(
     if len(questions) == 1 or mode == "reference":
         return [
             run_prompt(
-                context, q, model=model, repeat=repeat, question_first=question_first, separator=separator,
-                max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, stop=stop,
-                device=device, dtype=dtype, mode=mode, on_stage=on_stage, on_warning=on_warning,
+                context,
+                q,
+                model=model,
+                repeat=repeat,
+                question_first=question_first,
+                separator=separator,
+                max_new_tokens=max_new_tokens,
+                max_prompt_tokens=max_prompt_tokens,
+                stop=stop,
+                device=device,
+                dtype=dtype,
+                mode=mode,
+                on_stage=on_stage,
+                on_warning=on_warning,
             )
             for q in questions
         ]
@@ -229,5 +240,7 @@ def run_questions(
         answers = generate_loaded(loaded, prompts, max_new_tokens=max_new_tokens, stop=stop)
     results = []
     for prompt, answer in zip(prompts, answers, strict=True):
-        results.append(RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings)))
+        results.append(
+            RunResult(loaded.name, loaded.family, prompt, answer, k, first, fitted, tuple(warnings))
+        )
     return results

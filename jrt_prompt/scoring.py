@@ -606,7 +606,9 @@ def score_jsonl(
     if config.max_new_tokens < 1:
         raise JRTError(f"--max-new-tokens {config.max_new_tokens} is invalid: generate at least one token")
     if config.reuse_state not in REUSE_MODES:
-        raise JRTError(f"--reuse-state {config.reuse_state!r} is invalid: use one of {', '.join(REUSE_MODES)}")
+        raise JRTError(
+            f"--reuse-state {config.reuse_state!r} is invalid: use one of {', '.join(REUSE_MODES)}"
+        )
     if config.out.resolve() == Path(config.input).resolve():
         raise JRTError("--out is the input file; pick another output path")
     if config.out.is_dir():

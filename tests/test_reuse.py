@@ -48,7 +48,9 @@ def test_reused_state_answers_as_the_whole_prompt(model_of, name, repeat, tmp_pa
     assert _rows(state.ask(QUESTIONS, **kwargs)) == _rows(reference)
     # Asking does not change the state: the same questions again give the same answers.
     assert _rows(state.ask(QUESTIONS[::-1], **kwargs)) == _rows(reference[::-1])
-    loaded = DocumentState.load(state.save(tmp_path / "doc.safetensors"), (model, tokenizer), prompt=prompt, document=DOC)
+    loaded = DocumentState.load(
+        state.save(tmp_path / "doc.safetensors"), (model, tokenizer), prompt=prompt, document=DOC
+    )
     assert all(torch.equal(a, b) for a, b in zip(loaded.leaves, state.leaves, strict=True))
     assert _rows(loaded.ask(QUESTIONS, **kwargs)) == _rows(reference)
 
@@ -61,7 +63,9 @@ def test_stop_strings_and_batches_equal_one_by_one(model_of, name):
     batched = state.ask(QUESTIONS, batch_size=8, **kwargs)
     single = [state.ask(q, batch_size=1, **kwargs)[0] for q in QUESTIONS]
     assert _rows(batched) == _rows(single)
-    assert _rows(batched) == _rows(_full(model, tokenizer, padding, JRTPrompt.context_first(2), DOC, QUESTIONS, **kwargs))
+    assert _rows(batched) == _rows(
+        _full(model, tokenizer, padding, JRTPrompt.context_first(2), DOC, QUESTIONS, **kwargs)
+    )
 
 
 @pytest.mark.parametrize("name", ["mamba2", "based", "demo"])
@@ -69,11 +73,16 @@ def test_a_batch_of_documents(model_of, name):
     model, tokenizer, padding = model_of(name)
     docs = [DOC, OTHER, DOC[:40]]
     states = read_document((model, tokenizer), docs)
-    assert [s.tokens for s in states] == [len(tokenizer(JRTPrompt.context_first(2).prefix(d))["input_ids"]) for d in docs]
+    assert [s.tokens for s in states] == [
+        len(tokenizer(JRTPrompt.context_first(2).prefix(d))["input_ids"]) for d in docs
+    ]
     pairs = [(states[i % 3], q) for i, q in enumerate(QUESTIONS * 2)]
     kwargs = dict(max_new_tokens=8, stop=())
     together = ask_many(pairs, batch_size=4, **kwargs)
-    alone = [read_document((model, tokenizer), docs[i % 3]).ask(q, **kwargs)[0] for i, q in enumerate(QUESTIONS * 2)]
+    alone = [
+        read_document((model, tokenizer), docs[i % 3]).ask(q, **kwargs)[0]
+        for i, q in enumerate(QUESTIONS * 2)
+    ]
     assert _rows(together) == _rows(alone)
 
 
@@ -83,9 +92,15 @@ def test_a_state_from_another_model_or_layout_is_refused(model_of, tmp_path):
     mamba2, tokenizer2, _ = model_of("mamba2")
     cases = [
         (dict(loaded_or_model=(mamba2, tokenizer2)), "another"),
-        (dict(loaded_or_model=(tiny_mamba_model(seed=5), tokenizer)), "weights"),  # same config, other weights
+        (
+            dict(loaded_or_model=(tiny_mamba_model(seed=5), tokenizer)),
+            "weights",
+        ),  # same config, other weights
         (dict(loaded_or_model=(mamba, tokenizer), prompt=JRTPrompt.context_first(1)), "layout"),
-        (dict(loaded_or_model=(mamba, tokenizer), prompt=JRTPrompt.context_first(2, separator=" ")), "layout"),
+        (
+            dict(loaded_or_model=(mamba, tokenizer), prompt=JRTPrompt.context_first(2, separator=" ")),
+            "layout",
+        ),
         (dict(loaded_or_model=(mamba, tokenizer), document=OTHER), "another document"),
     ]
     for kwargs, word in cases:

@@ -27,7 +27,11 @@ def test_reuse_equals_the_whole_prompt_on_cuda(name, tmp_path):
     prompt = JRTPrompt.context_first(2)
     kwargs = dict(max_new_tokens=16, stop=())
     reference = generate(
-        model, tokenizer, [prompt.render(DOC, q) for q in QUESTIONS], supports_left_padding=name != "rwkv", **kwargs
+        model,
+        tokenizer,
+        [prompt.render(DOC, q) for q in QUESTIONS],
+        supports_left_padding=name != "rwkv",
+        **kwargs,
     )
     state = read_document((model, tokenizer), DOC)
     got = state.ask(QUESTIONS, batch_size=32, **kwargs)
@@ -47,7 +51,10 @@ def test_reuse_agrees_in_bf16(name, tmp_path):
     got = read_document((model, tokenizer), DOC).ask(QUESTIONS, batch_size=32, **kwargs)
     tokens = sum(len(g.text) for g in reference)
     agree = sum(
-        next((i for i, (x, y) in enumerate(zip(a.text, b.text)) if x != y), min(len(a.text), len(b.text)))
+        next(
+            (i for i, (x, y) in enumerate(zip(a.text, b.text, strict=False)) if x != y),
+            min(len(a.text), len(b.text)),
+        )
         for a, b in zip(got, reference, strict=True)
     )
     print(f"{name} bf16: reused answers agree with the whole prompt's on {agree}/{tokens} leading characters")

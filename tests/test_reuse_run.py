@@ -24,7 +24,10 @@ def test_several_questions_equal_each_asked_alone(demo, question_first, monkeypa
     original = reuse.read_document
     monkeypatch.setattr(reuse, "read_document", lambda *a, **k: reads.append(1) or original(*a, **k))
     results = run_questions(context, QUESTIONS, model=demo, question_first=question_first, max_new_tokens=12)
-    alone = [run_prompt(context, q, model=demo, question_first=question_first, max_new_tokens=12) for q in QUESTIONS]
+    alone = [
+        run_prompt(context, q, model=demo, question_first=question_first, max_new_tokens=12)
+        for q in QUESTIONS
+    ]
     got = [(r.prompt, r.answer.text, r.answer.prompt_tokens, r.answer.answer_tokens) for r in results]
     assert got == [(r.prompt, r.answer.text, r.answer.prompt_tokens, r.answer.answer_tokens) for r in alone]
     assert len(reads) == (0 if question_first else 1)

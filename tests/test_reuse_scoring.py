@@ -32,7 +32,10 @@ def _input(path, question_first=False):
 
 
 def _rows(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in path.read_text().splitlines()
+    ]
 
 
 class _CountPrefills:
@@ -59,10 +62,28 @@ def test_reuse_gives_the_same_rows_and_reads_each_shared_document_once(tmp_path,
     loaded = tiny if model == "tiny" else load_model("demo", device="cpu")
     src = _input(tmp_path / "in.jsonl")
     counter = _CountPrefills(monkeypatch)
-    off = score_file(src, tmp_path / "off.jsonl", model=loaded, repeat=2, question_first=False, reuse_state="off", max_new_tokens=8, batch_size=4)
+    off = score_file(
+        src,
+        tmp_path / "off.jsonl",
+        model=loaded,
+        repeat=2,
+        question_first=False,
+        reuse_state="off",
+        max_new_tokens=8,
+        batch_size=4,
+    )
     prefills_off = counter.rows
     counter.rows = 0
-    on = score_file(src, tmp_path / "on.jsonl", model=loaded, repeat=2, question_first=False, reuse_state="auto", max_new_tokens=8, batch_size=4)
+    on = score_file(
+        src,
+        tmp_path / "on.jsonl",
+        model=loaded,
+        repeat=2,
+        question_first=False,
+        reuse_state="auto",
+        max_new_tokens=8,
+        batch_size=4,
+    )
     assert _rows(tmp_path / "on.jsonl") == _rows(tmp_path / "off.jsonl")
     assert (on.ok, on.errors) == (off.ok, off.errors) == (12, 1)
     assert prefills_off == 12
@@ -122,8 +143,29 @@ def test_cli_reuse_flags(tmp_path):
 
     src = _input(tmp_path / "in.jsonl")
     runner = CliRunner()
-    args = ["score", str(src), "--model", "demo", "--no-question-first", "--max-new-tokens", "4", "--device", "cpu"]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path / "a.jsonl"), "--state-cache", str(tmp_path / "s"), "--state-cache-mb", "64"])
+    args = [
+        "score",
+        str(src),
+        "--model",
+        "demo",
+        "--no-question-first",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            *args,
+            "--out",
+            str(tmp_path / "a.jsonl"),
+            "--state-cache",
+            str(tmp_path / "s"),
+            "--state-cache-mb",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "s").glob("*.safetensors"))) == 2
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b.jsonl"), "--reuse-state", "sometimes"])

@@ -56,7 +56,9 @@ def _answer(model, tokenizer, path, doc, questions, repeat, answer_tokens, devic
     n = len(questions)
     if path == "reuse":
         state = read_document((model, tokenizer), doc, repeat)
-        return state.ask(questions, max_new_tokens=answer_tokens, stop=(), batch_size=max(n, 1)), state.state_bytes
+        return state.ask(
+            questions, max_new_tokens=answer_tokens, stop=(), batch_size=max(n, 1)
+        ), state.state_bytes
     template = JRTPrompt(repeat=repeat, question_first=path == "scratch" and repeat > 1)
     prompts = [template.render(doc, q) for q in questions]
     batch = n if torch.device(device).type == "cuda" else min(n, 8)
@@ -119,19 +121,29 @@ def run_reuse_bench(
                 try:
                     _sync(device)
                     started = time.perf_counter()
-                    gens, nbytes = _answer(model, tokenizer, path, doc, pool[:q], repeat, answer_tokens, device)
+                    gens, nbytes = _answer(
+                        model, tokenizer, path, doc, pool[:q], repeat, answer_tokens, device
+                    )
                     _sync(device)
                     seconds = time.perf_counter() - started
-                    row.update(seconds=seconds, questions_per_s=q / seconds, prompt_tokens=gens[0].prompt_tokens)
+                    row.update(
+                        seconds=seconds, questions_per_s=q / seconds, prompt_tokens=gens[0].prompt_tokens
+                    )
                     if nbytes is not None:
                         row["state_bytes"] = int(nbytes)
                 except torch.cuda.OutOfMemoryError:
                     row["note"] = "out of GPU memory"
                 except Exception as exc:  # recorded per row
-                    row["note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    row["note"] = (
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    )
                 log(
                     f"{name:<18} Q={q:<3} {path:<22} "
-                    + (f"{row['questions_per_s']:9.2f} questions/s" if "questions_per_s" in row else row["note"])
+                    + (
+                        f"{row['questions_per_s']:9.2f} questions/s"
+                        if "questions_per_s" in row
+                        else row["note"]
+                    )
                 )
                 rows.append(row)
                 gc.collect()
@@ -158,7 +170,9 @@ def format_reuse_table(result: dict) -> str:
     """Markdown: questions/s per path, the reuse speed-up over JRT-Prompt from scratch, bytes per document."""
     rows = result["rows"]
     transformer_bytes = {
-        r["questions"]: r["state_bytes"] for r in rows if r.get("cache") == "prefix KV cache" and "state_bytes" in r
+        r["questions"]: r["state_bytes"]
+        for r in rows
+        if r.get("cache") == "prefix KV cache" and "state_bytes" in r
     }
     lines = [
         "| model | Q | scratch q/s | scratch context-first q/s | reuse q/s | reuse ÷ scratch | bytes per document | vs Transformer KV |",
@@ -172,7 +186,7 @@ def format_reuse_table(result: dict) -> str:
             continue
         by = {r["path"]: r for r in rows if r["model"] == model and r.get("questions") == q}
 
-        def cell(path):
+        def cell(path, by=by):
             r = by.get(path, {})
             return f"{r['questions_per_s']:,.2f}" if "questions_per_s" in r else r.get("note", "—")
 
@@ -184,7 +198,9 @@ def format_reuse_table(result: dict) -> str:
         )
         nbytes = reuse.get("state_bytes")
         share = (
-            f"{100 * nbytes / transformer_bytes[q]:.2f}%" if nbytes is not None and transformer_bytes.get(q) else "—"
+            f"{100 * nbytes / transformer_bytes[q]:.2f}%"
+            if nbytes is not None and transformer_bytes.get(q)
+            else "—"
         )
         size = f"{nbytes / 2**20:,.1f} MiB" if nbytes is not None else "—"
         lines.append(

@@ -76,7 +76,9 @@ class ContextFirst:
 
     def __post_init__(self) -> None:
         if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
-            raise JRTArgumentError(f"repeat={self.repeat!r} is invalid: the context must be shown at least once")
+            raise JRTArgumentError(
+                f"repeat={self.repeat!r} is invalid: the context must be shown at least once"
+            )
         if not isinstance(self.separator, str) or not isinstance(self.answer_prefix, str):
             raise JRTArgumentError("separator and answer_prefix must be strings")
 
@@ -160,7 +162,12 @@ def _unpack(loaded_or_model) -> tuple[Any, Any, str | None, bool | None]:
     if model is None or tokenizer is None:
         raise JRTArgumentError("pass a LoadedModel or a (model, tokenizer) pair")
     adapter = getattr(loaded_or_model, "adapter", None)
-    return model, tokenizer, getattr(loaded_or_model, "name", None), getattr(adapter, "supports_left_padding", None)
+    return (
+        model,
+        tokenizer,
+        getattr(loaded_or_model, "name", None),
+        getattr(adapter, "supports_left_padding", None),
+    )
 
 
 @dataclass
@@ -253,7 +260,9 @@ class DocumentState:
         ``prompt_tokens`` counts the prefix and the question)."""
         if isinstance(questions, str):
             questions = [questions]
-        return ask_many([(self, q) for q in questions], max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size)
+        return ask_many(
+            [(self, q) for q in questions], max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
+        )
 
     # -----------------------------------------------------------------------------------------
 
@@ -267,7 +276,11 @@ class DocumentState:
             "family": self.reader.family_name,
             "layout": prompt.layout,
             "prompt": json.dumps(
-                {"repeat": prompt.repeat, "separator": prompt.separator, "answer_prefix": prompt.answer_prefix}
+                {
+                    "repeat": prompt.repeat,
+                    "separator": prompt.separator,
+                    "answer_prefix": prompt.answer_prefix,
+                }
             ),
             "document_hash": self.document_hash,
             "tokens": str(self.tokens),
@@ -314,9 +327,13 @@ class DocumentState:
                 keys = sorted(f.keys())
                 leaves = [f.get_tensor(k) for k in keys]
         except Exception as exc:  # not a safetensors file, or a torn one
-            raise JRTArgumentError(f"state file {path} is not a readable safetensors file ({exc}): save it again") from exc
+            raise JRTArgumentError(
+                f"state file {path} is not a readable safetensors file ({exc}): save it again"
+            ) from exc
         if meta.get("format") != FORMAT:
-            raise StateMismatchError(f"state file {path} is not a document state of this version: read the document again")
+            raise StateMismatchError(
+                f"state file {path} is not a document state of this version: read the document again"
+            )
         for key, want, what in (
             ("model", reader.name, "model"),
             ("config_hash", reader.config_hash, "config"),
@@ -419,7 +436,9 @@ def read_document(
     else:
         prompt = as_layout(prompt)
         if repeat is not None and prompt.repeat != repeat:
-            raise JRTArgumentError(f"repeat={repeat} and prompt.repeat={prompt.repeat} differ: pass one of them")
+            raise JRTArgumentError(
+                f"repeat={repeat} and prompt.repeat={prompt.repeat} differ: pass one of them"
+            )
     single = isinstance(context, str)
     contexts = [context] if single else list(context)
     reader = _reader(loaded_or_model, name)
@@ -445,9 +464,13 @@ def read_document(
         else:
             device = next(reader.model.parameters()).device
             for i, ids in enumerate(encoded):
-                cache = output_cache(reader.model(input_ids=torch.tensor([ids], device=device), use_cache=True))
+                cache = output_cache(
+                    reader.model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+                )
                 leaves = flatten(_kv_tree(cache))
-                states[i] = DocumentState(reader, prompt, cache, leaves, len(ids), document_hash(contexts[i]), ids)
+                states[i] = DocumentState(
+                    reader, prompt, cache, leaves, len(ids), document_hash(contexts[i]), ids
+                )
     return states[0] if single else states  # type: ignore[return-value]
 
 
@@ -477,7 +500,9 @@ def ask_many(
             raise JRTArgumentError(f"question {question!r} has no tokens: ask a non-empty question")
         encoded.append(ids)
     if reader.family is None:
-        return [_ask_kv(state, ids, max_new_tokens, stop) for (state, _), ids in zip(pairs, encoded, strict=True)]
+        return [
+            _ask_kv(state, ids, max_new_tokens, stop) for (state, _), ids in zip(pairs, encoded, strict=True)
+        ]
     device = next(reader.model.parameters()).device
     if batch_size is None:
         batch_size = CPU_BATCH_SIZE if device.type != "cuda" else 32
@@ -489,7 +514,9 @@ def ask_many(
         started = time.perf_counter()
         with torch.inference_mode():
             states = [pairs[i][0] for i in batch]
-            leaves = [torch.cat([st.leaves[k] for st in states]).clone() for k in range(len(states[0].leaves))]
+            leaves = [
+                torch.cat([st.leaves[k] for st in states]).clone() for k in range(len(states[0].leaves))
+            ]
             cache = _cache_with(reader, states[0].template, leaves)
             first, continued = engine.continue_rows(
                 cache, [encoded[i] for i in batch], slots_limit=batch_size, pad_id=reader.pad_id
@@ -554,7 +581,9 @@ class StateCache:
 
     def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_STATE_CACHE_BYTES):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise JRTArgumentError(f"max_bytes={max_bytes!r} is invalid: give the state cache a positive size in bytes")
+            raise JRTArgumentError(
+                f"max_bytes={max_bytes!r} is invalid: give the state cache a positive size in bytes"
+            )
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
             raise JRTArgumentError(f"state cache {self.directory} is a file: pass a directory")
@@ -645,7 +674,9 @@ def read_documents_cached(
         if states[i] is None:
             missing.append(i)
     if missing:
-        fresh = read_document(loaded_or_model, [contexts[i] for i in missing], prompt.repeat, prompt=prompt, name=name)
+        fresh = read_document(
+            loaded_or_model, [contexts[i] for i in missing], prompt.repeat, prompt=prompt, name=name
+        )
         for i, state in zip(missing, fresh, strict=True):
             states[i] = state
             if cache is not None:

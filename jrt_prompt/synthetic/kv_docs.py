@@ -328,13 +328,17 @@ def kv_docs_shared_examples(
     them, each asked ``questions`` distinct fields (at most its number of fields), one row per
     question, the rows of a document next to each other (``id`` = ``"d<doc>-q<question>"``)."""
     if documents < 0 or questions < 1:
-        raise JRTError(f"documents={documents}, questions={questions} are invalid: ask for >= 0 documents and >= 1 question")
+        raise JRTError(
+            f"documents={documents}, questions={questions} are invalid: ask for >= 0 documents and >= 1 question"
+        )
     rng = random.Random(seed)
     out = []
     for d in range(documents):
         doc = make_document(rng, rng.randint(min_fields, max_fields), field_names)
         for q, (field, value) in enumerate(rng.sample(list(doc.facts), min(questions, len(doc.facts)))):
-            out.append({"id": f"d{d}-q{q}", "context": doc.text, "question": question_for(field), "answers": [value]})
+            out.append(
+                {"id": f"d{d}-q{q}", "context": doc.text, "question": question_for(field), "answers": [value]}
+            )
     return out
 
 
