@@ -25,3 +25,7 @@ class ModelNotFoundError(JRTError):
 
 class UnsupportedModelError(JRTError):
     """The model exists but no adapter of this project can load it."""
+
+
+class ReuseUnsupported(JRTError):
+    """The model's cache cannot be read once and copied per question (a document state)."""

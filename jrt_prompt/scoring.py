@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import JRTError
+from .errors import JRTError, ReuseUnsupported
 from .prompts import SEAM_TOKENS, JRTPrompt, count_tokens_upto, prompt_token_cap
 from .tasks.metrics import METRIC_NAMES
 from .tasks.metrics import score as score_prediction
@@ -784,10 +784,17 @@ def _score_locked(
             on_progress(len(bad))
         good = sorted((r for r in pending if r.error is None), key=lambda r: (-r.prompt_tokens, r.line))
         shared, good = _shared_rows(good, config, engine)
-        for wave in _waves(shared, config.batch_size or AUTO_GROUP_ROWS):
-            generations, read = engine.ask(
-                [(r.template, r.shared, r.question) for r in wave], config.max_new_tokens
-            )
+        waves = list(_waves(shared, config.batch_size or AUTO_GROUP_ROWS))
+        for w, wave in enumerate(waves):
+            try:
+                generations, read = engine.ask(
+                    [(r.template, r.shared, r.question) for r in wave], config.max_new_tokens
+                )
+            except ReuseUnsupported as exc:  # this model's cache cannot be shared: read rows whole
+                log.warning("%s; scoring the rows that share a context one by one", exc)
+                rest = [row for later in waves[w:] for row in later]
+                good = sorted(good + rest, key=lambda r: (-r.prompt_tokens, r.line))
+                break
             documents_read += read
             appender.write([_ok_row(row, gen, config) for row, gen in zip(wave, generations, strict=True)])
             scored_now += len(wave)

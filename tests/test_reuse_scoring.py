@@ -170,3 +170,19 @@ def test_cli_reuse_flags(tmp_path):
     assert len(list((tmp_path / "s").glob("*.safetensors"))) == 2
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b.jsonl"), "--reuse-state", "sometimes"])
     assert result.exit_code != 0 and "--reuse-state" in result.output
+
+
+def test_a_model_whose_cache_cannot_be_copied_is_scored_whole(tmp_path, tiny, monkeypatch):
+    from jrt_prompt.errors import ReuseUnsupported
+    from jrt_prompt.generation import reuse
+
+    def refuse(*args, **kwargs):
+        raise ReuseUnsupported("this cache cannot be copied")
+
+    src = _input(tmp_path / "in.jsonl")
+    kwargs = dict(model=tiny, repeat=2, question_first=False, max_new_tokens=8)
+    score_file(src, tmp_path / "off.jsonl", reuse_state="off", **kwargs)
+    monkeypatch.setattr(reuse, "read_documents_cached", refuse)
+    summary = score_file(src, tmp_path / "on.jsonl", reuse_state="auto", **kwargs)
+    assert _rows(tmp_path / "on.jsonl") == _rows(tmp_path / "off.jsonl")
+    assert summary.settings["shared_documents_read"] == 0 and summary.ok == 12

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from ..errors import JRTArgumentError, JRTError
+from ..errors import JRTArgumentError, JRTError, ReuseUnsupported
 from .batching import CPU_BATCH_SIZE
 from .engine import DecodeEngine
 from .families import StateFamily, family_of, flatten, unflatten
@@ -208,6 +208,25 @@ def _reader(loaded_or_model, name: str | None = None) -> _Reader:
         weights_fingerprint(model),
         pad_token_id(tokenizer),
     )
+
+
+def _check_kv(reader: _Reader, cache):
+    """``cache`` when it is transformers' plain growing KV cache (a DynamicCache of full-attention
+    layers), the only kind whose prefix copy is known to continue correctly; else
+    :class:`ReuseUnsupported`."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if (
+        not isinstance(cache, DynamicCache)
+        or not layers
+        or any(type(layer) is not DynamicLayer for layer in layers)
+    ):
+        raise ReuseUnsupported(
+            f"{reader.name} keeps a {type(cache).__name__} whose state cannot be copied for reuse: "
+            "answer each question from its whole prompt (reuse_state='off')"
+        )
+    return cache
 
 
 def _kv_tree(cache) -> list:
@@ -398,7 +417,7 @@ def _template(reader: _Reader, tokens: int, prefix_ids: list[int] | None):
         if reader.family is not None:
             _, cache = reader.family.prefill(reader.model, probe, None)
         else:
-            cache = output_cache(reader.model(input_ids=probe, use_cache=True))
+            cache = _check_kv(reader, output_cache(reader.model(input_ids=probe, use_cache=True)))
     if hasattr(cache, "seen_tokens"):  # JRTCache: a continued cache, not a fresh one
         cache.seen_tokens = tokens
     return cache
@@ -464,8 +483,9 @@ def read_document(
         else:
             device = next(reader.model.parameters()).device
             for i, ids in enumerate(encoded):
-                cache = output_cache(
-                    reader.model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+                cache = _check_kv(
+                    reader,
+                    output_cache(reader.model(input_ids=torch.tensor([ids], device=device), use_cache=True)),
                 )
                 leaves = flatten(_kv_tree(cache))
                 states[i] = DocumentState(
