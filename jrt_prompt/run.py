@@ -185,6 +185,12 @@ def run_questions(
     if not questions:
         raise JRTArgumentError("no question given: pass at least one question")
     if len(questions) == 1 or mode == "reference":
+        if len(questions) > 1 and not isinstance(model, LoadedModel):
+            for q in questions:  # check every question before loading the model
+                JRTPrompt.plain(separator).render("", q)
+            if on_stage:
+                on_stage(f"loading {model}", None)
+            model = load_model(model, device=device, dtype=dtype)
         return [
             run_prompt(
                 context,
