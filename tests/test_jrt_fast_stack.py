@@ -397,3 +397,14 @@ def test_gpu_full_size_fast_equals_legacy(name, monkeypatch):
     # exact equality is tested in fp32 above, this checks the compiled kernels at full size.
     assert relative_error(fast, legacy) < 3e-2
     assert relative_error(stepped[0, -4:], fast[-4:]) < 3e-2
+
+
+def test_only_large_cuda_tensors_are_compiled():
+    """Short prompts and one-token decode steps run the fused functions eagerly (measured faster at
+    2k tokens; decode steps replay in CUDA graphs and would recompile for every batch size)."""
+    from jrt_prompt.models import fused
+
+    small = torch.empty(1, 2048, 1792, device="meta")
+    large = torch.empty(1, 8192, 1792, device="meta")
+    assert small.numel() < fused.COMPILE_MIN_ELEMENTS <= large.numel()
+    assert not fused._compiles_on(torch.empty(1, 8192, 1792))  # CPU: never compiled

@@ -10,10 +10,11 @@ both in one process:
 * ``JRT_STACK``: ``fast`` (default) the fused functions and the blocked sliding window;
   ``legacy`` the earlier one-op-at-a-time path with an N×N sliding-window mask (kept to measure
   against and to check the fast path).
-* ``JRT_COMPILE``: ``1`` (default) compile the fused functions on CUDA; ``0`` run them eagerly.
+* ``JRT_COMPILE``: ``1`` (default) compile the fused functions on CUDA for tensors of at least
+  ``COMPILE_MIN_ELEMENTS`` elements (long prefills; shorter ones and decode steps run eagerly);
+  ``0`` run them eagerly.
   Compiling costs seconds per function and shape family on a process's first calls (less once
-  inductor's on-disk cache holds them): worth it for long prompts and long generations, not for
-  a single short question, where ``JRT_COMPILE=0`` answers sooner.
+  inductor's on-disk cache holds them): worth it for long prompts only, hence the size bound.
 * ``JRT_SWA``: ``blocks`` (default; SDPA over windowed blocks, exact, any device) or ``flex``
   (``flex_attention`` with a sliding-window block mask).
 """
@@ -150,8 +151,16 @@ _COMPILED: dict = {}
 _BROKEN: set = set()
 
 
+# Below this many elements a fused function runs eagerly even on CUDA. Measured on an H200
+# (JRT-RNN-1.3B, batch 1, docs/benchmarks.md): at 2k tokens (3.7M elements a hidden state) the eager
+# stack was faster (34.0 vs 38.7 ms), at 8k the compiled one (52.6 vs 82.3 ms); one-token decode
+# steps run inside CUDA graphs, where fusing saves little, while compiling them again for every
+# batch size cost tens of seconds.
+COMPILE_MIN_ELEMENTS = 4 * 1024 * 1024
+
+
 def _compiles_on(t: torch.Tensor) -> bool:
-    return t.device.type == "cuda"
+    return t.device.type == "cuda" and t.numel() >= COMPILE_MIN_ELEMENTS
 
 
 def compile_failures() -> list[str]:
