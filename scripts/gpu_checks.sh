@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU tests and the whole-model benchmarks in one bounded run, each step under its own time
+# limit, logs and JSON written to a folder (default ./gpu-checks). Run from the repository root on
+# a CUDA machine with the project installed (`pip install -e ".[gpu]"`):
+#
+#     bash scripts/gpu_checks.sh [OUT_DIR]
+#
+# Each test file runs separately with -x, so a failure's traceback is printed before the next file.
+set -uo pipefail
+out="${1:-gpu-checks}"
+mkdir -p "$out"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1
+
+step() {  # step SECONDS NAME COMMAND...: run COMMAND under a time limit, log to OUT/NAME.log
+    local limit="$1" name="$2"
+    shift 2
+    echo "=== $name"
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "exit $? (log: $out/$name.log)"
+    tail -15 "$out/$name.log"
+}
+
+for file in tests/test_engine_gpu.py tests/test_kernels_mamba.py tests/test_accelerate.py \
+            tests/test_kernels_ssd.py tests/test_jrt_fast_stack.py tests/test_modeling_jrt.py \
+            tests/test_reuse_gpu.py tests/test_kernels_gpu.py; do
+    step 300 "$(basename "$file" .py)" python -m pytest -q -x -m gpu -rA -p no:cacheprovider "$file"
+done
+step 600 bench-model jrt bench model --json "$out/model.json" --plot "$out/model.png"
+step 600 bench-decode-model jrt bench decode-model --json "$out/decode-model.json"
+step 600 bench-reuse jrt bench reuse --json "$out/reuse.json"
+step 600 bench-eval-throughput jrt bench eval-throughput --prompts 2000 \
+    --models mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b --json "$out/eval-throughput.json"
