@@ -23,6 +23,11 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    """The non-empty names of a comma-separated option."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _write_json(result: dict, path: Path | None) -> None:
     if path is not None:
         path.write_text(json.dumps(result, indent=2))
@@ -72,7 +77,7 @@ def prefill_command(
         feature_dim=feature_dim,
         dtype=dtype,
         enc_fraction=enc_fraction,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        methods=_names(methods),
         reps=reps,
         config=config,
         encoder_config=encoder_config,
@@ -131,7 +136,7 @@ def model_command(
 
     result = run_model_bench(
         _ints(lengths, "--lengths"),
-        models=[m.strip() for m in models.split(",") if m.strip()],
+        models=_names(models),
         batches=_ints(batches, "--batches"),
         dtype=dtype,
         reps=reps,
@@ -159,7 +164,7 @@ def decode_model_command(
     from jrt_prompt.bench.decode_model import format_decode_model_table, run_decode_model_bench
 
     result = run_decode_model_bench(
-        [m.strip() for m in models.split(",") if m.strip()],
+        _names(models),
         batches=_ints(batches, "--batches"),
         prompt_tokens=prompt_tokens,
         decode_tokens=decode_tokens,
@@ -185,7 +190,7 @@ def eval_throughput_command(
     from jrt_prompt.bench.eval_throughput import format_eval_throughput_table, run_eval_throughput
 
     result = run_eval_throughput(
-        [m.strip() for m in models.split(",") if m.strip()],
+        _names(models),
         prompts=prompts,
         batch_size=batch_size,
         dtype=dtype,
@@ -213,12 +218,12 @@ def reuse_command(
     from jrt_prompt.bench.reuse import format_reuse_table, run_reuse_bench
 
     result = run_reuse_bench(
-        [m.strip() for m in models.split(",") if m.strip()],
+        _names(models),
         questions=_ints(questions, "--questions"),
         doc_tokens=doc_tokens,
         question_tokens=question_tokens,
         answer_tokens=answer_tokens,
-        paths=[p.strip() for p in paths.split(",") if p.strip()],
+        paths=_names(paths),
         dtype=dtype,
     )
     console.print(format_reuse_table(result))

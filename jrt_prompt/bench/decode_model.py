@@ -18,7 +18,6 @@ read + write bytes over time).
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ import torch
 from jrt_prompt.errors import JRTError
 
 from .prefill import _dtype
-from .timing import environment
+from .timing import environment, error_note, exception_line, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 BATCHES = (1, 8, 64)
@@ -61,14 +60,9 @@ def weight_bytes(model) -> int:
     return total
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _hf_tokens_per_s(model, ids, decode_tokens: int, device, **extra) -> float:
     def run(n):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
             model.generate(
@@ -80,7 +74,7 @@ def _hf_tokens_per_s(model, ids, decode_tokens: int, device, **extra) -> float:
                 pad_token_id=0,
                 **extra,
             )
-        _sync(device)
+        sync(device)
         return time.perf_counter() - start
 
     # Warm-up of both lengths timed below: a static cache is sized by the generated length, so
@@ -137,7 +131,7 @@ def run_decode_model_bench(
         try:
             model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
         except Exception as exc:  # recorded per model: a missing builder must not hide the others
-            note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            note = exception_line(exc)
             rows.append({"model": name, "note": f"not built: {note}"})
             log(f"{name:<18} not built: {note}")
             continue
@@ -166,12 +160,8 @@ def run_decode_model_bench(
                     if bandwidth:
                         limit = batch * bandwidth / nbytes
                         row.update(limit_tokens_per_s=limit, share_of_limit=tps / limit)
-                except torch.cuda.OutOfMemoryError:
-                    row["note"] = "out of GPU memory"
                 except Exception as exc:  # recorded per row
-                    row["note"] = (
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                    )
+                    row["note"] = error_note(exc)
                 log(
                     f"{name:<18} batch {batch:>3} {how:<28} "
                     + (
@@ -186,17 +176,13 @@ def run_decode_model_bench(
                     )
                 )
                 rows.append(row)
-                gc.collect()
-                if on_cuda:
-                    torch.cuda.empty_cache()
+                release_memory(device)
             ids = None
         from jrt_prompt.generation import release_graphs
 
         release_graphs(model)
         model = None
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
+        release_memory(device)
     return {
         "env": environment(),
         "shape": {"prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "dtype": dtype},

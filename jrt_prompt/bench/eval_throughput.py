@@ -12,7 +12,6 @@ one token per character) and the model has random weights at real size (from
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ import torch
 from jrt_prompt.errors import JRTArgumentError, JRTError
 
 from .prefill import _dtype
-from .timing import environment
+from .timing import environment, error_note, release_memory
 
 PAPER_PROMPTS = 12_000
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
@@ -123,10 +122,8 @@ def run_eval_throughput(
                 answer_tokens=tokens,
                 projected_paper_seconds=seconds * PAPER_PROMPTS / prompts,
             )
-        except torch.cuda.OutOfMemoryError:
-            row["note"] = "out of GPU memory"
         except Exception as exc:  # recorded per model
-            row["note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            row["note"] = error_note(exc)
         log(
             f"{name:<18} {row.get('path', '')}: "
             + (
@@ -139,9 +136,7 @@ def run_eval_throughput(
         rows.append(row)
         release_graphs(model)
         model = None
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
+        release_memory(device)
     return {
         "env": environment(),
         "shape": {

@@ -21,7 +21,6 @@ Prefill is one forward that builds the cache and keeps the logits of the last po
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import statistics
 import time
@@ -32,7 +31,7 @@ import torch
 from jrt_prompt.errors import JRTError
 
 from .prefill import _dtype
-from .timing import environment
+from .timing import environment, error_note, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 # Models that JRT-Prompt repeats the context for (timed on N and 2N); JRT-RNN and the Transformer read N.
@@ -142,20 +141,24 @@ def build_model(name: str, *, device, dtype, tiny: bool = False, accelerated: bo
 
 
 def _before_path(name: str):
-    """A context in which ``name`` runs what it ran before this project's path, or None if no such path."""
+    """A context ``before(model)`` in which ``name`` runs what it ran before this project's path, or
+    None if it has no such path."""
     if name in ("mamba-1.4b", "mamba2-1.3b"):
-        from jrt_prompt.models.accelerate import restore
+        from jrt_prompt.models.accelerate import accelerate, restore
 
         @contextlib.contextmanager
-        def transformers_fallback():
-            restore()  # transformers' own functions; the caller's accelerate() puts the kernels back
-            yield
+        def transformers_fallback(model):
+            restore()  # transformers' own functions, until the kernels go back in on leaving
+            try:
+                yield
+            finally:
+                accelerate(model)
 
         return transformers_fallback
     if name in ("jrt-rnn-1.3b", "based-1.3b"):
 
         @contextlib.contextmanager
-        def legacy_stack():
+        def legacy_stack(model):
             # the op-by-op JRT / Based layers (JRT_STACK=legacy) that preceded the fused stack
             previous = os.environ.get("JRT_STACK")
             os.environ["JRT_STACK"] = "legacy"
@@ -171,18 +174,13 @@ def _before_path(name: str):
     return None
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _seconds(fn, device, reps: int) -> float:
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -203,13 +201,6 @@ def matmul_tflops(device, dtype, size: int = 8192, reps: int = 10) -> float:
 def _prefill(model, ids):
     with torch.inference_mode():
         return model(input_ids=ids, use_cache=True, logits_to_keep=1)
-
-
-def _error_note(exc: BaseException) -> str:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return "out of GPU memory"
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
 
 
 def run_model_bench(
@@ -241,8 +232,6 @@ def run_model_bench(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise JRTError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
-    from jrt_prompt.models.accelerate import accelerate
-
     tflops = matmul_tflops(device, torch_dtype)
     log(f"measured matmul rate: {tflops:.0f} TFLOP/s ({dtype})")
     # The Transformer first: every other row is compared with it.
@@ -253,7 +242,7 @@ def run_model_bench(
         try:
             model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
         except Exception as exc:  # one family failing (e.g. fla missing) must not hide the others
-            note = _error_note(exc)
+            note = error_note(exc)
             log(f"{name:<17} {note}")
             rows.append({"model": name, "note": note})
             continue
@@ -288,15 +277,13 @@ def run_model_bench(
                         row["tokens_per_s"] = batch * tokens / seconds
                         row["floor_pct"] = 100 * (2 * params * batch * tokens / (tflops * 1e12)) / seconds
                     except Exception as exc:
-                        row["note"] = _error_note(exc)
+                        row["note"] = error_note(exc)
                     if before_ok[batch]:
                         try:
-                            with before():
+                            with before(model):
                                 row["before_ms"] = _seconds(lambda m=model, x=ids: _prefill(m, x), device, 1) * 1e3
                         except Exception as exc:
-                            row["before_note"] = _error_note(exc)
-                        finally:
-                            accelerate(model)
+                            row["before_note"] = error_note(exc)
                         if row.get("before_ms", 0) > before_cap_s * 1e3 or "before_note" in row:
                             before_ok[batch] = False
                     elif before is not None:
@@ -308,13 +295,9 @@ def run_model_bench(
                     log(_row_line(row))
                     rows.append(row)
                     ids = None
-                    gc.collect()
-                    if torch.device(device).type == "cuda":
-                        torch.cuda.empty_cache()
+                    release_memory(device)
         model = None
-        gc.collect()
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     return {
         "env": environment(),
         "shape": {"dtype": dtype, "batches": list(batches), "lengths": list(lengths), "reps": reps},

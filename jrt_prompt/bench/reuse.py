@@ -22,7 +22,6 @@ cached document's size: the recurrent state, or the Transformer's KV cache of th
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ import torch
 from jrt_prompt.errors import JRTError
 
 from .prefill import _dtype
-from .timing import environment
+from .timing import environment, error_note, exception_line, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "transformer-1.3b")
 QUESTIONS = (1, 4, 16, 64)
@@ -41,11 +40,6 @@ PATHS = ("scratch", "scratch-context-first", "reuse")
 
 def _text(rng: random.Random, n: int) -> str:
     return "".join(chr(32 + rng.randrange(95)) for _ in range(n))
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _answer(model, tokenizer, path, doc, questions, repeat, answer_tokens, device):
@@ -105,7 +99,7 @@ def run_reuse_bench(
         try:
             model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
         except Exception as exc:  # recorded per model: a missing builder must not hide the others
-            note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            note = exception_line(exc)
             rows.append({"model": name, "note": f"not built: {note}"})
             log(f"{name:<18} not built: {note}")
             continue
@@ -119,24 +113,20 @@ def run_reuse_bench(
             for q in questions:
                 row = {"model": name, "questions": q, "path": path, "repeat": repeat, "cache": kind}
                 try:
-                    _sync(device)
+                    sync(device)
                     started = time.perf_counter()
                     gens, nbytes = _answer(
                         model, tokenizer, path, doc, pool[:q], repeat, answer_tokens, device
                     )
-                    _sync(device)
+                    sync(device)
                     seconds = time.perf_counter() - started
                     row.update(
                         seconds=seconds, questions_per_s=q / seconds, prompt_tokens=gens[0].prompt_tokens
                     )
                     if nbytes is not None:
                         row["state_bytes"] = int(nbytes)
-                except torch.cuda.OutOfMemoryError:
-                    row["note"] = "out of GPU memory"
                 except Exception as exc:  # recorded per row
-                    row["note"] = (
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                    )
+                    row["note"] = error_note(exc)
                 log(
                     f"{name:<18} Q={q:<3} {path:<22} "
                     + (
@@ -146,14 +136,10 @@ def run_reuse_bench(
                     )
                 )
                 rows.append(row)
-                gc.collect()
-                if on_cuda:
-                    torch.cuda.empty_cache()
+                release_memory(device)
         release_graphs(model)
         model = None
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
+        release_memory(device)
     return {
         "env": environment(),
         "shape": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import platform
 import statistics
 from collections.abc import Callable
@@ -9,6 +10,32 @@ from collections.abc import Callable
 import torch
 
 from jrt_prompt.errors import JRTError
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device) -> None:
+    """Drop unreferenced tensors and hand cached CUDA blocks back between benchmark rows."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (cut at 200 characters), for a row's note."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def error_note(exc: BaseException) -> str:
+    """A benchmark row's note for a failure: "out of GPU memory", or the exception's first line."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "out of GPU memory"
+    return exception_line(exc)
 
 
 def require_cuda() -> torch.device:
