@@ -31,7 +31,7 @@ import torch
 from ..kernels import mamba as mamba_ops
 from ..kernels.dispatch import kernel_choice
 
-# module -> {function name: (package transformers would take it from, replacement factory)}
+# module -> {function name: transformers' original function}, for every module patched now
 _ORIGINALS: dict[str, dict[str, Callable]] = {}
 
 
@@ -164,7 +164,6 @@ def _patch_module(name: str) -> bool:
         originals[fn_name] = original
         replacement = factory(original)
         replacement.__wrapped__ = original
-        replacement.__jrt_kernel__ = True
         setattr(module, fn_name, replacement)
     _ORIGINALS[name] = originals
     return True
@@ -192,15 +191,20 @@ def accelerate(model: Any) -> Any:
     own JRT-RNN / Based models already run on these kernels; other models are returned unchanged.
     Idempotent; returns ``model``.
     """
-    used = {type(m).__module__ for m in model.modules()} if hasattr(model, "modules") else set()
-    for name, mixer in _MIXERS.items():
-        if name in used and any(type(m).__name__ == mixer for m in model.modules()):
-            _patch_module(name)
+    for name in _mixer_modules(model):
+        _patch_module(name)
     return model
 
 
 def is_accelerated(model: Any) -> bool:
     """Whether every transformers mixer module that ``model`` uses has this project's kernels in place."""
-    used = {type(m).__module__ for m in model.modules()}
-    relevant = [name for name in _MIXERS if name in used]
+    relevant = _mixer_modules(model)
     return bool(relevant) and all(name in _ORIGINALS for name in relevant)
+
+
+def _mixer_modules(model: Any) -> list[str]:
+    """The transformers modules among ``_MIXERS`` whose mixer class ``model`` contains."""
+    if not hasattr(model, "modules"):
+        return []
+    used = {(type(m).__module__, type(m).__name__) for m in model.modules()}
+    return [name for name, mixer in _MIXERS.items() if (name, mixer) in used]
