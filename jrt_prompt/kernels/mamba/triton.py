@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+# exp(dt A) is computed as exp2(dt A log2(e)); a constexpr global, readable inside the kernels
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -63,7 +64,7 @@ def _scan_chunk_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
 
     A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0).to(tl.float32)
-    A = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
+    A = A * LOG2E
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
@@ -159,7 +160,7 @@ def _scan_carry_kernel(
     mask_d = offs_d < d
     mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0).to(tl.float32)
-    A = A * 1.4426950408889634
+    A = A * LOG2E
     # h0 and final are [batch, d, n] contiguous float32
     state_off = b * d * n + offs_d[:, None] * n + offs_n[None, :]
     if HAS_H0:
@@ -303,7 +304,7 @@ def _state_update_kernel(
     A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * s_Bb + offs_n * s_Bn, mask=mask_n, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * s_Cb + offs_n * s_Cn, mask=mask_n, other=0.0).to(tl.float32)
-    h = tl.exp2(dt[:, None] * A * 1.4426950408889634) * h + (dt * x)[:, None] * Bv[None, :]
+    h = tl.exp2(dt[:, None] * A * LOG2E) * h + (dt * x)[:, None] * Bv[None, :]
     tl.store(h_p, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
