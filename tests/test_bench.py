@@ -110,6 +110,10 @@ def test_model_bench_on_tiny_cpu_models(tmp_path):
     assert plot_model_bench(result, tmp_path / "m.png") and (tmp_path / "m.png").stat().st_size > 0
     with pytest.raises(JRTError, match="unknown model"):
         run_model_bench([16], models=["gpt-9"], device="cpu", tiny=True)
+    with pytest.raises(ValueError, match="time_budget_s=-1 must be positive"):
+        run_model_bench([16], models=["mamba-1.4b"], device="cpu", tiny=True, time_budget_s=-1)
+    with pytest.raises(ValueError, match="reps=0"):
+        run_model_bench([16], models=["mamba-1.4b"], device="cpu", tiny=True, reps=0)
 
 
 def test_ablation_variants_still_cut_the_shipped_kernel():

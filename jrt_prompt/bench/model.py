@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from jrt_prompt.errors import JRTError
+from jrt_prompt.errors import JRTArgumentError, JRTError
 
 from .prefill import _dtype
 from .timing import environment, error_note, release_memory, sync
@@ -232,6 +232,12 @@ def run_model_bench(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise JRTError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if reps < 1:
+        raise JRTArgumentError(f"reps={reps} is invalid: time each row at least once")
+    if before_cap_s <= 0 or (time_budget_s is not None and time_budget_s <= 0):
+        raise JRTArgumentError(
+            f"before_cap_s={before_cap_s} and time_budget_s={time_budget_s} must be positive seconds"
+        )
     tflops = matmul_tflops(device, torch_dtype)
     log(f"measured matmul rate: {tflops:.0f} TFLOP/s ({dtype})")
     # The Transformer first: every other row is compared with it.
