@@ -16,7 +16,7 @@ def test_decode_model_bench_on_tiny_cpu_models():
         decode_tokens=4,
         device="cpu",
         tiny=True,
-        paths=("before", "after"),
+        paths=("before", "model-step", "after"),
         log=lambda s: None,
     )
     rows = result["rows"]
@@ -25,7 +25,9 @@ def test_decode_model_bench_on_tiny_cpu_models():
         ("jrt-rnn-1.3b", 3, "after"),
         ("mamba2-1.3b", 1, "before"),
         ("mamba2-1.3b", 3, "after"),
+        ("mamba2-1.3b", 3, "model-step"),
     }
+    assert not any(r.get("path") == "model-step" for r in rows if r["model"] != "mamba2-1.3b")
     assert all(r["tokens_per_s"] > 0 for r in done)
     methods = {(r["model"], r["path"]): r["method"] for r in rows if "method" in r}
     assert methods[("jrt-rnn-1.3b", "after")] == "decode engine"
@@ -34,6 +36,8 @@ def test_decode_model_bench_on_tiny_cpu_models():
     assert "not built" in missing["note"]
     table = format_decode_model_table(result)
     assert "| jrt-rnn-1.3b | 3 |" in table and "no-such-model" in table
+    mamba_row = next(line for line in table.splitlines() if line.startswith("| mamba2-1.3b | 3 |"))
+    assert mamba_row.count("|") == 9 and mamba_row.split("|")[4].strip() != "—"  # the model-step column
 
 
 def test_synthetic_records_spread_lengths():

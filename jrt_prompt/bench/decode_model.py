@@ -8,6 +8,9 @@ batch size (1, 8, 64 by default), after a prompt of ``prompt_tokens`` random tok
   prefill cancels out;
 - ``after``: the constant-state decode engine (CUDA graph of ``steps_per_sync`` steps replayed);
   the decode phase is timed on its own, after a warm-up call that captures the graph;
+- ``model-step`` (Mamba and Mamba-2 only): the same engine replaying the model's own one-token
+  forward instead of the step written out over the project's kernels
+  (:mod:`jrt_prompt.generation.ssm_step`), so the table shows what each part buys;
 - the Transformer has no engine path: its ``after`` is transformers' static cache with
   ``torch.compile`` (``cache_implementation="static"``), its strongest decode path here.
 
@@ -86,10 +89,10 @@ def _hf_tokens_per_s(model, ids, decode_tokens: int, device, **extra) -> float:
     return ids.shape[0] * decode_tokens / max(many - one, 1e-9)
 
 
-def _engine_tokens_per_s(model, ids, decode_tokens: int) -> float:
+def _engine_tokens_per_s(model, ids, decode_tokens: int, family=None) -> float:
     from jrt_prompt.generation import DecodeEngine, family_of
 
-    engine = DecodeEngine(model, None, family_of(model))
+    engine = DecodeEngine(model, None, family or family_of(model))
     engine.greedy_ids(ids, decode_tokens + 1)  # warm-up: graph capture for this batch size
     _, _, seconds = engine.greedy_ids(ids, decode_tokens + 1)
     steps = math.ceil(decode_tokens / engine.steps) * engine.steps
@@ -103,7 +106,7 @@ def run_decode_model_bench(
     prompt_tokens: int = 512,
     decode_tokens: int = 64,
     dtype: str = "bfloat16",
-    paths: Sequence[str] = ("before", "after"),
+    paths: Sequence[str] = ("before", "model-step", "after"),
     device: str | None = None,
     tiny: bool = False,
     log: Callable[[str], None] = print,
@@ -114,6 +117,7 @@ def run_decode_model_bench(
     memory) gets a ``note`` and the others still run.
     """
     from jrt_prompt.generation import family_of
+    from jrt_prompt.generation.families import HF_SSM, HF_SSM_FUSED
 
     from .model import build_model
 
@@ -136,20 +140,26 @@ def run_decode_model_bench(
             log(f"{name:<18} not built: {note}")
             continue
         nbytes = weight_bytes(model)
-        covered = family_of(model) is not None
+        family = family_of(model)
+        covered = family is not None
         vocab = min(model.config.vocab_size, 50000)
         for batch in batches:
             gen = torch.Generator().manual_seed(batch)
             ids = torch.randint(0, vocab, (batch, prompt_tokens), generator=gen).to(device)
             for path in paths:
+                if path == "model-step" and family is not HF_SSM_FUSED:
+                    continue  # only the Mamba families have a second step to compare
                 how = {
                     "before": "transformers generate",
+                    "model-step": "decode engine, model's own step",
                     "after": "decode engine" if covered else "static cache + torch.compile",
                 }[path]
                 row = {"model": name, "batch": batch, "path": path, "method": how, "weight_bytes": nbytes}
                 try:
                     if path == "before":
                         tps = _hf_tokens_per_s(model, ids, decode_tokens, device)
+                    elif path == "model-step":
+                        tps = _engine_tokens_per_s(model, ids, decode_tokens, HF_SSM)
                     elif covered:
                         tps = _engine_tokens_per_s(model, ids, decode_tokens)
                     else:
@@ -193,25 +203,28 @@ def run_decode_model_bench(
 
 def format_decode_model_table(result: dict) -> str:
     lines = [
-        "| model | batch | before (generate) tok/s | after tok/s | after method | speed-up | % of limit |",
-        "|---|---|---|---|---|---|---|",
+        "| model | batch | before (generate) tok/s | engine, model's own step tok/s | after tok/s "
+        "| after method | speed-up | % of limit |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = result["rows"]
     keys = list(dict.fromkeys((r["model"], r.get("batch")) for r in rows))
     for model, batch in keys:
         if batch is None:
             note = next(r["note"] for r in rows if r["model"] == model)
-            lines.append(f"| {model} | — | — | — | {note} | — | — |")
+            lines.append(f"| {model} | — | — | — | — | {note} | — | — |")
             continue
-        before = next(
-            (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, "before")), {}
-        )
-        after = next(
-            (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, "after")), {}
-        )
+        def find(path):
+            return next(
+                (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, path)), {}
+            )
+
+        before, own, after = find("before"), find("model-step"), find("after")
 
         def cell(r):
             return f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else r.get("note", "—")
+
+        own_cell = cell(own) if own else "—"
 
         speedup = (
             f"{after['tokens_per_s'] / before['tokens_per_s']:.1f}×"
@@ -220,6 +233,7 @@ def format_decode_model_table(result: dict) -> str:
         )
         share = f"{100 * after['share_of_limit']:.1f}%" if "share_of_limit" in after else "—"
         lines.append(
-            f"| {model} | {batch} | {cell(before)} | {cell(after)} | {after.get('method', '—')} | {speedup} | {share} |"
+            f"| {model} | {batch} | {cell(before)} | {own_cell} | {cell(after)} | {after.get('method', '—')} "
+            f"| {speedup} | {share} |"
         )
     return "\n".join(lines)

@@ -15,6 +15,10 @@ captured CUDA graph always reads and writes the same addresses. Families that up
 attention and BaseConv states) need no copy; the others (the sliding-window KV of JRT-RNN and
 Based, fla's caches, JRT's next rotary positions) are copied back.
 
+transformers' Mamba and Mamba-2 decode through a step written out over the project's kernels
+(:mod:`.ssm_step`) unless ``JRT_DECODE_STEP=model``; the other families through the model's own
+one-token forward.
+
 Covered: transformers' ``mamba``, ``falcon_mamba``, ``mamba2`` and ``rwkv`` models; the project's
 :class:`~jrt_prompt.models.modeling_jrt.JRTForCausalLM` when every layer holds a constant-size
 state (BaseConv, Based, prefix linear attention, sliding-window attention); fla's recurrent models
@@ -146,6 +150,19 @@ def _hf_ssm_step(model, cache, tokens):
 
 
 HF_SSM = StateFamily("transformers-ssm", _hf_ssm_prefill, _hf_ssm_tree, _hf_ssm_set_tree, _hf_ssm_step)
+
+
+def _hf_ssm_fused_step(model, cache, tokens):
+    from .ssm_step import fused_ssm_step
+
+    return fused_ssm_step(model, _hf_ssm_tree(cache), tokens)
+
+
+# Mamba / Mamba-2 with the step written out over the project's kernels (see .ssm_step): same
+# prefill, cache and numbers, a fraction of the kernel launches per token.
+HF_SSM_FUSED = StateFamily(
+    "transformers-ssm-fused", _hf_ssm_prefill, _hf_ssm_tree, _hf_ssm_set_tree, _hf_ssm_fused_step
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +330,9 @@ def family_of(model) -> StateFamily | None:
         return None
     if module.startswith("transformers."):
         if model_type in HF_SSM_TYPES:
-            return HF_SSM
+            from .ssm_step import supports_fused_step
+
+            return HF_SSM_FUSED if supports_fused_step(model) else HF_SSM
         if model_type == "rwkv":
             return RWKV
     return None
