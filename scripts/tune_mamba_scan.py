@@ -41,7 +41,7 @@ def main() -> None:
         for block_d, warps, prefetch, per_sm in grid:
             cfg = kernels.ScanConfig(block_d=block_d, num_warps=warps, prefetch=prefetch, programs_per_sm=per_sm)
 
-            def call(cfg=cfg):
+            def call(cfg=cfg, t=t):
                 return kernels.selective_scan(**t, delta_softplus=True, return_last_state=True, config=cfg)
 
             try:

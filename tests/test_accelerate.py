@@ -9,9 +9,9 @@ import inspect
 
 import pytest
 import torch
+from tiny_models import tiny_mamba_model
 
 from jrt_prompt.models.accelerate import accelerate, is_accelerated, patched_modules, restore
-from tiny_models import tiny_mamba_model
 
 
 def _tiny_falcon_mamba():
@@ -133,8 +133,9 @@ def test_gpu_accelerated_equals_transformers_torch_path(family, dtype, monkeypat
 
 
 def test_load_model_accelerates_when_kernels_are_forced(tmp_path, force_triton):
-    from jrt_prompt import load_model
     from tiny_models import write_tiny_mamba
+
+    from jrt_prompt import load_model
 
     loaded = load_model(write_tiny_mamba(tmp_path / "mamba"), device="cpu")
     assert is_accelerated(loaded.model)

@@ -214,7 +214,7 @@ def format_decode_model_table(result: dict) -> str:
             note = next(r["note"] for r in rows if r["model"] == model)
             lines.append(f"| {model} | — | — | — | — | {note} | — | — |")
             continue
-        def find(path):
+        def find(path, model=model, batch=batch):
             return next(
                 (r for r in rows if (r["model"], r.get("batch"), r.get("path")) == (model, batch, path)), {}
             )

@@ -16,7 +16,7 @@ by default), Q questions of ``question_tokens`` tokens are asked about one docum
   transformers' own prefix KV cache (a deep copy per question, one question at a time).
 
 Each row's time covers everything from text to answers (tokenizing, reading, decoding), after a
-warm-up call of the same path (CUDA graph capture, kernel selection). ``state_bytes`` is the
+warm-up call of the same path and number of questions (CUDA graph capture, kernel selection). ``state_bytes`` is the
 cached document's size: the recurrent state, or the Transformer's KV cache of the prefix.
 """
 
@@ -106,12 +106,12 @@ def run_reuse_bench(
         repeat = 2 if READS_TWICE.get(name, True) else 1  # JRT-RNN and the Transformer read N
         kind = "recurrent state" if family_of(model) is not None else "prefix KV cache"
         for path in paths:
-            try:  # warm-up: graph capture, kernel selection, allocator
-                _answer(model, tokenizer, path, doc, pool[:1], repeat, answer_tokens, device)
-            except Exception:  # the timed call records the error
-                pass
             for q in questions:
                 row = {"model": name, "questions": q, "path": path, "repeat": repeat, "cache": kind}
+                try:  # warm-up with the same Q: each batch size captures its own decode graphs
+                    _answer(model, tokenizer, path, doc, pool[:q], repeat, answer_tokens, device)
+                except Exception:  # the timed call records the error
+                    pass
                 try:
                     sync(device)
                     started = time.perf_counter()

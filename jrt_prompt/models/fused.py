@@ -163,6 +163,41 @@ def _compiles_on(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and t.numel() >= COMPILE_MIN_ELEMENTS
 
 
+def _norm_kernel_applies(x: torch.Tensor, delta: torch.Tensor | None, compile: bool) -> bool:
+    """Rows too small to compile (decode steps, short prompts) on the Triton backend go through
+    the one-kernel op of :mod:`jrt_prompt.kernels.norm` instead of about eight eager kernels: the
+    same math as :func:`rms_norm` / :func:`add_rms_norm` (fp32 norm, fp32 product with the weight,
+    one rounding), and a CUDA graph of a decode step holds one node where it held eight."""
+    from jrt_prompt.kernels.dispatch import backend_for
+
+    if torch.is_grad_enabled() or (compile and _compiles_on(x)) or backend_for(x) != "triton":
+        return False
+    return delta is None or delta.dtype == x.dtype or x.dtype == torch.float32
+
+
+def norm_rows(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, delta: torch.Tensor | None = None, *, compile: bool = True
+):
+    """``rms_norm(x)`` (``delta`` None) or ``add_rms_norm(x, delta)``, through the Triton op for
+    small inputs on the Triton backend, else through :func:`run`."""
+    if not _norm_kernel_applies(x, delta, compile):
+        if delta is None:
+            return run(rms_norm, x, weight, eps, compile=compile)
+        return run(add_rms_norm, x, delta, weight, eps, compile=compile)
+    from jrt_prompt.kernels.norm import residual_rms_norm
+
+    d = x.shape[-1]
+    rows = x.reshape(-1, d)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    extra = None if delta is None else delta.reshape(-1, d).contiguous()
+    summed, normed = residual_rms_norm(
+        rows, weight, eps, extra, residual_dtype=x.dtype, norm_dtype=torch.float32, out_dtype=weight.dtype
+    )
+    normed = normed.view(x.shape)
+    return normed if delta is None else (summed.view(x.shape), normed)
+
+
 def compile_failures() -> list[str]:
     """Names of the fused functions whose compilation failed (they run eagerly since)."""
     return sorted(fn.__name__ for fn in _BROKEN)
