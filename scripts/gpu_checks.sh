@@ -20,10 +20,16 @@ step() {  # step SECONDS NAME COMMAND...: run COMMAND under a time limit, log to
     tail -15 "$out/$name.log"
 }
 
-for file in tests/test_engine_gpu.py tests/test_kernels_mamba.py tests/test_accelerate.py \
-            tests/test_kernels_ssd.py tests/test_jrt_fast_stack.py tests/test_modeling_jrt.py \
-            tests/test_reuse_gpu.py tests/test_kernels_gpu.py; do
-    step 300 "$(basename "$file" .py)" python -m pytest -q -x -m gpu -rA -p no:cacheprovider "$file"
+# -s prints the bf16 agreement shares; with pytest-timeout installed, --timeout bounds one test
+# (fla's GLA compiles its kernels on first use and needs more than a minute).
+per_test=()
+python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 150)
+for file in tests/test_ssm_step.py tests/test_kernels_norm.py tests/test_engine_gpu.py \
+            tests/test_kernels_mamba.py tests/test_accelerate.py tests/test_kernels_ssd.py \
+            tests/test_jrt_fast_stack.py tests/test_modeling_jrt.py tests/test_reuse_gpu.py \
+            tests/test_kernels_gpu.py; do
+    step 300 "$(basename "$file" .py)" python -m pytest -q -x -s -m gpu -rA -p no:cacheprovider \
+        "${per_test[@]}" "$file"
 done
 step 600 bench-model jrt bench model --json "$out/model.json" --plot "$out/model.png"
 step 600 bench-decode-model jrt bench decode-model --json "$out/decode-model.json"
