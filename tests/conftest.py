@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def force_triton(monkeypatch):
+    """Run this project's Triton kernels through Triton's interpreter (CPU only: on a GPU the
+    `gpu` tests cover the compiled kernels)."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter tests run on CPU only (the gpu tests cover the compiled kernels)")
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    monkeypatch.setenv("JRT_KERNELS", "triton")
+
+
 @pytest.fixture(scope="session")
 def byte_tokenizer():
     from jrt_prompt.tokenization import build_byte_tokenizer

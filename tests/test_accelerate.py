@@ -26,13 +26,6 @@ def _tiny_falcon_mamba():
 FAMILIES = {"mamba": lambda: tiny_mamba_model(0), "falcon_mamba": _tiny_falcon_mamba}
 
 
-@pytest.fixture
-def force_triton(monkeypatch):
-    if torch.cuda.is_available():
-        pytest.skip("interpreter tests run on CPU only (the gpu tests cover the compiled kernels)")
-    monkeypatch.setenv("JRT_KERNELS", "triton")
-
-
 @pytest.fixture(autouse=True)
 def _restore():
     yield

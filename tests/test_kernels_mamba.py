@@ -4,7 +4,6 @@ On CPU the Triton kernels run through Triton's interpreter on small shapes; on a
 `gpu` tests run them at Mamba-1.4B's sizes.
 """
 
-import os
 
 import pytest
 import torch
@@ -36,14 +35,6 @@ def _scan_inputs(batch, d, length, n, dtype, device="cpu", seed=0, rank=3):
     bias = rnd(d, scale=0.1)
     h0 = rnd(batch, d, n)
     return x, dt, A, B, C, D, z, bias, h0
-
-
-@pytest.fixture
-def force_triton(monkeypatch):
-    if torch.cuda.is_available():
-        pytest.skip("interpreter tests run on CPU only (the gpu tests cover the compiled kernels)")
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    monkeypatch.setenv("JRT_KERNELS", "triton")
 
 
 def test_scan_reference_equals_transformers():

@@ -1,6 +1,5 @@
 """The decode step's normalisations: Triton == reference == transformers' own modules."""
 
-import os
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture
-def force_triton(monkeypatch):
-    if torch.cuda.is_available():
-        pytest.skip("interpreter tests run on CPU only (the gpu tests cover the compiled kernels)")
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    monkeypatch.setenv("JRT_KERNELS", "triton")
 
 
 def _block(hidden, delta, norm, residual_in_fp32):

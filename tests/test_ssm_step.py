@@ -5,8 +5,7 @@ import os
 
 import pytest
 import torch
-from tiny_models import _tiny, tiny_mamba_model
-from transformers import Mamba2Config, Mamba2ForCausalLM
+from tiny_models import tiny_mamba2_model, tiny_mamba_model
 
 from jrt_prompt import accelerate, generate
 from jrt_prompt.generation import DecodeEngine, family_of
@@ -15,24 +14,11 @@ from jrt_prompt.generation.ssm_step import fused_ssm_step, supports_fused_step
 from jrt_prompt.models.accelerate import restore
 from jrt_prompt.tokenization import build_byte_tokenizer
 
-
-def tiny_mamba2(groups: int = 1, seed: int = 0):
-    return _tiny(
-        Mamba2Config,
-        Mamba2ForCausalLM,
-        seed,
-        hidden_size=32,
-        num_hidden_layers=2,
-        state_size=16,
-        num_heads=4,
-        head_dim=16,
-        n_groups=groups,
-        expand=2,
-        chunk_size=16,
-    )
-
-
-MODELS = {"mamba": tiny_mamba_model, "mamba2": tiny_mamba2, "mamba2-groups": lambda: tiny_mamba2(groups=2)}
+MODELS = {
+    "mamba": tiny_mamba_model,
+    "mamba2": tiny_mamba2_model,
+    "mamba2-groups": lambda: tiny_mamba2_model(groups=2),
+}
 
 
 @pytest.fixture
@@ -93,11 +79,11 @@ def test_family_choice(monkeypatch):
     from test_engine import tiny_falcon_mamba
 
     assert family_of(tiny_mamba_model()) is HF_SSM_FUSED
-    assert family_of(tiny_mamba2()) is HF_SSM_FUSED
+    assert family_of(tiny_mamba2_model()) is HF_SSM_FUSED
     assert family_of(tiny_falcon_mamba()) is HF_SSM  # extra RMSNorms on B, C, dt: the model's step
     monkeypatch.setenv("JRT_DECODE_STEP", "model")
     assert not supports_fused_step(tiny_mamba_model())
-    assert family_of(tiny_mamba2()) is HF_SSM
+    assert family_of(tiny_mamba2_model()) is HF_SSM
 
 
 def test_constants_follow_the_weights():

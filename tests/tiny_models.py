@@ -151,10 +151,10 @@ def write_tiny_mamba2_original(path: Path, seed: int = 0, vocab_size: int = 258)
     return _save_mamba_ssm(path, model, config), model
 
 
-def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
+def tiny_mamba2_model(seed: int = 0, groups: int = 1):
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    model = _tiny(
+    return _tiny(
         Mamba2Config,
         Mamba2ForCausalLM,
         seed,
@@ -163,12 +163,15 @@ def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
         state_size=16,
         num_heads=4,
         head_dim=16,
-        n_groups=1,
+        n_groups=groups,
         expand=2,
         chunk_size=16,
         tie_word_embeddings=True,
     )
-    return _save_hf(model, Path(path))
+
+
+def write_tiny_mamba2(path: Path, seed: int = 0) -> Path:
+    return _save_hf(tiny_mamba2_model(seed), Path(path))
 
 
 def write_tiny_rwkv(path: Path, seed: int = 0) -> Path:
