@@ -1,8 +1,12 @@
 """The element-wise parts of the JRT-RNN / Based stack as single functions, compiled on CUDA.
 
-Each function here is plain PyTorch: on CPU (and whenever gradients are on) it runs as written;
-for inference on CUDA it runs through ``torch.compile``, which fuses it into one or two kernels
-(one pass over memory instead of one per operation). The matmuls stay outside, in cuBLAS.
+Each function here is plain PyTorch (SwiGLU, the conv-gate step and rotary are imported from
+:mod:`jrt_prompt.kernels.stack.reference`, beside their Triton kernels): on CPU (and whenever
+gradients are on) it runs as written; for inference on CUDA it runs through ``torch.compile`` on
+large inputs, which fuses it into one or two kernels (one pass over memory instead of one per
+operation), and through a hand-written one-launch Triton op (:mod:`jrt_prompt.kernels.norm`,
+:mod:`jrt_prompt.kernels.stack`) on small ones, where compiling would cost seconds for every new
+batch size. The matmuls stay outside, in cuBLAS.
 
 Which stack the model runs is chosen per call by environment variables, so a benchmark can time
 both in one process:
@@ -11,8 +15,8 @@ both in one process:
   ``legacy`` the earlier one-op-at-a-time path with an N×N sliding-window mask (kept to measure
   against and to check the fast path).
 * ``JRT_COMPILE``: ``1`` (default) compile the fused functions on CUDA for tensors of at least
-  ``COMPILE_MIN_ELEMENTS`` elements (long prefills; shorter ones and decode steps run eagerly);
-  ``0`` run them eagerly.
+  ``COMPILE_MIN_ELEMENTS`` elements (long prefills; shorter ones and decode steps run through
+  the Triton ops); ``0`` compile nothing (the Triton ops serve every size).
   Compiling costs seconds per function and shape family on a process's first calls (less once
   inductor's on-disk cache holds them): worth it for long prompts only, hence the size bound.
 * ``JRT_SWA``: ``blocks`` (default; SDPA over windowed blocks, exact, any device) or ``flex``
@@ -29,6 +33,17 @@ import torch
 import torch.nn.functional as F
 
 from jrt_prompt.errors import JRTError
+from jrt_prompt.kernels.stack.reference import rotary_qkv, short_conv_gate_step, swiglu
+
+__all__ = [
+    "add_rms_norm",
+    "rms_norm",
+    "rotary_qkv",
+    "run",
+    "short_conv_gate",
+    "short_conv_gate_step",
+    "swiglu",
+]
 
 STACKS = ("fast", "legacy")
 SWA_IMPLEMENTATIONS = ("blocks", "flex")
@@ -89,12 +104,6 @@ def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor, weight: torch.Tens
     return residual, rms_norm(residual, weight, eps)
 
 
-def swiglu(h: torch.Tensor) -> torch.Tensor:
-    """h = [value | gate] (fc1's output) -> value · SiLU(gate)."""
-    value, gate = h.chunk(2, dim=-1)
-    return value * F.silu(gate)
-
-
 def short_conv_gate(u: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """BaseConv between its projections: u = [conv branch | gate] [b, l, 2c], weight [c, k].
 
@@ -116,34 +125,6 @@ def short_conv_gate(u: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | 
     return (F.silu(acc) * gate.float()).to(u.dtype)
 
 
-def short_conv_gate_step(u: torch.Tensor, state: torch.Tensor, weight: torch.Tensor):
-    """One decode step of :func:`short_conv_gate`: u [b, 2c], state [b, c, k - 1] (the last conv
-    inputs, oldest first) -> (gated [b, c], the new state)."""
-    c = weight.shape[0]
-    x = u[..., :c]
-    window = torch.cat([state, x[..., None].to(state.dtype)], dim=-1)  # [b, c, k]
-    acc = (window.float() * weight.float()).sum(-1)
-    return (F.silu(acc) * u[..., c:].float()).to(u.dtype), window[..., 1:]
-
-
-def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """qkv [b, l, 3, h, hd] -> rotated q, rotated k, v (each [b, l, h, hd]).
-
-    cos, sin [b, l, 1, half] fp32: channel i < half pairs with i + half (GPT-NeoX layout); the
-    channels from 2·half on are left as they are. Rotation in fp32, rounded once.
-    """
-    half = cos.shape[-1]
-    q, k, v = qkv.unbind(2)
-
-    def rotate(x):
-        x1 = x[..., :half].float()
-        x2 = x[..., half : 2 * half].float()
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-        return torch.cat([rotated, x[..., 2 * half :]], dim=-1)
-
-    return rotate(q), rotate(k), v
-
-
 # --------------------------------------------------------------------------------------------
 # Compilation on CUDA
 
@@ -151,11 +132,11 @@ _COMPILED: dict = {}
 _BROKEN: set = set()
 
 
-# Below this many elements a fused function runs eagerly even on CUDA. Measured on an H200
-# (JRT-RNN-1.3B, batch 1, docs/benchmarks.md): at 2k tokens (3.7M elements a hidden state) the eager
-# stack was faster (34.0 vs 38.7 ms), at 8k the compiled one (52.6 vs 82.3 ms); one-token decode
-# steps run inside CUDA graphs, where fusing saves little, while compiling them again for every
-# batch size cost tens of seconds.
+# Below this many elements a fused function is not compiled. Measured on an H200 (JRT-RNN-1.3B,
+# batch 1, docs/benchmarks.md): at 2k tokens (3.7M elements a hidden state) the eager stack was
+# faster (34.0 vs 38.7 ms), at 8k the compiled one (52.6 vs 82.3 ms); compiling one-token decode
+# steps again for every batch size cost tens of seconds. Fusing still pays for decode steps
+# (464 tokens/s compiled against 242 eager at batch 1), so small inputs take the Triton ops.
 COMPILE_MIN_ELEMENTS = 4 * 1024 * 1024
 
 
@@ -163,39 +144,52 @@ def _compiles_on(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and t.numel() >= COMPILE_MIN_ELEMENTS
 
 
-def _norm_kernel_applies(x: torch.Tensor, delta: torch.Tensor | None, compile: bool) -> bool:
-    """Rows too small to compile (decode steps, short prompts) on the Triton backend go through
-    the one-kernel op of :mod:`jrt_prompt.kernels.norm` instead of about eight eager kernels: the
-    same math as :func:`rms_norm` / :func:`add_rms_norm` (fp32 norm, fp32 product with the weight,
-    one rounding), and a CUDA graph of a decode step holds one node where it held eight."""
-    from jrt_prompt.kernels.dispatch import backend_for
-
-    if torch.is_grad_enabled() or (compile and _compiles_on(x)) or backend_for(x) != "triton":
-        return False
-    return delta is None or delta.dtype == x.dtype or x.dtype == torch.float32
-
-
-def norm_rows(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, delta: torch.Tensor | None = None, *, compile: bool = True
-):
-    """``rms_norm(x)`` (``delta`` None) or ``add_rms_norm(x, delta)``, through the Triton op for
-    small inputs on the Triton backend, else through :func:`run`."""
-    if not _norm_kernel_applies(x, delta, compile):
-        if delta is None:
-            return run(rms_norm, x, weight, eps, compile=compile)
-        return run(add_rms_norm, x, delta, weight, eps, compile=compile)
+def _norm_kernel(x, weight, eps):
     from jrt_prompt.kernels.norm import residual_rms_norm
 
     d = x.shape[-1]
     rows = x.reshape(-1, d)
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    extra = None if delta is None else delta.reshape(-1, d).contiguous()
-    summed, normed = residual_rms_norm(
-        rows, weight, eps, extra, residual_dtype=x.dtype, norm_dtype=torch.float32, out_dtype=weight.dtype
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    _, normed = residual_rms_norm(
+        rows, weight, eps, residual_dtype=x.dtype, norm_dtype=torch.float32, out_dtype=weight.dtype
     )
-    normed = normed.view(x.shape)
-    return normed if delta is None else (summed.view(x.shape), normed)
+    return normed.view(x.shape)
+
+
+def _add_norm_kernel(residual, delta, weight, eps):
+    from jrt_prompt.kernels.norm import residual_rms_norm
+
+    d = residual.shape[-1]
+    rows = residual.reshape(-1, d)
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    summed, normed = residual_rms_norm(
+        rows,
+        weight,
+        eps,
+        delta.reshape(-1, d).contiguous(),
+        residual_dtype=residual.dtype,
+        norm_dtype=torch.float32,
+        out_dtype=weight.dtype,
+    )
+    return summed.view(residual.shape), normed.view(residual.shape)
+
+
+def _kernel_for(fn, args):
+    """The one-launch Triton op computing ``fn(*args)`` (the same math; see kernels/norm and
+    kernels/stack), or None where there is none or it does not apply."""
+    from jrt_prompt.kernels import stack
+
+    if fn is add_rms_norm:
+        residual, delta = args[0], args[1]
+        # the kernel adds in fp32 and rounds once: the same as here when the residual is fp32 or
+        # both are of one dtype
+        return _add_norm_kernel if delta.dtype == residual.dtype or residual.dtype == torch.float32 else None
+    return {
+        rms_norm: _norm_kernel,
+        swiglu: stack.swiglu,
+        short_conv_gate_step: stack.short_conv_gate_step,
+        rotary_qkv: stack.rotary_qkv,
+    }.get(fn)
 
 
 def compile_failures() -> list[str]:
@@ -204,20 +198,23 @@ def compile_failures() -> list[str]:
 
 
 def run(fn, *args, compile: bool = True):
-    """``fn(*args)``, through ``torch.compile`` for CUDA inference when ``compile`` (see the
-    module docstring); eagerly on other devices, with gradients on, or inside a compiled model.
+    """``fn(*args)``, through ``torch.compile`` for CUDA inference when ``compile`` and the input
+    is large (see the module docstring); below that size through the function's one-launch
+    Triton op on the Triton backend; eagerly on other devices, with gradients on, or inside a
+    compiled model.
 
     If compiling fails (an old Triton, a missing compiler), the function runs eagerly from then on
     and one warning says why.
     """
-    if (
-        not compile
-        or not _compiles_on(args[0])
-        or torch.is_grad_enabled()
-        or fn in _BROKEN
-        or torch.compiler.is_compiling()
-    ):
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return fn(*args)
+    if not (compile and _compiles_on(args[0])) or fn in _BROKEN:
+        # Too small to compile (decode steps, short prompts): one Triton launch where the PyTorch
+        # math takes several, on the Triton backend (CUDA, or JRT_KERNELS=triton)
+        from jrt_prompt.kernels.dispatch import backend_for
+
+        kernel = _kernel_for(fn, args) if backend_for(args[0]) == "triton" else None
+        return kernel(*args) if kernel is not None else fn(*args)
     compiled = _COMPILED.get(fn)
     if compiled is None:
         compiled = _COMPILED[fn] = torch.compile(fn, fullgraph=True)

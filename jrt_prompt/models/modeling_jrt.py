@@ -340,7 +340,7 @@ class JRTRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
         if settings.fast:
-            return fused.norm_rows(x, self.weight, self.eps, compile=settings.compile)
+            return fused.run(fused.rms_norm, x, self.weight, self.eps, compile=settings.compile)
         return fused.rms_norm(x, self.weight, self.eps)
 
     def add_and_norm(self, residual: torch.Tensor, delta: torch.Tensor | None, settings: fused.StackSettings):
@@ -348,7 +348,9 @@ class JRTRMSNorm(nn.Module):
         if delta is None:
             return residual, self(residual, settings)
         if settings.fast:
-            return fused.norm_rows(residual, self.weight, self.eps, delta, compile=settings.compile)
+            return fused.run(
+                fused.add_rms_norm, residual, delta, self.weight, self.eps, compile=settings.compile
+            )
         residual = residual + delta.to(residual.dtype)
         return residual, self(residual)
 
@@ -456,7 +458,8 @@ class BaseConv(nn.Module):
                 weight,
                 compile=inputs.settings.compile,
             )
-            state.copy_(window)
+            if window is not state:  # the Triton op rolls the state in place and returns it
+                state.copy_(window)
             return self.out_proj(gated)[:, None]
         conv_in, gate = self.in_proj(x[:, 0]).split(self.inner, dim=-1)  # [b, c]
         window = torch.cat([state, conv_in[..., None]], dim=-1)  # [b, c, k]
