@@ -58,6 +58,10 @@ def test_rotary_kernel_equals_reference(force_triton, dtype, l):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b, **TOL[dtype])
     assert torch.equal(out[0][..., 12:], qkv[:, :, 0, :, 12:])  # channels past 2·half untouched
+    one_row = angles[:1]  # tables shared by every row (a size-1 batch dim, broadcast)
+    out = stack.rotary_qkv(qkv, one_row.cos(), one_row.sin())
+    for a, b in zip(out, ref.rotary_qkv(qkv, one_row.cos(), one_row.sin()), strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 def test_reference_backend_runs_the_math_of_record():

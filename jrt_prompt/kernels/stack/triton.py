@@ -110,7 +110,9 @@ def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     half = cos.shape[-1]
     q = torch.empty((b, l, h, hd), dtype=qkv.dtype, device=qkv.device)
     k = torch.empty_like(q)
-    cos3, sin3 = cos[:, :, 0], sin[:, :, 0]  # [b, l, half]
+    # [b, l, half]; tables broadcast over rows or positions (size-1 dims) are read with stride 0
+    cos3 = cos.expand(b, l, 1, half)[:, :, 0]
+    sin3 = sin.expand(b, l, 1, half)[:, :, 0]
     _rotary_kernel[(b * l, h)](
         qkv, cos3, sin3, q, k,
         l, h, hd, half,
