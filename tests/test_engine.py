@@ -244,6 +244,20 @@ def test_harness_mode_through_the_engine_is_unchanged(models, name, monkeypatch)
     assert getattr(model.config, "inference_mode", "default") == "default"
 
 
+def test_harness_mode_keeps_transformers_own_mamba_step(models, monkeypatch):
+    from jrt_prompt.generation import families, harness, ssm_step
+
+    model, tokenizer, _ = models("mamba")
+    assert family_of(model) is families.HF_SSM_FUSED
+
+    def refuse(*args):
+        raise AssertionError("the harness mode decoded through the written-out step")
+
+    monkeypatch.setattr(ssm_step, "fused_ssm_step", refuse)
+    out = harness.harness_generate(model, tokenizer, PROMPTS[:2], batch_size=2, max_new_tokens=4, until="")
+    assert len(out) == 2
+
+
 def test_prefill_groups_respect_the_token_cap(models):
     model, tokenizer, _ = models("mamba2")
     engine = DecodeEngine(model, tokenizer, family_of(model), max_prefill_tokens=64)
