@@ -14,8 +14,9 @@ compare it with the model's own forward.
 
 Used by the decode engine for ``mamba`` and ``mamba2`` models whose layers have the standard
 layout (SiLU activation, no Mamba-2 MLP split); Falcon-Mamba (extra RMSNorms on B, C, dt) and
-anything else keep the model's own step. ``JRT_DECODE_STEP=model`` uses the model's own step
-for every family (a comparison, or a way around a problem in this one).
+anything else keep the model's own step, and so does the harness-faithful mode (its outputs stay
+transformers' to the bit). ``JRT_DECODE_STEP=model`` uses the model's own step for every family
+(a comparison, or a way around a problem in this one).
 """
 
 from __future__ import annotations
