@@ -160,7 +160,11 @@ def decode_model_command(
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Decode tokens/s before (transformers' generate) and after (the decode engine), % of the bandwidth limit."""
+    """Decode tokens/s before (transformers' generate) and after (the decode engine), % of the bandwidth limit.
+
+    Mamba and Mamba-2 rows also time the engine replaying the model's own one-token forward, beside
+    the default written-out step.
+    """
     from jrt_prompt.bench.decode_model import format_decode_model_table, run_decode_model_bench
 
     result = run_decode_model_bench(
