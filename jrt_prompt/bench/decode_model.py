@@ -27,10 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from jrt_prompt.errors import JRTError
-
-from .prefill import _dtype
-from .timing import environment, error_note, exception_line, release_memory, sync
+from .timing import bench_device, environment, error_note, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 BATCHES = (1, 8, 64)
@@ -119,25 +116,17 @@ def run_decode_model_bench(
     from jrt_prompt.generation import family_of
     from jrt_prompt.generation.families import HF_SSM, HF_SSM_FUSED
 
-    from .model import build_model
+    from .model import build_or_note, run_dtype
 
-    if device is None:
-        if not torch.cuda.is_available():
-            raise JRTError(
-                "jrt bench decode-model needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)"
-            )
-        device = "cuda"
+    device = bench_device(device, "decode-model")
     on_cuda = torch.device(device).type == "cuda"
-    torch_dtype = _dtype(dtype) if on_cuda else torch.float32
+    torch_dtype = run_dtype(dtype, device)
     bandwidth = copy_bandwidth(device) if on_cuda else None
     rows = []
     for name in models:
-        try:
-            model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
-        except Exception as exc:  # recorded per model: a missing builder must not hide the others
-            note = exception_line(exc)
-            rows.append({"model": name, "note": f"not built: {note}"})
-            log(f"{name:<18} not built: {note}")
+        model, note = build_or_note(name, device=device, dtype=torch_dtype, tiny=tiny, log=log)
+        if model is None:
+            rows.append({"model": name, "note": note})
             continue
         nbytes = weight_bytes(model)
         family = family_of(model)

@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from jrt_prompt.errors import JRTArgumentError, JRTError
+from jrt_prompt.errors import JRTArgumentError
 
-from .prefill import _dtype
-from .timing import environment, error_note, release_memory
+from .timing import bench_device, environment, error_note, release_memory
 
 PAPER_PROMPTS = 12_000
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
@@ -72,16 +71,11 @@ def run_eval_throughput(
     from jrt_prompt.generation import family_of, release_graphs
     from jrt_prompt.tokenization import build_byte_tokenizer
 
-    from .model import build_model
+    from .model import build_or_note, run_dtype
 
-    if device is None:
-        if not torch.cuda.is_available():
-            raise JRTError(
-                "jrt bench eval-throughput needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)"
-            )
-        device = "cuda"
+    device = bench_device(device, "eval-throughput")
     on_cuda = torch.device(device).type == "cuda"
-    torch_dtype = _dtype(dtype) if on_cuda else torch.float32
+    torch_dtype = run_dtype(dtype, device)
     tokenizer = build_byte_tokenizer(model_max_length=1 << 20)
     records = synthetic_records(prompts, min_tokens, max_tokens)
     forms = {"default": JRTPrompt(repeat=1), "twice": JRTPrompt(repeat=2)}
@@ -89,13 +83,9 @@ def run_eval_throughput(
     rows = []
     for name in models:
         row = {"model": name, "prompts": prompts, "generations": 2 * prompts}
-        try:
-            model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
-        except Exception as exc:
-            row["note"] = (
-                f"not built: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            )
-            log(f"{name:<18} {row['note']}")
+        model, note = build_or_note(name, device=device, dtype=torch_dtype, tiny=tiny, log=log)
+        if model is None:
+            row["note"] = note
             rows.append(row)
             continue
         row["path"] = "decode engine" if family_of(model) is not None else "transformers generate"

@@ -31,7 +31,7 @@ import torch
 from jrt_prompt.errors import JRTArgumentError, JRTError
 
 from .prefill import _dtype
-from .timing import environment, error_note, release_memory, sync
+from .timing import bench_device, environment, error_note, exception_line, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
 # Models that JRT-Prompt repeats the context for (timed on N and 2N); JRT-RNN and the Transformer read N.
@@ -140,6 +140,22 @@ def build_model(name: str, *, device, dtype, tiny: bool = False, accelerated: bo
     return accelerate(model) if accelerated else model
 
 
+def run_dtype(dtype: str, device) -> torch.dtype:
+    """The dtype benchmark models run in: ``dtype`` on CUDA, float32 elsewhere (CPU smoke runs)."""
+    return _dtype(dtype) if torch.device(device).type == "cuda" else torch.float32
+
+
+def build_or_note(name: str, *, device, dtype, tiny: bool, log: Callable[[str], None]):
+    """(model, None), or (None, a "not built: ..." note, also logged) when ``name`` cannot be
+    built: one model failing (fla missing, a typo) must not hide the others' rows."""
+    try:
+        return build_model(name, device=device, dtype=dtype, tiny=tiny), None
+    except Exception as exc:
+        note = f"not built: {exception_line(exc)}"
+        log(f"{name:<18} {note}")
+        return None, note
+
+
 def _before_path(name: str):
     """A context ``before(model)`` in which ``name`` runs what it ran before this project's path, or
     None if it has no such path."""
@@ -224,11 +240,8 @@ def run_model_bench(
     ``time_budget_s`` has passed, the remaining rows are recorded as skipped.
     """
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
-    if device is None:
-        if not torch.cuda.is_available():
-            raise JRTError("jrt bench model needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)")
-        device = "cuda"
-    torch_dtype = _dtype(dtype) if torch.device(device).type == "cuda" else torch.float32
+    device = bench_device(device, "model")
+    torch_dtype = run_dtype(dtype, device)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise JRTError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")

@@ -30,8 +30,7 @@ import torch
 
 from jrt_prompt.errors import JRTError
 
-from .prefill import _dtype
-from .timing import environment, error_note, exception_line, release_memory, sync
+from .timing import bench_device, environment, error_note, release_memory, sync
 
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "transformer-1.3b")
 QUESTIONS = (1, 4, 16, 64)
@@ -79,29 +78,23 @@ def run_reuse_bench(
     from jrt_prompt.generation import family_of, release_graphs
     from jrt_prompt.tokenization import build_byte_tokenizer
 
-    from .model import READS_TWICE, build_model
+    from .model import READS_TWICE, build_or_note, run_dtype
 
     for path in paths:
         if path not in PATHS:
             raise JRTError(f"path {path!r} is unknown: use one of {', '.join(PATHS)}")
-    if device is None:
-        if not torch.cuda.is_available():
-            raise JRTError("jrt bench reuse needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)")
-        device = "cuda"
+    device = bench_device(device, "reuse")
     on_cuda = torch.device(device).type == "cuda"
-    torch_dtype = _dtype(dtype) if on_cuda else torch.float32
+    torch_dtype = run_dtype(dtype, device)
     tokenizer = build_byte_tokenizer(model_max_length=1 << 20)
     rng = random.Random(0)
     doc = _text(rng, doc_tokens)
     pool = [_text(rng, question_tokens - 1) + "?" for _ in range(max(questions))]
     rows = []
     for name in models:
-        try:
-            model = build_model(name, device=device, dtype=torch_dtype, tiny=tiny)
-        except Exception as exc:  # recorded per model: a missing builder must not hide the others
-            note = exception_line(exc)
-            rows.append({"model": name, "note": f"not built: {note}"})
-            log(f"{name:<18} not built: {note}")
+        model, note = build_or_note(name, device=device, dtype=torch_dtype, tiny=tiny, log=log)
+        if model is None:
+            rows.append({"model": name, "note": note})
             continue
         repeat = 2 if READS_TWICE.get(name, True) else 1  # JRT-RNN and the Transformer read N
         kind = "recurrent state" if family_of(model) is not None else "prefix KV cache"

@@ -38,6 +38,16 @@ def error_note(exc: BaseException) -> str:
     return exception_line(exc)
 
 
+def bench_device(device: str | None, job: str) -> str:
+    """The device a ``jrt bench`` job runs on: ``device`` when given, else CUDA; without a GPU,
+    one line naming the job."""
+    if device is not None:
+        return device
+    if not torch.cuda.is_available():
+        raise JRTError(f"jrt bench {job} needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)")
+    return "cuda"
+
+
 def require_cuda() -> torch.device:
     if not torch.cuda.is_available():
         raise JRTError("this benchmark needs a CUDA GPU; none is visible (check CUDA_VISIBLE_DEVICES)")
