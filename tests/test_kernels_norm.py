@@ -1,6 +1,5 @@
 """The decode step's normalisations: Triton == reference == transformers' own modules."""
 
-
 import pytest
 import torch
 
@@ -131,4 +130,7 @@ def test_gpu_norms_equal_reference_at_full_size(rows, dtype):
     wg = torch.randn(4096, device="cuda").to(dtype)
     x = torch.randn(rows, 4096, device="cuda").to(dtype)
     z = torch.randn(rows, 4096, device="cuda").to(dtype)
-    assert _rel(ops.gated_rms_norm(x, z, wg, 1e-5, 4096), ref.gated_rms_norm_reference(x, z, wg, 1e-5, 4096)) < TOL[dtype]
+    assert (
+        _rel(ops.gated_rms_norm(x, z, wg, 1e-5, 4096), ref.gated_rms_norm_reference(x, z, wg, 1e-5, 4096))
+        < TOL[dtype]
+    )

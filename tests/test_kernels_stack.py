@@ -43,7 +43,9 @@ def test_conv_gate_step_kernel_equals_reference_and_rolls_in_place(force_triton,
     assert torch.equal(new_state, expect_state)
     # steps chain: the next one reads the rolled window
     out2, _ = stack.short_conv_gate_step(u.flip(0), mine, weight)
-    torch.testing.assert_close(out2, ref.short_conv_gate_step(u.flip(0), expect_state, weight)[0], **TOL[dtype])
+    torch.testing.assert_close(
+        out2, ref.short_conv_gate_step(u.flip(0), expect_state, weight)[0], **TOL[dtype]
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -75,10 +77,16 @@ def test_stack_routes_small_calls_to_the_kernels(force_triton, monkeypatch):
     from jrt_prompt.kernels.stack import triton as stack_triton
 
     calls = []
-    for module, name in [(norm_triton, "residual_rms_norm"), (stack_triton, "swiglu"),
-                         (stack_triton, "short_conv_gate_step"), (stack_triton, "rotary_qkv")]:
+    for module, name in [
+        (norm_triton, "residual_rms_norm"),
+        (stack_triton, "swiglu"),
+        (stack_triton, "short_conv_gate_step"),
+        (stack_triton, "rotary_qkv"),
+    ]:
         real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            module, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
     x = torch.randn(2, 1, 16, generator=_gen(4))
     w = torch.rand(16, generator=_gen(5)) + 0.5
     with torch.no_grad():
@@ -128,6 +136,9 @@ def test_gpu_stack_kernels_at_full_width(dtype, batch):
     assert torch.equal(new_state, expect_state)
     qkv = rnd(batch, 1, 3, 16, 112)
     angles = torch.randn(batch, 1, 1, 28, device="cuda", generator=g)
-    for a, b in zip(stack.rotary_qkv(qkv, angles.cos(), angles.sin()), ref.rotary_qkv(qkv, angles.cos(), angles.sin()),
-                    strict=True):
+    for a, b in zip(
+        stack.rotary_qkv(qkv, angles.cos(), angles.sin()),
+        ref.rotary_qkv(qkv, angles.cos(), angles.sin()),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b, **TOL[dtype])

@@ -28,7 +28,6 @@ its path is exercised on the GPU only (not in CPU tests).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,10 @@ from typing import Any
 
 import torch
 
-from ..kernels import LinearAttentionState
+from . import ssm_step
+from .trees import flatten, unflatten
+
+__all__ = ["StateFamily", "family_of", "flatten", "pad_windows", "unflatten"]
 
 CONSTANT_JRT_MIXERS = ("base_conv", "based", "prefix_linear", "sliding_window")
 HF_SSM_TYPES = ("mamba", "falcon_mamba", "mamba2")
@@ -64,53 +66,6 @@ class StateFamily:
     set_tree: Callable[[Any, Any], None]
     step: Callable[[Any, Any, torch.Tensor], torch.Tensor]
     masks_padding: bool = True  # a left-padded prefill gives each row its own state
-
-
-# --------------------------------------------------------------------------------------------
-# Trees of tensors
-
-
-def flatten(tree) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    _flatten(tree, out)
-    return out
-
-
-def _flatten(node, out: list) -> None:
-    if isinstance(node, torch.Tensor):
-        out.append(node)
-    elif isinstance(node, dict):
-        for value in node.values():
-            _flatten(value, out)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            _flatten(value, out)
-    elif isinstance(node, LinearAttentionState):
-        out.extend([node.kv, node.ksum])
-
-
-def unflatten(tree, leaves: list[torch.Tensor]):
-    """``tree`` with its tensors replaced, in order, by ``leaves`` (lists and dicts are rebuilt,
-    not mutated)."""
-    it = iter(leaves)
-    out = _rebuild(tree, it)
-    if next(it, None) is not None:
-        raise ValueError("more state tensors than the cache holds")
-    return out
-
-
-def _rebuild(node, it):
-    if isinstance(node, torch.Tensor):
-        return next(it)
-    if isinstance(node, dict):
-        return {key: _rebuild(value, it) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_rebuild(value, it) for value in node]
-    if isinstance(node, tuple):
-        return tuple(_rebuild(value, it) for value in node)
-    if isinstance(node, LinearAttentionState):
-        return dataclasses.replace(node, kv=next(it), ksum=next(it))
-    return node
 
 
 def _last_logits(out) -> torch.Tensor:
@@ -153,9 +108,7 @@ HF_SSM = StateFamily("transformers-ssm", _hf_ssm_prefill, _hf_ssm_tree, _hf_ssm_
 
 
 def _hf_ssm_fused_step(model, cache, tokens):
-    from .ssm_step import fused_ssm_step
-
-    return fused_ssm_step(model, _hf_ssm_tree(cache), tokens)
+    return ssm_step.fused_ssm_step(model, _hf_ssm_tree(cache), tokens)
 
 
 # Mamba / Mamba-2 with the step written out over the project's kernels (see .ssm_step): same
@@ -330,9 +283,7 @@ def family_of(model) -> StateFamily | None:
         return None
     if module.startswith("transformers."):
         if model_type in HF_SSM_TYPES:
-            from .ssm_step import supports_fused_step
-
-            return HF_SSM_FUSED if supports_fused_step(model) else HF_SSM
+            return HF_SSM_FUSED if ssm_step.supports_fused_step(model) else HF_SSM
         if model_type == "rwkv":
             return RWKV
     return None

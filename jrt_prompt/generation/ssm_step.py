@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..kernels.mamba import causal_conv1d_update, selective_state_update
 from ..kernels.norm import gated_rms_norm, residual_rms_norm
 from ..kernels.ssd import ssd_state_update
+from .trees import flatten
 
 ACTIVATIONS = ("silu", "swish")
 
@@ -108,8 +109,6 @@ def supports_fused_step(model) -> bool:
 
 
 def _layer_states(tree_entry) -> tuple[torch.Tensor, torch.Tensor]:
-    from .families import flatten
-
     conv, recurrent = tree_entry
     conv, recurrent = flatten(conv), flatten(recurrent)
     if len(conv) != 1 or len(recurrent) != 1:
@@ -206,5 +205,11 @@ def _mamba2_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
         dt_softplus=True,
     )
     norm = mixer.norm
-    y = gated_rms_norm(y.view(rows, inner), zxbcdt[:, :inner], norm.weight, norm.variance_epsilon, getattr(norm, "group_size", inner))
+    y = gated_rms_norm(
+        y.view(rows, inner),
+        zxbcdt[:, :inner],
+        norm.weight,
+        norm.variance_epsilon,
+        getattr(norm, "group_size", inner),
+    )
     return F.linear(y, mixer.out_proj.weight, mixer.out_proj.bias)

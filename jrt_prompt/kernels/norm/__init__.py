@@ -19,7 +19,9 @@ __all__ = ["gated_rms_norm", "residual_rms_norm"]
 
 def _rows(name: str, t: torch.Tensor, width: int) -> None:
     if t.dim() != 2 or t.shape[1] != width or t.stride(1) != 1:
-        raise JRTError(f"{name} must be [rows, {width}] with unit stride along channels; got {tuple(t.shape)}")
+        raise JRTError(
+            f"{name} must be [rows, {width}] with unit stride along channels; got {tuple(t.shape)}"
+        )
 
 
 def residual_rms_norm(
