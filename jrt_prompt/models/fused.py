@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from jrt_prompt.errors import JRTError
+from jrt_prompt.kernels import stack
+from jrt_prompt.kernels.dispatch import backend_for
+from jrt_prompt.kernels.norm import residual_rms_norm
 from jrt_prompt.kernels.stack.reference import rotary_qkv, short_conv_gate_step, swiglu
 
 __all__ = [
@@ -144,29 +147,24 @@ def _compiles_on(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" and t.numel() >= COMPILE_MIN_ELEMENTS
 
 
-def _norm_kernel(x, weight, eps):
-    from jrt_prompt.kernels.norm import residual_rms_norm
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
-    d = x.shape[-1]
-    rows = x.reshape(-1, d)
-    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+
+def _norm_kernel(x, weight, eps):
     _, normed = residual_rms_norm(
-        rows, weight, eps, residual_dtype=x.dtype, norm_dtype=torch.float32, out_dtype=weight.dtype
+        _as_rows(x), weight, eps, residual_dtype=x.dtype, norm_dtype=torch.float32, out_dtype=weight.dtype
     )
     return normed.view(x.shape)
 
 
 def _add_norm_kernel(residual, delta, weight, eps):
-    from jrt_prompt.kernels.norm import residual_rms_norm
-
-    d = residual.shape[-1]
-    rows = residual.reshape(-1, d)
-    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
     summed, normed = residual_rms_norm(
-        rows,
+        _as_rows(residual),
         weight,
         eps,
-        delta.reshape(-1, d).contiguous(),
+        _as_rows(delta),
         residual_dtype=residual.dtype,
         norm_dtype=torch.float32,
         out_dtype=weight.dtype,
@@ -174,22 +172,23 @@ def _add_norm_kernel(residual, delta, weight, eps):
     return summed.view(residual.shape), normed.view(residual.shape)
 
 
-def _kernel_for(fn, args):
-    """The one-launch Triton op computing ``fn(*args)`` (the same math; see kernels/norm and
-    kernels/stack), or None where there is none or it does not apply."""
-    from jrt_prompt.kernels import stack
+# The one-launch Triton op computing each function (the same math; see kernels/norm, kernels/stack).
+_KERNELS = {
+    rms_norm: _norm_kernel,
+    swiglu: stack.swiglu,
+    short_conv_gate_step: stack.short_conv_gate_step,
+    rotary_qkv: stack.rotary_qkv,
+}
 
+
+def _kernel_for(fn, args):
+    """The Triton op for ``fn(*args)``, or None where there is none or it does not apply."""
     if fn is add_rms_norm:
         residual, delta = args[0], args[1]
         # the kernel adds in fp32 and rounds once: the same as here when the residual is fp32 or
         # both are of one dtype
         return _add_norm_kernel if delta.dtype == residual.dtype or residual.dtype == torch.float32 else None
-    return {
-        rms_norm: _norm_kernel,
-        swiglu: stack.swiglu,
-        short_conv_gate_step: stack.short_conv_gate_step,
-        rotary_qkv: stack.rotary_qkv,
-    }.get(fn)
+    return _KERNELS.get(fn)
 
 
 def compile_failures() -> list[str]:
@@ -211,8 +210,6 @@ def run(fn, *args, compile: bool = True):
     if not (compile and _compiles_on(args[0])) or fn in _BROKEN:
         # Too small to compile (decode steps, short prompts): one Triton launch where the PyTorch
         # math takes several, on the Triton backend (CUDA, or JRT_KERNELS=triton)
-        from jrt_prompt.kernels.dispatch import backend_for
-
         kernel = _kernel_for(fn, args) if backend_for(args[0]) == "triton" else None
         return kernel(*args) if kernel is not None else fn(*args)
     compiled = _COMPILED.get(fn)
