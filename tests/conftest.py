@@ -34,6 +34,16 @@ def force_triton(monkeypatch):
     monkeypatch.setenv("JRT_KERNELS", "triton")
 
 
+@pytest.fixture
+def accelerated():
+    """``accelerate`` (this project's kernels wired into transformers' Mamba modules, as
+    ``load_model`` does on a GPU), with transformers' own functions put back after the test."""
+    from jrt_prompt.models.accelerate import accelerate, restore
+
+    yield accelerate
+    restore()
+
+
 @pytest.fixture(scope="session")
 def byte_tokenizer():
     from jrt_prompt.tokenization import build_byte_tokenizer

@@ -91,14 +91,6 @@ def test_engine_equals_transformers_generate_on_gpu_fp32(name, tmp_path):
     )
 
 
-@pytest.fixture
-def accelerated():
-    from jrt_prompt.models.accelerate import accelerate, restore
-
-    yield accelerate
-    restore()
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bf16_answers_agree_with_transformers_generate(name, tmp_path, accelerated):
     """Share of identical answers, graph engine vs transformers' generate, both bf16 (target ≥ 98%).

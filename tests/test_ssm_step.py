@@ -21,13 +21,6 @@ MODELS = {
 }
 
 
-@pytest.fixture
-def accelerated():
-    """The model's own step through the same ops as the written-out step (the references on CPU)."""
-    yield accelerate
-    restore()
-
-
 def _compare_steps(model, steps=5):
     """Max relative logit difference and max state difference over ``steps`` greedy steps."""
     ids = torch.randint(3, 200, (3, 11), generator=torch.Generator().manual_seed(0))
