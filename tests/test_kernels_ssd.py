@@ -129,7 +129,8 @@ def test_reference_steps_equal_the_chunk_scan():
 
 # --- Triton (interpreter) == reference -------------------------------------------------------
 
-SMALL = tssd.SSDConfig(block_m=16, block_k=16, block_p=16, block_n=16, block_h=4, block_pass=64)
+# separate chunk-state and carry kernels (the default fuses them: SMALL_FUSED below)
+SMALL = tssd.SSDConfig(block_m=16, block_k=16, block_p=16, block_n=16, block_h=4, block_pass=64, fused_states=False)
 SMALL_INLINE_CB = dataclasses.replace(SMALL, precompute_cb=False)  # C B^T inside the output kernel
 SMALL_FUSED = dataclasses.replace(SMALL, fused_states=True)  # chunk states and carry in one kernel
 CONFIGS = {"pre": SMALL, "inline": SMALL_INLINE_CB, "fused": SMALL_FUSED}

@@ -8,7 +8,11 @@ length N the recurrent models are timed on N tokens and on 2N (what JRT-Prompt r
 (it reads its prompt non-causally instead), the Transformer on N.
 
 Columns, side by side in one run:
-- ``ms``: this project's path (``accelerate(model)``);
+- ``ms``: this project's path: the decode engine's prefill where the model has one (what ``jrt
+  run`` / ``score`` / ``eval`` pay; the Mamba families' is written out over the project's kernels),
+  else the model's forward, with ``accelerate(model)`` applied either way;
+- ``forward_ms``: for the Mamba families, transformers' own forward with the project's kernels put
+  in by ``accelerate`` (what a user calling ``model(...)`` pays);
 - ``before_ms``: transformers' own PyTorch fallback for the Mamba families (what a user gets with no
   mamba-ssm source build) and the op-by-op layers (``JRT_STACK=legacy``) for JRT-RNN and Based,
   dropped for longer prompts once one took longer than ``before_cap_s``;
@@ -29,6 +33,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from jrt_prompt.errors import JRTArgumentError, JRTError
+from jrt_prompt.generation import family_of
+from jrt_prompt.generation.families import HF_SSM_FUSED
 
 from .prefill import _dtype
 from .timing import bench_device, environment, error_note, exception_line, release_memory, sync
@@ -201,6 +207,17 @@ def _seconds(fn, device, reps: int) -> float:
     return statistics.median(times)
 
 
+def _warm_up(fn, device, seconds: float = 1.5, most: int = 50) -> None:
+    """Call ``fn`` for about ``seconds`` (at least three times): a model's first row ran high
+    after a couple of warm-up calls (clocks, caches, allocator), on the Transformer too."""
+    started = time.perf_counter()
+    for call in range(most):
+        fn()
+        sync(device)
+        if call >= 2 and time.perf_counter() - started > seconds:
+            break
+
+
 def matmul_tflops(device, dtype, size: int = 8192, reps: int = 10) -> float:
     """Measured dense matmul rate (TFLOP/s) on random data: the floor's denominator."""
     if torch.device(device).type != "cuda":
@@ -214,8 +231,12 @@ def matmul_tflops(device, dtype, size: int = 8192, reps: int = 10) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def _prefill(model, ids):
+def _prefill(model, ids, family=None):
+    """The model's forward over ``ids`` with its cache, or, given the decode engine's ``family``,
+    the engine's prefill: what ``jrt run`` / ``score`` / ``eval`` pay to read a prompt."""
     with torch.inference_mode():
+        if family is not None:
+            return family.prefill(model, ids, None)
         return model(input_ids=ids, use_cache=True, logits_to_keep=1)
 
 
@@ -267,6 +288,9 @@ def run_model_bench(
             continue
         params = sum(p.numel() for p in model.parameters())
         vocab = model.config.vocab_size
+        family = family_of(model)
+        # the Mamba families' engine prefill is written out; their forward is timed beside it
+        time_forward = family is HF_SSM_FUSED
         before = _before_path(name)
         before_ok = {b: before is not None for b in batches}
         reads = (1, 2) if READS_TWICE[name] else (1,)
@@ -286,15 +310,20 @@ def run_model_bench(
                     try:
                         # warm-up: compilation, autotuning, allocator growth (and, on a model's
                         # first row, clocks and caches: one warm-up call left the first row high)
+                        run = lambda m=model, x=ids, f=family: _prefill(m, x, f)  # noqa: E731
                         if first_row:
-                            _seconds(lambda m=model, x=ids: _prefill(m, x), device, 2)
+                            _warm_up(run, device)
                             first_row = False
-                        warm = _seconds(lambda m=model, x=ids: _prefill(m, x), device, 1)
+                        warm = _seconds(run, device, 1)
                         n_reps = reps if warm < 2.0 else 1
-                        seconds = _seconds(lambda m=model, x=ids: _prefill(m, x), device, n_reps)
+                        seconds = _seconds(run, device, n_reps)
                         row["ms"] = seconds * 1e3
                         row["tokens_per_s"] = batch * tokens / seconds
                         row["floor_pct"] = 100 * (2 * params * batch * tokens / (tflops * 1e12)) / seconds
+                        if time_forward:
+                            forward = lambda m=model, x=ids: _prefill(m, x)  # noqa: E731
+                            _seconds(forward, device, 1)
+                            row["forward_ms"] = _seconds(forward, device, n_reps) * 1e3
                     except Exception as exc:
                         row["note"] = error_note(exc)
                     if before_ok[batch]:
@@ -330,6 +359,8 @@ def _row_line(row: dict) -> str:
     if "ms" not in row:
         return f"{head} {row.get('note', '')}"
     parts = [f"{row['ms']:9.1f} ms", f"floor {row['floor_pct']:5.1f}%"]
+    if "forward_ms" in row:
+        parts.append(f"forward {row['forward_ms']:8.1f} ms")
     if "before_ms" in row:
         parts.append(f"before {row['before_ms']:10.1f} ms ({row['before_ms'] / row['ms']:.0f}x)")
     if "transformer_ms" in row:
@@ -339,26 +370,27 @@ def _row_line(row: dict) -> str:
 
 def format_model_table(result: dict) -> str:
     lines = [
-        "| model | batch | N | tokens read | ms | before (transformers fallback) ms | speed-up | "
-        "Transformer on N ms | ÷ Transformer | % of matmul floor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | N | tokens read | ms | model forward ms | before (transformers fallback) ms | "
+        "speed-up | Transformer on N ms | ÷ Transformer | % of matmul floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if "n" not in r:
-            lines.append(f"| {r['model']} | — | — | — | — | — | — | — | — | {r.get('note', '')} |")
+            lines.append(f"| {r['model']} | — | — | — | — | — | — | — | — | — | {r.get('note', '')} |")
             continue
         if "ms" not in r:
             lines.append(
                 f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['tokens_read']:,} | {r.get('note', '')} "
-                "| — | — | — | — | — |"
+                "| — | — | — | — | — | — |"
             )
             continue
         before = f"{r['before_ms']:,.1f}" if "before_ms" in r else ("skipped" if "before_note" in r else "—")
         speedup = f"{r['before_ms'] / r['ms']:,.0f}×" if "before_ms" in r else "—"
         tr = f"{r['transformer_ms']:,.1f}" if "transformer_ms" in r else "—"
         ratio = f"{r['ms'] / r['transformer_ms']:.2f}" if "transformer_ms" in r else "—"
+        forward = f"{r['forward_ms']:,.1f}" if "forward_ms" in r else "—"
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['tokens_read']:,} | {r['ms']:,.1f} | {before} | "
+            f"| {r['model']} | {r['batch']} | {r['n']:,} | {r['tokens_read']:,} | {r['ms']:,.1f} | {forward} | {before} | "
             f"{speedup} | {tr} | {ratio} | {r['floor_pct']:.0f}% |"
         )
     return "\n".join(lines)

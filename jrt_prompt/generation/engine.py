@@ -407,6 +407,8 @@ class DecodeEngine:
         row's state is put back after every step (a step changes every row). Returns (each row's
         first generated token [n], the continued state's tensors, ``n`` rows each)."""
         n = len(questions)
+        if self.family.extend is not None:
+            return self._extend_rows(cache, questions)
         forced = DecodeEngine(
             self.model,
             self.tokenizer,
@@ -448,6 +450,32 @@ class DecodeEngine:
             first = decoder.out[:n, 0].clone()
             state = [buffer[:n].clone() for buffer in decoder.state]
         return first, state
+
+    def _extend_rows(self, cache, questions: list[list[int]]):
+        """``continue_rows`` for a family that continues states by many tokens in one forward:
+        rows whose questions have the same length go together (no padding enters a state),
+        at most ``max_prefill_tokens`` tokens a forward."""
+        n = len(questions)
+        template = self.family.tree(cache)
+        leaves = flatten(template)
+        out = [leaf.clone() for leaf in leaves]
+        first = torch.empty(n, dtype=torch.long, device=self.device)
+        by_length: dict[int, list[int]] = {}
+        for r, q in enumerate(questions):
+            by_length.setdefault(len(q), []).append(r)
+        with torch.inference_mode():
+            for length, rows in by_length.items():
+                per_forward = max(1, self.max_prefill_tokens // length)
+                for start in range(0, len(rows), per_forward):
+                    chunk = rows[start : start + per_forward]
+                    index = torch.tensor(chunk, device=self.device)
+                    part = [leaf.index_select(0, index) for leaf in leaves]
+                    ids = torch.tensor([questions[r] for r in chunk], dtype=torch.long, device=self.device)
+                    logits = self.family.extend(self.model, unflatten(template, part), ids)
+                    first[index] = logits.argmax(-1)
+                    for whole, rows_state in zip(out, part, strict=True):
+                        whole[index] = rows_state
+        return first, out
 
     def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None, prefill=None):
         """``new_tokens`` greedy token ids per row of an already batched ``input_ids`` [b, l], with

@@ -6,7 +6,10 @@ A :class:`StateFamily` knows four things about one family of models:
   its cache, returning the last position's logits and the cache;
 * ``tree(cache)`` / ``set_tree(cache, tree)``: the cache's tensors as nested lists / dicts /
   tuples (batch first), and putting such a tree back;
-* ``step(model, cache, tokens)``: one decode step, logits of the new token.
+* ``step(model, cache, tokens)``: one decode step, logits of the new token;
+* optionally ``extend(model, tree, input_ids)``: the states of ``tree`` continued by several
+  tokens per row in one forward (updated in place), logits of the last one. Families without it
+  are continued a token at a time through their step.
 
 The engine copies the prefilled tree into static buffers, points the cache at them, and after
 every step copies whatever tensors the step put in their place back into the buffers, so a
@@ -15,9 +18,9 @@ captured CUDA graph always reads and writes the same addresses. Families that up
 attention and BaseConv states) need no copy; the others (the sliding-window KV of JRT-RNN and
 Based, fla's caches, JRT's next rotary positions) are copied back.
 
-transformers' Mamba and Mamba-2 decode through a step written out over the project's kernels
-(:mod:`.ssm_step`) unless ``JRT_DECODE_STEP=model``; the other families through the model's own
-one-token forward.
+transformers' Mamba and Mamba-2 prefill and decode through a forward and a step written out over
+the project's kernels (:mod:`.ssm_prefill`, :mod:`.ssm_step`) unless ``JRT_PREFILL=model`` /
+``JRT_DECODE_STEP=model``; the other families through the model's own forward.
 
 Covered: transformers' ``mamba``, ``falcon_mamba``, ``mamba2`` and ``rwkv`` models; the project's
 :class:`~jrt_prompt.models.modeling_jrt.JRTForCausalLM` when every layer holds a constant-size
@@ -35,7 +38,7 @@ from typing import Any
 
 import torch
 
-from . import ssm_step
+from . import ssm_prefill, ssm_step
 from .trees import flatten, unflatten
 
 __all__ = ["StateFamily", "family_of", "flatten", "pad_windows", "unflatten"]
@@ -66,6 +69,7 @@ class StateFamily:
     set_tree: Callable[[Any, Any], None]
     step: Callable[[Any, Any, torch.Tensor], torch.Tensor]
     masks_padding: bool = True  # a left-padded prefill gives each row its own state
+    extend: Callable[[Any, Any, torch.Tensor], torch.Tensor] | None = None
 
 
 def _last_logits(out) -> torch.Tensor:
@@ -107,14 +111,26 @@ def _hf_ssm_step(model, cache, tokens):
 HF_SSM = StateFamily("transformers-ssm", _hf_ssm_prefill, _hf_ssm_tree, _hf_ssm_set_tree, _hf_ssm_step)
 
 
+def _hf_ssm_fused_prefill(model, input_ids, attention_mask):
+    if not ssm_prefill.fused_prefill_enabled():
+        return _hf_ssm_prefill(model, input_ids, attention_mask)
+    return ssm_prefill.fused_ssm_prefill(model, input_ids, attention_mask)
+
+
 def _hf_ssm_fused_step(model, cache, tokens):
     return ssm_step.fused_ssm_step(model, _hf_ssm_tree(cache), tokens)
 
 
-# Mamba / Mamba-2 with the step written out over the project's kernels (see .ssm_step): same
-# prefill, cache and numbers, a fraction of the kernel launches per token.
+# Mamba / Mamba-2 with the forward and the step written out over the project's kernels (see
+# .ssm_prefill, .ssm_step): the same cache and numbers to rounding, a fraction of the kernel
+# launches, and questions read after a stored document in one forward.
 HF_SSM_FUSED = StateFamily(
-    "transformers-ssm-fused", _hf_ssm_prefill, _hf_ssm_tree, _hf_ssm_set_tree, _hf_ssm_fused_step
+    "transformers-ssm-fused",
+    _hf_ssm_fused_prefill,
+    _hf_ssm_tree,
+    _hf_ssm_set_tree,
+    _hf_ssm_fused_step,
+    extend=ssm_prefill.fused_ssm_extend,
 )
 
 

@@ -45,6 +45,7 @@ class _Layer:
     A: torch.Tensor  # -exp(A_log) in float32, as transformers computes it every step
     conv_weight: torch.Tensor  # [channels, kernel]
     dt_bias: torch.Tensor | None
+    D: torch.Tensor  # float32, as transformers' Mamba-1 prefill passes it to the scan
 
 
 @dataclass
@@ -62,7 +63,8 @@ def _key(model) -> tuple:
     return (first.data_ptr(), first._version, first.device, first.dtype, len(model.backbone.layers))
 
 
-def _constants(model) -> list[_Layer]:
+def layer_constants(model) -> list[_Layer]:
+    """Per-layer constants derived from the weights, computed once per set of weights."""
     key = _key(model)
     held = _CONSTANTS.get(model)
     if held is not None and held.key == key:
@@ -79,6 +81,7 @@ def _constants(model) -> list[_Layer]:
                     A=-torch.exp(mixer.A_log.float()),
                     conv_weight=mixer.conv1d.weight.squeeze(1),
                     dt_bias=bias,
+                    D=mixer.D.float(),
                 )
             )
     _CONSTANTS[model] = _Constants(key, layers)
@@ -122,7 +125,7 @@ def fused_ssm_step(model, tree, tokens: torch.Tensor) -> torch.Tensor:
     logits [batch, vocab]."""
     backbone = model.backbone
     config = model.config
-    consts = _constants(model)
+    consts = layer_constants(model)
     residual_in_fp32 = bool(getattr(config, "residual_in_fp32", True))
     hidden = backbone.embeddings(tokens[:, 0])
     residual_dtype = torch.float32 if residual_in_fp32 else hidden.dtype
