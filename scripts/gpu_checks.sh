@@ -24,7 +24,7 @@ step() {  # step SECONDS NAME COMMAND...: run COMMAND under a time limit, log to
 # (fla's GLA compiles its kernels on first use and needs more than a minute).
 per_test=()
 python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 150)
-for file in tests/test_ssm_step.py tests/test_kernels_norm.py tests/test_kernels_stack.py tests/test_engine_gpu.py \
+for file in tests/test_ssm_step.py tests/test_ssm_prefill.py tests/test_kernels_norm.py tests/test_kernels_stack.py tests/test_engine_gpu.py \
             tests/test_kernels_mamba.py tests/test_accelerate.py tests/test_kernels_ssd.py \
             tests/test_jrt_fast_stack.py tests/test_modeling_jrt.py tests/test_reuse_gpu.py \
             tests/test_kernels_gpu.py; do

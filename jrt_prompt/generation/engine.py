@@ -3,8 +3,8 @@
 A recurrent model's state does not grow with the sequence, so after the prefill every decode
 step has the same shapes and can be captured once in a CUDA graph and replayed. For one batch:
 
-1. Prefill, through the model's own forward with its cache (the fast-prefill kernels are
-   patched into it), in groups of similar length capped in padded tokens; families that ignore
+1. Prefill, through the family's prefill (the model's own forward with its cache and the
+   fast-prefill kernels patched in; for Mamba / Mamba-2 a forward written out over them), in groups of similar length capped in padded tokens; families that ignore
    the attention mask (RWKV) prefill equal lengths only. Each group's state is copied into the
    rows of static buffers of the batch's slot size (1, 2, 4, ... up to the batch size).
 2. Decode: ``steps_per_sync`` greedy steps (embedding -> layers -> head -> argmax, the new
