@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import tiny_mamba2_model, tiny_mamba_model
+from tiny_models import full_width_mamba_on_cuda, tiny_mamba2_model, tiny_mamba_model
 
 from jrt_prompt import accelerate
 from jrt_prompt.generation import DecodeEngine, family_of
@@ -165,15 +165,7 @@ def test_gpu_prefill_at_full_width_is_as_accurate_as_the_accelerated_forward(
     or within the kernels' tolerance of the float64 result."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from transformers import Mamba2ForCausalLM, MambaForCausalLM
-
-    from jrt_prompt.bench.model import build_config
-
-    config = build_config(name)
-    config.num_hidden_layers = 4
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = (MambaForCausalLM if name.startswith("mamba-") else Mamba2ForCausalLM)(config).eval()
+    model = full_width_mamba_on_cuda(name)
     exact = copy.deepcopy(model).double()
     model = accelerate(model.to(dtype))
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from tiny_models import tiny_mamba2_model, tiny_mamba_model
+from tiny_models import full_width_mamba_on_cuda, tiny_mamba2_model, tiny_mamba_model
 
 from jrt_prompt import accelerate, generate
 from jrt_prompt.generation import DecodeEngine, family_of
@@ -123,16 +123,7 @@ def test_gpu_step_at_full_width_matches_the_accelerated_model_step(name, dtype, 
     step against the accelerated model's own step, both through the Triton kernels."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from transformers import Mamba2ForCausalLM, MambaForCausalLM
-
-    from jrt_prompt.bench.model import build_config
-
-    config = build_config(name)
-    config.num_hidden_layers = 4
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = (MambaForCausalLM if name.startswith("mamba-") else Mamba2ForCausalLM)(config)
-    model = accelerate(model.to(dtype).eval())
+    model = accelerate(full_width_mamba_on_cuda(name).to(dtype))
     try:
         ids = torch.randint(0, 50000, (batch, 64), device="cuda")
         with torch.inference_mode():

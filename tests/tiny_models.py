@@ -222,3 +222,19 @@ def write_tiny_gla(path: Path, seed: int = 0) -> Path:
         fuse_cross_entropy=False,
     )
     return _save_hf(model, Path(path))
+
+
+def full_width_mamba_on_cuda(name: str, layers: int = 4):
+    """``name``'s benchmark configuration (Mamba-1.4B / Mamba-2-1.3B widths) cut to ``layers``
+    layers, random weights, built on the GPU in fp32 (the GPU tests of the written-out step and
+    prefill)."""
+    from transformers import Mamba2ForCausalLM, MambaForCausalLM
+
+    from jrt_prompt.bench.model import build_config
+
+    config = build_config(name)
+    config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = (MambaForCausalLM if name.startswith("mamba-") else Mamba2ForCausalLM)(config)
+    return model.eval()
