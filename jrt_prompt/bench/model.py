@@ -11,6 +11,7 @@ Columns, side by side in one run:
 - ``ms``: this project's path: the decode engine's prefill where the model has one (what ``jrt
   run`` / ``score`` / ``eval`` pay; the Mamba families' is written out over the project's kernels),
   else the model's forward, with ``accelerate(model)`` applied either way;
+- ``ms_range``: the fastest and slowest of the row's timed repetitions (``ms`` is their median);
 - ``forward_ms``: for the Mamba families, transformers' own forward with the project's kernels put
   in by ``accelerate`` (what a user calling ``model(...)`` pays);
 - ``before_ms``: transformers' own PyTorch fallback for the Mamba families (what a user gets with no
@@ -196,7 +197,7 @@ def _before_path(name: str):
     return None
 
 
-def _seconds(fn, device, reps: int) -> float:
+def _times(fn, device, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
         sync(device)
@@ -204,7 +205,11 @@ def _seconds(fn, device, reps: int) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def _seconds(fn, device, reps: int) -> float:
+    return statistics.median(_times(fn, device, reps))
 
 
 def _warm_up(fn, device, seconds: float = 1.5, most: int = 50) -> None:
@@ -316,8 +321,12 @@ def run_model_bench(
                             first_row = False
                         warm = _seconds(run, device, 1)
                         n_reps = reps if warm < 2.0 else 1
-                        seconds = _seconds(run, device, n_reps)
+                        times = _times(run, device, n_reps)
+                        seconds = statistics.median(times)
                         row["ms"] = seconds * 1e3
+                        # the spread of the repetitions: rows of one run are compared, so a
+                        # reader must see how far apart a row's own calls were
+                        row["ms_range"] = [min(times) * 1e3, max(times) * 1e3]
                         row["tokens_per_s"] = batch * tokens / seconds
                         row["floor_pct"] = 100 * (2 * params * batch * tokens / (tflops * 1e12)) / seconds
                         if time_forward:
@@ -358,7 +367,8 @@ def _row_line(row: dict) -> str:
     head = f"{row['model']:<17} N={row['n']:>6} read {row['tokens_read']:>6} b={row['batch']:<2}"
     if "ms" not in row:
         return f"{head} {row.get('note', '')}"
-    parts = [f"{row['ms']:9.1f} ms", f"floor {row['floor_pct']:5.1f}%"]
+    low, high = row.get("ms_range", (row["ms"], row["ms"]))
+    parts = [f"{row['ms']:9.1f} ms ({low:.1f}-{high:.1f})", f"floor {row['floor_pct']:5.1f}%"]
     if "forward_ms" in row:
         parts.append(f"forward {row['forward_ms']:8.1f} ms")
     if "before_ms" in row:
