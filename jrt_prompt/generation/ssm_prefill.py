@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from ..kernels import ssd
 from ..kernels.mamba import causal_conv1d, selective_scan
 from ..kernels.norm import gated_rms_norm, residual_rms_norm
-from .ssm_step import layer_constants
-from .trees import flatten
+from .ssm_step import layer_constants, layer_states
 
 
 def fused_prefill_enabled() -> bool:
@@ -182,17 +181,10 @@ def fused_ssm_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return _forward(model, input_ids, mask, states, store), cache
 
 
-def _layer_states(tree_entry) -> tuple[torch.Tensor, torch.Tensor]:
-    conv, recurrent = (flatten(part) for part in tree_entry)
-    if len(conv) != 1 or len(recurrent) != 1:
-        raise RuntimeError("a Mamba cache layer holds more than one conv / recurrent state")
-    return conv[0], recurrent[0]
-
-
 def fused_ssm_extend(model, tree, input_ids: torch.Tensor) -> torch.Tensor:
     """Continue the states of ``tree`` ([[conv, recurrent], ...] per layer, updated in place) by
     ``input_ids`` [batch, T] (no padding); returns the last position's float32 logits."""
-    states = [_layer_states(entry) for entry in tree]
+    states = [layer_states(entry) for entry in tree]
 
     def store(idx, conv_input, final):
         conv_state, ssm_state = states[idx]

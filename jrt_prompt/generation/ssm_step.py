@@ -111,7 +111,8 @@ def supports_fused_step(model) -> bool:
     return True
 
 
-def _layer_states(tree_entry) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_states(tree_entry) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conv state, recurrent state) of one layer's entry of a Mamba cache tree."""
     conv, recurrent = tree_entry
     conv, recurrent = flatten(conv), flatten(recurrent)
     if len(conv) != 1 or len(recurrent) != 1:
@@ -132,7 +133,7 @@ def fused_ssm_step(model, tree, tokens: torch.Tensor) -> torch.Tensor:
     residual, delta = hidden, None
     mamba2 = config.model_type == "mamba2"
     for block, const, entry in zip(backbone.layers, consts, tree, strict=True):
-        conv_state, ssm_state = _layer_states(entry)
+        conv_state, ssm_state = layer_states(entry)
         norm = block.norm
         residual, h = residual_rms_norm(
             residual, norm.weight, norm.variance_epsilon, delta, residual_dtype=residual_dtype
