@@ -4,8 +4,9 @@ A recurrent model's state does not grow with the sequence, so after the prefill 
 step has the same shapes and can be captured once in a CUDA graph and replayed. For one batch:
 
 1. Prefill, through the family's prefill (the model's own forward with its cache and the
-   fast-prefill kernels patched in; for Mamba / Mamba-2 a forward written out over them), in groups of similar length capped in padded tokens; families that ignore
-   the attention mask (RWKV) prefill equal lengths only. Each group's state is copied into the
+   fast-prefill kernels patched in; for Mamba / Mamba-2 a forward written out over them), in
+   groups of similar length capped in padded tokens; families that ignore the attention mask
+   (RWKV) prefill equal lengths only. Each group's state is copied into the
    rows of static buffers of the batch's slot size (1, 2, 4, ... up to the batch size).
 2. Decode: ``steps_per_sync`` greedy steps (embedding -> layers -> head -> argmax, the new
    token fed back) run as one CUDA graph per (model, slot size), captured on first use and
@@ -458,7 +459,7 @@ class DecodeEngine:
         n = len(questions)
         template = self.family.tree(cache)
         leaves = flatten(template)
-        out = [leaf.clone() for leaf in leaves]
+        out = [torch.empty_like(leaf) for leaf in leaves]  # every row is written below
         first = torch.empty(n, dtype=torch.long, device=self.device)
         by_length: dict[int, list[int]] = {}
         for r, q in enumerate(questions):
