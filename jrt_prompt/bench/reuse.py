@@ -15,9 +15,10 @@ by default), Q questions of ``question_tokens`` tokens are asked about one docum
   every question continues a copy of its state (:meth:`DocumentState.ask`). Transformers reuse
   transformers' own prefix KV cache (a deep copy per question, one question at a time).
 
-Each row's time covers everything from text to answers (tokenizing, reading, decoding), after a
-warm-up call of the same path and number of questions (CUDA graph capture, kernel selection), then the median of three timed calls. ``state_bytes`` is the
-cached document's size: the recurrent state, or the Transformer's KV cache of the prefix.
+Each row's time covers everything from text to answers (tokenizing, reading, decoding): the
+median of three timed calls, after a warm-up call of the same path and number of questions (CUDA
+graph capture, kernel selection). ``state_bytes`` is the cached document's size: the recurrent
+state, or the Transformer's KV cache of the prefix.
 """
 
 from __future__ import annotations
