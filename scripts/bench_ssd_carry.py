@@ -10,7 +10,6 @@ one projection; the relative difference of every variant's output to the first o
 
 import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jrt_prompt.bench.timing import time_ms  # noqa: E402
 from jrt_prompt.kernels.ssd import triton as tssd  # noqa: E402
 
 SHAPES = ((1, 4096), (1, 8192), (8, 2048))  # (batch, sequence)
@@ -31,21 +31,6 @@ def _inputs(b, l, h=64, p=64, g=1, n=128, dtype=torch.bfloat16):
     dt = proj[..., h * p + 2 * g * n :]
     A = -torch.rand(h, device="cuda") - 0.5
     return x, dt, A, B, C
-
-
-def _ms(fn, reps=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -75,7 +60,7 @@ def main() -> None:
             y, _ = call()
             first = y.float() if first is None else first
             err = ((y.float() - first).norm() / first.norm()).item()
-            ms = _ms(call)
+            ms = time_ms(call, warmup=5, reps=30)["median"]
             totals[name] += ms
             print(f"b{b} l{l} {name:<24} {ms:7.3f} ms  err {err:.1e}", flush=True)
     best = min(totals, key=totals.get)
