@@ -263,7 +263,8 @@ def test_fast_prefill_then_decode_equals_parallel(mode, monkeypatch):
         torch.testing.assert_close(got, parallel, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got, legacy, atol=1e-5, rtol=1e-5)
     ring = cache.layers[2]
-    assert ring["k"].shape[1] == 5 and ring["slot"].tolist() == [(5 + 12) % 5] * 2
+    # window 5: a ring of 6 slots, the prefill's 5 keys in slots 0-4, then 12 steps
+    assert ring["k"].shape[1] == 6 and ring["slot"].tolist() == [(5 + 12) % 6] * 2
 
 
 def test_fast_stack_trains():

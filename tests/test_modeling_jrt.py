@@ -238,7 +238,8 @@ def test_decode_state_is_constant_size_for_recurrent_mixers():
         sizes.append(cache.state_bytes())
     assert len(set(sizes)) == 1
     window = cache.layers[2]
-    assert window["k"].shape[1] == model.config.sliding_window
+    # the ring: the window's keys and the slot the next token writes before it attends
+    assert window["k"].shape[1] == model.config.sliding_window + 1
     kv = cache.layers[1]
     assert kv.kv.dtype == torch.float32 and kv.kv.shape == (1, 4, 1 + 4 + 16, 8)
     assert cache.layers[0].shape == (1, 2 * 32, 2)

@@ -7,7 +7,9 @@ step, transposed copies. At batch 1 a 1.4B model's step is then bound by kernel 
 model's own parameters and cache tensors in six or seven kernels a layer: residual add + RMSNorm
 (one kernel), the input projection, the conv update, the projections of dt / B / C (Mamba-1),
 the state update (with the dt bias, softplus, ``D`` and, for Mamba-1, the ``z`` gate), Mamba-2's
-gated RMSNorm, and the output projection. Every cast of transformers' block is kept (the
+gated RMSNorm, and the output projection. The projections of a batch of up to 16 rows go through
+the kernels' few-rows linear (:mod:`jrt_prompt.kernels.linear`): a step at batch 1 is bound by
+streaming the weights, which cuBLAS's one-row kernels do at about half the copy bandwidth. Every cast of transformers' block is kept (the
 residual stream in float32 when ``residual_in_fp32``, the norm reading it rounded to the weights'
 dtype, the final norm reading it unrounded), so the step gives transformers' numbers; the tests
 compare it with the model's own forward.
@@ -26,8 +28,8 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..kernels.linear import linear
 from ..kernels.mamba import causal_conv1d_update, selective_state_update
 from ..kernels.norm import gated_rms_norm, residual_rms_norm
 from ..kernels.ssd import ssd_state_update
@@ -153,12 +155,12 @@ def fused_ssm_step(model, tree, tokens: torch.Tensor) -> torch.Tensor:
         norm_dtype=residual_dtype,
         out_dtype=model.lm_head.weight.dtype,
     )
-    return model.lm_head(h).float()
+    return linear(h, model.lm_head.weight, model.lm_head.bias).float()
 
 
 def _mamba_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
     inner, rank, n = mixer.intermediate_size, mixer.time_step_rank, mixer.ssm_state_size
-    xz = F.linear(h, mixer.in_proj.weight, mixer.in_proj.bias)
+    xz = linear(h, mixer.in_proj.weight, mixer.in_proj.bias)
     x = causal_conv1d_update(
         xz[:, :inner],
         conv_state,
@@ -166,8 +168,8 @@ def _mamba_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
         mixer.conv1d.bias if mixer.use_conv_bias else None,
         activation=mixer.activation,
     )
-    dbc = F.linear(x, mixer.x_proj.weight)
-    dt = F.linear(dbc[:, :rank], mixer.dt_proj.weight)
+    dbc = linear(x, mixer.x_proj.weight)
+    dt = linear(dbc[:, :rank], mixer.dt_proj.weight)
     y = selective_state_update(
         ssm_state,
         x,
@@ -180,14 +182,14 @@ def _mamba_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
         dt_bias=const.dt_bias,
         dt_softplus=True,
     )
-    return F.linear(y, mixer.out_proj.weight, mixer.out_proj.bias)
+    return linear(y, mixer.out_proj.weight, mixer.out_proj.bias)
 
 
 def _mamba2_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
     inner, heads, head_dim = mixer.intermediate_size, mixer.num_heads, mixer.head_dim
     groups, n = mixer.n_groups, mixer.ssm_state_size
     conv_dim = inner + 2 * groups * n
-    zxbcdt = F.linear(h, mixer.in_proj.weight, mixer.in_proj.bias)
+    zxbcdt = linear(h, mixer.in_proj.weight, mixer.in_proj.bias)
     rows = zxbcdt.shape[0]
     xbc = causal_conv1d_update(
         zxbcdt[:, inner : inner + conv_dim],
@@ -216,4 +218,4 @@ def _mamba2_mixer(mixer, const: _Layer, h, conv_state, ssm_state):
         norm.variance_epsilon,
         getattr(norm, "group_size", inner),
     )
-    return F.linear(y, mixer.out_proj.weight, mixer.out_proj.bias)
+    return linear(y, mixer.out_proj.weight, mixer.out_proj.bias)

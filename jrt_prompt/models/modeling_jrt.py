@@ -53,6 +53,7 @@ from jrt_prompt.kernels import (
     prefix_linear_attention,
     taylor_feature_map,
 )
+from jrt_prompt.kernels.linear import linear
 
 from . import fused
 from .sliding_window import (
@@ -270,7 +271,7 @@ class JRTCache:
     ``layers[i]`` is set at prefill: a :class:`LinearAttentionState` (fp32 kv and k sums) for
     linear attention, a [b, channels, kernel-1] tensor of the last conv inputs for BaseConv, a
     dict ``{"k", "v", "valid"}`` for softmax attention (sliding-window layers: the window only,
-    and after a fast prefill a ring of ``window`` slots updated in place, with ``"slot"`` the next
+    and after a fast prefill a ring of ``window + 1`` slots updated in place, with ``"slot"`` the next
     one to overwrite). ``next_positions[b]`` is the rotary position of row b's next token.
     """
 
@@ -330,6 +331,19 @@ def _round_state_to_bf16(state: LinearAttentionState) -> None:
 # Building blocks
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys). In the fast stack a call on a few
+    rows (a decode step's batch) goes through the kernels' few-rows linear
+    (:func:`jrt_prompt.kernels.linear.linear`): a batch-1 step is bound by streaming the weights,
+    which cuBLAS's one-row kernels do at about half the copy bandwidth. Larger inputs, float32,
+    CPU and the legacy stack run ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.stack_mode() == "fast":
+            return linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
 class JRTRMSNorm(nn.Module):
     """x / sqrt(mean(x²) + eps) · weight, computed in fp32, returned in the weight's dtype."""
 
@@ -382,8 +396,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: JRTConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fc1 = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, settings: fused.StackSettings = fused.LEGACY) -> torch.Tensor:
         if settings.fast:
@@ -408,9 +422,9 @@ class BaseConv(nn.Module):
         d = config.hidden_size
         self.inner = config.conv_expand * d // 2
         self.kernel_size = config.conv_kernel_size
-        self.in_proj = nn.Linear(d, 2 * self.inner, bias=True)
+        self.in_proj = Linear(d, 2 * self.inner, bias=True)
         self.conv = ShortConvolution(self.inner, self.kernel_size)
-        self.out_proj = nn.Linear(self.inner, d, bias=True)
+        self.out_proj = Linear(self.inner, d, bias=True)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         if not inputs.fast:
@@ -478,10 +492,10 @@ class BasedLinearAttention(nn.Module):
         self.feature_dim = config.feature_dim
         self.head_dim = d // config.num_heads
         self.eps = config.linear_attention_eps
-        self.proj_q = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
-        self.proj_k = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
-        self.proj_v = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
-        self.out_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+        self.proj_q = Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_k = Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_v = Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.out_proj = Linear(self.num_heads * self.head_dim, d, bias=False)
 
     def _qkv(self, x: torch.Tensor):
         b, l, _ = x.shape
@@ -525,8 +539,8 @@ class PrefixLinearAttention(BasedLinearAttention):
         super().__init__(config, layer_idx)
         d = config.hidden_size
         self.enc_length = config.enc_length
-        self.proj_k_enc = nn.Linear(d, self.num_heads * self.feature_dim, bias=False)
-        self.proj_v_enc = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.proj_k_enc = Linear(d, self.num_heads * self.feature_dim, bias=False)
+        self.proj_v_enc = Linear(d, self.num_heads * self.head_dim, bias=False)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs, use_cache: bool):
         b, l, _ = x.shape
@@ -605,8 +619,8 @@ class SoftmaxAttention(nn.Module):
         self.window = window
         self.rotary_dim = int(config.rotary_emb_fraction * self.head_dim)
         self.rotary_base = config.rotary_emb_base
-        self.Wqkv = nn.Linear(d, 3 * d, bias=False)
-        self.out_proj = nn.Linear(d, d, bias=False)
+        self.Wqkv = Linear(d, 3 * d, bias=False)
+        self.out_proj = Linear(d, d, bias=False)
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
         b, l, _ = x.shape
@@ -692,17 +706,20 @@ class SoftmaxAttention(nn.Module):
         return y, state
 
     def _window_ring(self, k, v, valid) -> dict:
-        """The decode state of a sliding-window layer: a ring of ``window`` slots, updated in
+        """The decode state of a sliding-window layer: a ring of ``window + 1`` slots, updated in
         place (fixed shapes, no copies per step). Slots 0.. hold the last min(l, window) keys in
-        order; ``slot`` [b] is the next slot to overwrite (the oldest, or the first empty one).
-        Rotary is applied before keys are stored, so the order of the slots does not matter."""
+        order; ``slot`` [b] is the next slot to overwrite (the oldest, or the first empty one). A
+        step writes its own key there first and attends over the whole ring, so it sees itself and
+        the ``window`` keys before it without concatenating a new key to the window. Rotary is
+        applied before keys are stored, so the order of the slots does not matter."""
         b, l, h, hd = k.shape
         keep = min(l, self.window)
+        slots = self.window + 1
         ring = {
-            "k": k.new_zeros(b, self.window, h, hd),
-            "v": v.new_zeros(b, self.window, h, hd),
-            "valid": torch.zeros(b, self.window, dtype=torch.bool, device=k.device),
-            "slot": torch.full((b,), keep % max(self.window, 1), dtype=torch.long, device=k.device),
+            "k": k.new_zeros(b, slots, h, hd),
+            "v": v.new_zeros(b, slots, h, hd),
+            "valid": torch.zeros(b, slots, dtype=torch.bool, device=k.device),
+            "slot": torch.full((b,), keep, dtype=torch.long, device=k.device),
         }
         if keep:
             ring["k"][:, :keep] = k[:, l - keep :]
@@ -761,24 +778,26 @@ class SoftmaxAttention(nn.Module):
     def _step_ring(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
         b = x.shape[0]
         q, k, v = self._qkv_fast(x, inputs) if inputs.fast else self._qkv(x, inputs.positions)
-        now = torch.ones(b, 1, dtype=torch.bool, device=x.device)
+        rows = torch.arange(b, device=x.device)
+        slot = state["slot"]
+        # The new key replaces the one that leaves the window; the new token always sees itself,
+        # whether later tokens see it depends on its mask.
+        state["k"][rows, slot] = k[:, 0]
+        state["v"][rows, slot] = v[:, 0]
+        allowed = state["valid"].clone()
+        allowed[rows, slot] = True
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2),
-            torch.cat([state["k"], k], dim=1).transpose(1, 2),
-            torch.cat([state["v"], v], dim=1).transpose(1, 2),
-            attn_mask=torch.cat([state["valid"], now], dim=1)[:, None, None, :],
+            state["k"].transpose(1, 2),
+            state["v"].transpose(1, 2),
+            attn_mask=allowed[:, None, None, :],
             scale=self.head_dim**-0.5,
         )
-        if self.window > 0:
-            rows = torch.arange(b, device=x.device)
-            slot = state["slot"]
-            state["k"][rows, slot] = k[:, 0]
-            state["v"][rows, slot] = v[:, 0]
-            valid_now = (
-                now[:, 0] if inputs.mask is None or inputs.reference else inputs.mask[:, 0].to(torch.bool)
-            )
-            state["valid"][rows, slot] = valid_now
-            slot.add_(1).remainder_(self.window)
+        if inputs.mask is None or inputs.reference:
+            state["valid"][rows, slot] = True
+        else:
+            state["valid"][rows, slot] = inputs.mask[:, 0].to(torch.bool)
+        slot.add_(1).remainder_(state["k"].shape[1])
         return self.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
 
     def _step_fast(self, x: torch.Tensor, inputs: MixerInputs, state: dict):
@@ -970,7 +989,7 @@ class JRTForCausalLM(JRTPreTrainedModel, GenerationMixin):
     def __init__(self, config: JRTConfig):
         super().__init__(config)
         self.transformer = JRTModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.post_init()
 
     @classmethod
