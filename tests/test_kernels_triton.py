@@ -155,7 +155,8 @@ def test_encoder_reduction_over_several_splits(pairs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_decode_step_matches_reference_and_updates_in_place(dtype):
+@pytest.mark.parametrize("dv_blocks", [0, 3])  # 3: the value dim in blocks, the k sums launched after
+def test_decode_step_matches_reference_and_updates_in_place(dtype, dv_blocks):
     g = torch.Generator().manual_seed(6)
     b, h, dv = 3, 2, 40
     state = state_from_tokens(
@@ -168,7 +169,7 @@ def test_decode_step_matches_reference_and_updates_in_place(dtype):
     for _ in range(3):
         q, k = _rand(b, h, 16, gen=g, dtype=dtype), _rand(b, h, 16, gen=g, dtype=dtype)
         v = _rand(b, h, dv, gen=g, dtype=dtype)
-        o = step_triton.decode_step(q, k, v, state, config=StepConfig(block_r=16))
+        o = step_triton.decode_step(q, k, v, state, config=StepConfig(block_r=16, dv_blocks=dv_blocks))
         o_ref = step_reference(*_f64(q, k, v), state64)
         assert o.dtype == dtype and _rel(o, o_ref) < TOL[dtype]
     assert state.kv.data_ptr() == kv_ptr

@@ -784,8 +784,8 @@ class SoftmaxAttention(nn.Module):
         # whether later tokens see it depends on its mask.
         state["k"][rows, slot] = k[:, 0]
         state["v"][rows, slot] = v[:, 0]
-        allowed = state["valid"].clone()
-        allowed[rows, slot] = True
+        # scatter_ with a scalar: no host-to-device copy (a CUDA graph captures this step)
+        allowed = state["valid"].clone().scatter_(1, slot[:, None], True)
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2),
             state["k"].transpose(1, 2),
@@ -794,7 +794,7 @@ class SoftmaxAttention(nn.Module):
             scale=self.head_dim**-0.5,
         )
         if inputs.mask is None or inputs.reference:
-            state["valid"][rows, slot] = True
+            state["valid"].scatter_(1, slot[:, None], True)
         else:
             state["valid"][rows, slot] = inputs.mask[:, 0].to(torch.bool)
         slot.add_(1).remainder_(state["k"].shape[1])

@@ -46,10 +46,12 @@ DEFAULT_CONFIG = ChunkConfig(num_stages=3)
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Launch parameters of the decode-step kernel: pair rows per block, warps per program."""
+    """Launch parameters of the decode-step kernel: pair rows per block, warps per program, and
+    value-dimension blocks per (batch, head) (0: picked from the shape, see ``triton_step``)."""
 
     block_r: int = 32
     num_warps: int = 1
+    dv_blocks: int = 0
 
 
 DEFAULT_STEP_CONFIG = StepConfig()
