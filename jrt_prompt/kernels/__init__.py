@@ -10,7 +10,11 @@ and its public op:
 - :mod:`.taylor` — what both share: the Taylor feature map, :class:`LinearAttentionState`, the
   recurrent decode step (:func:`linear_attention_step`), launch configurations and Triton helpers.
 - :mod:`.ssd` — Mamba-2's chunked SSD scan and its one-token step (``ssd_chunk_scan``,
-  ``ssd_state_update``, with transformers' argument names; see docs/kernels_ssd.md).
+  ``ssd_state_update``, with transformers' argument names; see docs/kernels_ssd.md);
+- :mod:`.mamba` — Mamba-1's selective scan and causal conv1d with their one-token updates;
+- :mod:`.norm`, :mod:`.stack` — the decode step's normalisations and the JRT stack's small
+  element-wise ops, one launch each;
+- :mod:`.linear` — a linear layer on one row (a batch-1 decode step's projections).
 
 Triton is imported only when a kernel runs.
 """
