@@ -24,13 +24,14 @@ step() {  # step SECONDS NAME COMMAND...: run COMMAND under a time limit, log to
 # (fla's GLA compiles its kernels on first use and needs more than a minute).
 per_test=()
 python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 150)
-for file in tests/test_ssm_step.py tests/test_ssm_prefill.py tests/test_kernels_norm.py tests/test_kernels_stack.py tests/test_engine_gpu.py \
+for file in tests/test_ssm_step.py tests/test_ssm_prefill.py tests/test_kernels_linear.py tests/test_kernels_norm.py tests/test_kernels_stack.py tests/test_engine_gpu.py \
             tests/test_kernels_mamba.py tests/test_accelerate.py tests/test_kernels_ssd.py \
             tests/test_jrt_fast_stack.py tests/test_modeling_jrt.py tests/test_reuse_gpu.py \
             tests/test_kernels_gpu.py; do
     step 300 "$(basename "$file" .py)" python -m pytest -q -x -s -m gpu -rA -p no:cacheprovider \
         "${per_test[@]}" "$file"
 done
+step 300 bench-linear python scripts/bench_linear.py --json "$out/linear.json"
 step 600 bench-model jrt bench model --json "$out/model.json" --plot "$out/model.png"
 step 600 bench-decode-model jrt bench decode-model --json "$out/decode-model.json"
 step 600 bench-reuse jrt bench reuse --json "$out/reuse.json"
