@@ -102,14 +102,22 @@ def test_stack_routes_small_calls_to_the_kernels(force_triton, monkeypatch):
 
 
 @pytest.mark.parametrize("mixer", ["base_conv", "sliding_window", "prefix_linear"])
-def test_tiny_model_decode_through_the_kernels_equals_the_reference(mixer, force_triton, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tiny_model_decode_through_the_kernels_equals_the_reference(mixer, batch, force_triton, monkeypatch):
     """Prefill then decode of a tiny JRT model on the fast stack, every op through Triton's
-    interpreter, against the same with the PyTorch references."""
+    interpreter, against the same with the PyTorch references; at batch 1 the steps' projections
+    go through the one-row linear kernel."""
+    from jrt_prompt.kernels.linear import triton as linear_kernels
+
     monkeypatch.setenv("JRT_STACK", "fast")
+    rows = []
+    row_linear = linear_kernels.row_linear
+    monkeypatch.setattr(linear_kernels, "row_linear", lambda *a, **k: rows.append(1) or row_linear(*a, **k))
     model = tiny_model([mixer, "base_conv"] if mixer != "base_conv" else ["base_conv"])
-    ids = torch.randint(0, 61, (2, 10), generator=_gen(6))
+    ids = torch.randint(0, 61, (batch, 10), generator=_gen(6))
     with torch.no_grad():
         got, _ = _prefill_then_decode(model, ids, 6)
+        assert bool(rows) == (batch == 1)
         monkeypatch.setenv("JRT_KERNELS", "reference")
         expect, _ = _prefill_then_decode(model, ids, 6)
     torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)

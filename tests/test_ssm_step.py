@@ -21,9 +21,9 @@ MODELS = {
 }
 
 
-def _compare_steps(model, steps=5):
+def _compare_steps(model, steps=5, batch=3):
     """Max relative logit difference and max state difference over ``steps`` greedy steps."""
-    ids = torch.randint(3, 200, (3, 11), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 200, (batch, 11), generator=torch.Generator().manual_seed(0))
     worst_logits = worst_state = 0.0
     with torch.inference_mode():
         logits, cache = HF_SSM.prefill(model, ids, None)
@@ -51,13 +51,14 @@ def test_step_is_the_model_step_bit_for_bit_with_the_same_ops(name, dtype, accel
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_step_with_triton_kernels_matches_the_model_step(name, accelerated, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 3])  # batch 1: the projections through the one-row linear
+def test_step_with_triton_kernels_matches_the_model_step(name, batch, accelerated, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("interpreter test (the gpu tests run the compiled kernels)")
     assert os.environ.get("TRITON_INTERPRET") == "1"
     monkeypatch.setenv("JRT_KERNELS", "triton")
     model = accelerated(MODELS[name]())
-    logits, state = _compare_steps(model, steps=3)
+    logits, state = _compare_steps(model, steps=3, batch=batch)
     assert logits < 1e-5 and state < 1e-5
 
 
