@@ -54,6 +54,47 @@ def cold_calls(fn, weights):
     return lambda: fn(weights[next(counter) % len(weights)])
 
 
+def measure(n: int, k: int, sweep: bool) -> dict:
+    """One weight shape: cuBLAS and the kernel (default tiles; with ``sweep`` the fastest tiles)."""
+    copies = max(2, min(STEPS, -(-COPY_BYTES // (n * k * 2))))
+    weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    expect = F.linear(x, weights[0]).float()
+    err = ((kernels.row_linear(x, weights[0], None).float() - expect).norm() / expect.norm()).item()
+
+    def us(fn, reps=10):
+        return time_graph_ms(cold_calls(fn, weights), steps=STEPS, reps=reps)["median"] * 1e3
+
+    row = dict(out=n, inp=k, rel_err=err, config=kernels.pick_config(n, k, x.device))
+    row["cublas_us"] = us(lambda w: F.linear(x, w))
+    row["kernel_us"] = us(lambda w: kernels.row_linear(x, w, None))
+    if sweep:
+        best = None
+        for config in sweep_configs():
+            try:
+                t = us(lambda w, c=config: kernels.row_linear(x, w, None, c), reps=5)
+            except Exception:  # a tile that does not fit (shared memory, registers)
+                continue
+            if best is None or t < best[0]:
+                best = (t, config)
+        row["best_us"], row["best_config"] = best
+    return row
+
+
+def row_line(row: dict) -> str:
+    n, k = row["out"], row["inp"]
+
+    def gbs(us):
+        return n * k * 2 / (us * 1e-6) / 1e9
+
+    cublas, ours = row["cublas_us"], row["kernel_us"]
+    line = (f"{n:6d} x {k:5d}  cuBLAS {cublas:7.1f} us ({gbs(cublas):5.0f} GB/s)"
+            f"  kernel {ours:7.1f} us ({gbs(ours):5.0f} GB/s)  {cublas / ours:4.2f}x  err {row['rel_err']:.1e}")
+    if "best_us" in row:
+        line += f"  best {row['best_us']:7.1f} us ({gbs(row['best_us']):5.0f} GB/s) {row['best_config']}"
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default=MODELS)
@@ -65,33 +106,8 @@ def main() -> None:
     shapes = sorted({s for name in args.models.split(",") for s in weight_shapes(name)})
     out = []
     for n, k in shapes:
-        copies = max(2, min(STEPS, -(-COPY_BYTES // (n * k * 2))))
-        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        expect = F.linear(x, weights[0])
-        err = ((kernels.row_linear(x, weights[0], None).float() - expect.float()).norm() / expect.float().norm()).item()
-        cublas = time_graph_ms(cold_calls(lambda w: F.linear(x, w), weights), steps=STEPS)["median"] * 1e3
-        ours = time_graph_ms(cold_calls(lambda w: kernels.row_linear(x, w, None), weights), steps=STEPS)["median"] * 1e3
-        row = dict(out=n, inp=k, cublas_us=cublas, kernel_us=ours, rel_err=err, config=kernels.pick_config(n, k, x.device))
-        if args.sweep:
-            best = None
-            for config in sweep_configs():
-                try:
-                    call = cold_calls(lambda w, c=config: kernels.row_linear(x, w, None, c), weights)
-                    t = time_graph_ms(call, steps=STEPS, reps=5)["median"] * 1e3
-                except Exception:  # a tile that does not fit (shared memory, registers)
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, config)
-            row["best_us"], row["best_config"] = best
-        out.append(row)
-        gbs = lambda us: n * k * 2 / (us * 1e-6) / 1e9  # noqa: E731
-        line = (f"{n:6d} x {k:5d}  cuBLAS {cublas:7.1f} us ({gbs(cublas):5.0f} GB/s)"
-                f"  kernel {ours:7.1f} us ({gbs(ours):5.0f} GB/s)  {cublas / ours:4.2f}x  err {err:.1e}")
-        if "best_us" in row:
-            line += f"  best {row['best_us']:7.1f} us ({gbs(row['best_us']):5.0f} GB/s) {row['best_config']}"
-        print(line, flush=True)
-        del weights
+        out.append(measure(n, k, args.sweep))
+        print(row_line(out[-1]), flush=True)
         torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": out}, indent=1))

@@ -50,6 +50,17 @@ def test_linear_op_keeps_leading_dims_and_falls_back(force_triton, monkeypatch):
     assert len(calls) == 2
 
 
+def test_linear_op_keeps_gradients(force_triton):
+    """The kernel has no backward: a call that wants gradients (a parameter, grad mode on) is
+    F.linear's, so training through a one-row call still reaches the weights."""
+    layer = torch.nn.Linear(12, 5)
+    x = torch.randn(1, 12)
+    ops.linear(x, layer.weight, layer.bias).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert ops._kernel_fits(x, layer.weight, layer.bias)
+
+
 def test_linear_op_is_f_linear_without_triton(monkeypatch):
     monkeypatch.setenv("JRT_KERNELS", "reference")
     w, b = torch.randn(5, 6), torch.randn(5)

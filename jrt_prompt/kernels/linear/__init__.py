@@ -2,7 +2,8 @@
 
 ``linear(x, weight, bias)`` is ``F.linear``. On CUDA, for a 16-bit input of one row it runs the
 Triton kernel of :mod:`.triton`, which streams the weight faster than cuBLAS's one-row kernels;
-everything else (more rows, float32, CPU) runs ``F.linear`` itself. ``JRT_KERNELS`` overrides the
+everything else (more rows, float32, CPU, and any call that wants gradients) runs ``F.linear``
+itself. ``JRT_KERNELS`` overrides the
 choice as for every op (:mod:`jrt_prompt.kernels.dispatch`): ``triton`` runs the kernel for any
 dtype (on CPU with ``TRITON_INTERPRET=1``, for tests), ``reference`` never.
 """
@@ -20,6 +21,11 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def _kernel_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    # The kernel has no backward: with gradients wanted F.linear runs (training, fine-tuning).
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    if bias is not None and bias.dtype != x.dtype:
+        return False
     if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.shape[-1] == 0:
         return False
     if x.numel() != x.shape[-1] or weight.stride(1) != 1 or x.dtype != weight.dtype:
