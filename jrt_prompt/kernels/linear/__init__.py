@@ -21,6 +21,8 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def _kernel_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if x.dim() == 0 or x.numel() != x.shape[-1]:  # not one row (the common case: first)
+        return False
     # The kernel has no backward: with gradients wanted F.linear runs (training, fine-tuning).
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return False
