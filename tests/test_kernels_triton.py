@@ -176,6 +176,26 @@ def test_decode_step_matches_reference_and_updates_in_place(dtype, dv_blocks):
     assert _rel(state.kv, state64.kv) < 1e-6 and _rel(state.ksum, state64.ksum) < 1e-6
 
 
+@pytest.mark.parametrize("dv_blocks", [0, 7])
+def test_decode_step_in_value_blocks_at_batch_one(dv_blocks):
+    """The 1.3B models' head size (112, not a power of two) at batch 1 × 2 heads: fewer programs
+    than multiprocessors, so the step runs in value blocks (0: as picked from the shape) and the
+    k sums in a second launch; equal to the reference, the state updated in place."""
+    g = torch.Generator().manual_seed(7)
+    b, h, dv = 1, 2, 112
+    state = state_from_tokens(
+        _rand(b, 30, h, 16, gen=g, dtype=torch.float32), _rand(b, 30, h, dv, gen=g, dtype=torch.float32), torch.ones(b, 30)
+    )
+    state64 = LinearAttentionState(state.kv.double(), state.ksum.double())
+    assert dv_blocks or step_triton._dv_blocks(b * h, dv, torch.device("cpu")) > 1
+    for _ in range(3):
+        q, k = _rand(b, h, 16, gen=g, dtype=torch.bfloat16), _rand(b, h, 16, gen=g, dtype=torch.bfloat16)
+        v = _rand(b, h, dv, gen=g, dtype=torch.bfloat16)
+        o = step_triton.decode_step(q, k, v, state, config=StepConfig(dv_blocks=dv_blocks))
+        assert _rel(o, step_reference(*_f64(q, k, v), state64)) < TOL[torch.bfloat16]
+    assert _rel(state.kv, state64.kv) < 1e-6 and _rel(state.ksum, state64.ksum) < 1e-6
+
+
 def test_dispatch_prefill_then_decode_through_public_ops(monkeypatch):
     """JRT_KERNELS=triton routes the public ops to the kernels; PLA prefill + steps == one long prefill."""
     from jrt_prompt.kernels import linear_attention_step, prefix_linear_attention
