@@ -332,11 +332,11 @@ def _round_state_to_bf16(state: LinearAttentionState) -> None:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict keys). In the fast stack a call on a few
-    rows (a decode step's batch) goes through the kernels' few-rows linear
-    (:func:`jrt_prompt.kernels.linear.linear`): a batch-1 step is bound by streaming the weights,
-    which cuBLAS's one-row kernels do at about half the copy bandwidth. Larger inputs, float32,
-    CPU and the legacy stack run ``F.linear``."""
+    """``nn.Linear`` (same parameters, same state-dict keys). In the fast stack a call on one row
+    (a batch-1 decode step) goes through the kernels' one-row linear
+    (:func:`jrt_prompt.kernels.linear.linear`): such a step is bound by streaming the weights,
+    which cuBLAS's one-row kernels do at about half the copy bandwidth. More rows, float32, CPU,
+    calls that want gradients and the legacy stack run ``F.linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one row first: a prefill's call pays one comparison, not the stack's setting and checks
