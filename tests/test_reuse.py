@@ -117,6 +117,26 @@ def test_a_state_from_another_model_or_layout_is_refused(model_of, tmp_path):
         DocumentState.load(tmp_path / "missing.safetensors", (mamba, tokenizer))
 
 
+def test_a_state_of_an_earlier_version_is_refused(model_of, tmp_path):
+    """Version 1 kept JRT-RNN's sliding windows in window slots (now window + 1): such a file is
+    refused with one line, not put into a ring of another size."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model, tokenizer, _ = model_of("jrt-rnn")
+    path = read_document((model, tokenizer), DOC).save(tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["format"] = "jrt-document-state/1"
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata=meta)
+    with pytest.raises(StateMismatchError, match="not a document state of this version") as err:
+        DocumentState.load(old, (model, tokenizer))
+    assert "\n" not in str(err.value)
+    DocumentState.load(path, (model, tokenizer))  # the current version loads
+
+
 def test_question_first_cannot_be_reused():
     model, tokenizer = tiny_jrt("based"), build_byte_tokenizer()
     with pytest.raises(JRTArgumentError, match="context_first"):

@@ -58,7 +58,9 @@ from .families import StateFamily, family_of, flatten, unflatten
 from .hf import greedy_transformers, output_cache
 from .result import Generation, finish, pad_token_id
 
-FORMAT = "jrt-document-state/1"
+# 2: JRT-RNN's sliding-window layers keep a ring of window + 1 slots (was window); a state file of
+# version 1 is refused with one line, and a state cache reads the document again.
+FORMAT = "jrt-document-state/2"
 KV_FAMILY = "transformers-kv"  # transformers' prefix KV cache (a model without a constant state)
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
 
