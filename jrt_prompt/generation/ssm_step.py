@@ -7,12 +7,12 @@ step, transposed copies. At batch 1 a 1.4B model's step is then bound by kernel 
 model's own parameters and cache tensors in six or seven kernels a layer: residual add + RMSNorm
 (one kernel), the input projection, the conv update, the projections of dt / B / C (Mamba-1),
 the state update (with the dt bias, softplus, ``D`` and, for Mamba-1, the ``z`` gate), Mamba-2's
-gated RMSNorm, and the output projection. The projections of a batch of up to 16 rows go through
-the kernels' few-rows linear (:mod:`jrt_prompt.kernels.linear`): a step at batch 1 is bound by
-streaming the weights, which cuBLAS's one-row kernels do at about half the copy bandwidth. Every cast of transformers' block is kept (the
-residual stream in float32 when ``residual_in_fp32``, the norm reading it rounded to the weights'
-dtype, the final norm reading it unrounded), so the step gives transformers' numbers; the tests
-compare it with the model's own forward.
+gated RMSNorm, and the output projection. At batch 1 the projections go through the kernels'
+one-row linear (:mod:`jrt_prompt.kernels.linear`): such a step is bound by streaming the weights,
+which cuBLAS's one-row kernels do at about half the copy bandwidth. Every cast of transformers'
+block is kept (the residual stream in float32 when ``residual_in_fp32``, the norm reading it
+rounded to the weights' dtype, the final norm reading it unrounded), so the step gives
+transformers' numbers; the tests compare it with the model's own forward.
 
 Used by the decode engine for ``mamba`` and ``mamba2`` models whose layers have the standard
 layout (SiLU activation, no Mamba-2 MLP split); Falcon-Mamba (extra RMSNorms on B, C, dt) and

@@ -3,9 +3,9 @@
 ``linear(x, weight, bias)`` is ``F.linear``. On CUDA, for a 16-bit input of one row it runs the
 Triton kernel of :mod:`.triton`, which streams the weight faster than cuBLAS's one-row kernels;
 everything else (more rows, float32, CPU, and any call that wants gradients) runs ``F.linear``
-itself. ``JRT_KERNELS`` overrides the
-choice as for every op (:mod:`jrt_prompt.kernels.dispatch`): ``triton`` runs the kernel for any
-dtype (on CPU with ``TRITON_INTERPRET=1``, for tests), ``reference`` never.
+itself. ``JRT_KERNELS`` overrides the choice as for every op (:mod:`jrt_prompt.kernels.dispatch`):
+``triton`` runs the kernel for any dtype (on CPU with ``TRITON_INTERPRET=1``, for tests),
+``reference`` never.
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def _kernel_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if x.dim() == 0 or x.numel() != x.shape[-1]:  # not one row (the common case: first)
+    if x.dim() == 0 or x.numel() != x.shape[-1] or x.shape[-1] == 0:  # one row (the common miss: first)
         return False
     # The kernel has no backward: with gradients wanted F.linear runs (training, fine-tuning).
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    wants_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and wants_grad:
         return False
-    if bias is not None and bias.dtype != x.dtype:
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1] or weight.stride(1) != 1:
         return False
-    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.shape[-1] == 0:
+    if x.dtype != weight.dtype or x.device != weight.device:
         return False
-    if x.numel() != x.shape[-1] or weight.stride(1) != 1 or x.dtype != weight.dtype:
-        return False
-    if x.device != weight.device or (bias is not None and (bias.dim() != 1 or bias.stride(0) != 1)):
+    if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or bias.stride(0) != 1):
         return False
     if backend_for(x) != "triton":
         return False

@@ -41,8 +41,8 @@ def _row_linear_kernel(
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
-def pick_config(n: int, k: int, device: torch.device) -> dict:
-    """Tiles and warps for a [n, k] weight, from ``scripts/bench_linear.py --sweep`` (H200, weights
+def pick_config(k: int) -> dict:
+    """Tiles and warps for a weight of ``k`` inputs, from ``scripts/bench_linear.py --sweep`` (H200, weights
     read from memory): two output rows a program and 1,024–2,048-wide reads along ``k`` were
     the fastest on every projection of the benchmark models with ``k`` ≥ 1,792; a short ``k``
     (Mamba's dt projection, 128) gets more rows a program so that each still reads ≥ 4 KB."""
@@ -55,7 +55,7 @@ def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """x [k] or [1, k] (unit stride), weight [n, k] contiguous along k -> [1, n] in x's dtype."""
     k = x.shape[-1]
     n = weight.shape[0]
-    config = dict(config or pick_config(n, k, x.device))
+    config = config or pick_config(k)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _row_linear_kernel[(triton.cdiv(n, config["BLOCK_N"]),)](
         x, weight, bias if bias is not None else weight, y,
