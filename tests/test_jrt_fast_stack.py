@@ -398,8 +398,10 @@ def test_bench_jrt_layers_smoke_on_cpu(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["jrt-rnn-1.3b", "based-1.3b"])
 def test_gpu_full_size_fast_equals_legacy(name, monkeypatch):
-    """The 1.3B layouts in bf16, random weights, 2,300 tokens (several window blocks, past the
-    1,024-token encoder): fast (compiled) against legacy, and fast prefill + decode."""
+    """The 1.3B layouts, random weights, 2,300 tokens (several window blocks, past the 1,024-token
+    encoder): fast (compiled) against legacy in fp32, and in bf16 each path against the fp32
+    logits: the fast path and its prefill + decode may round differently from the legacy path in
+    bf16, but not by more."""
     from jrt_prompt.bench.model import build_model
 
     torch.manual_seed(0)
@@ -409,17 +411,23 @@ def test_gpu_full_size_fast_equals_legacy(name, monkeypatch):
     def relative_error(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
+    def logits(stack):
+        monkeypatch.setenv("JRT_STACK", stack)
+        return model(ids).logits[0, -300:].float()
+
     with torch.inference_mode():
-        monkeypatch.setenv("JRT_STACK", "legacy")
-        legacy = model(ids).logits[0, -300:]
-        monkeypatch.setenv("JRT_STACK", "fast")
-        fast = model(ids).logits[0, -300:]
+        legacy, fast = logits("legacy"), logits("fast")
         stepped, _ = _prefill_then_decode(model, ids, 2296)
+        model.float()
+        reference, fast32 = logits("legacy"), logits("fast")
     assert not fused.compile_failures(), "torch.compile failed; the fused functions ran eagerly"
-    # bf16 rounding differs between the paths (fp32 accumulation in the fused functions); the
-    # exact equality is tested in fp32 above, this checks the compiled kernels at full size.
-    assert relative_error(fast, legacy) < 3e-2
-    assert relative_error(stepped[0, -4:], fast[-4:]) < 3e-2
+    assert relative_error(fast32, reference) < 1e-3
+    # bf16 over 36 random layers drifts a few percent from fp32 on either path (measured on an
+    # H200: legacy 3.5e-2, fast 3.2e-2, prefill + decode 3.0e-2 to 3.5e-2)
+    legacy_error = relative_error(legacy, reference)
+    assert legacy_error < 0.1
+    assert relative_error(fast, reference) <= 1.25 * legacy_error
+    assert relative_error(stepped[0, -4:], reference[-4:]) <= 1.5 * legacy_error
 
 
 def test_only_large_cuda_tensors_are_compiled():
