@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..hardware import multiprocessor_count
 from ..taylor.config import DEFAULT_CONFIG, PAIR_LAYOUTS, ChunkConfig
 from ..taylor.reference import empty_state
 from ..taylor.state import LinearAttentionState
@@ -35,7 +36,6 @@ from ..taylor.triton_common import (
     _dot_dtype,
     _intra_chunk,
     _load_chunk,
-    _num_sms,
     _pair_tables,
     _precision,
     _split_plan,
@@ -671,7 +671,7 @@ def based_prefill(
         # programs alone leave most of the GPU idle (small batches), and keep >= 1k tokens each.
         block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
         programs = triton.cdiv(dv, block_dv) * b * h
-        sms = _num_sms(q.device)
+        sms = multiprocessor_count(q.device)
         want = 1 if programs >= sms else max(1, min(2 * sms // programs, n // 1024))
     segments, seg_tokens = _split_plan(n, want, config.chunk)
     inline = config.normaliser_block <= 0

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..hardware import multiprocessor_count
+
 # exp(dt A) is computed as exp2(dt A log2(e)); a constexpr global, readable inside the kernels
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
@@ -181,16 +183,10 @@ def _block_n(n: int) -> int:
     return max(triton.next_power_of_2(n), 2)
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def pick_chunks(batch: int, d: int, length: int, block_d: int, device: torch.device, per_sm: int = 8) -> int:
     """How many time chunks to scan in parallel: enough programs for ``per_sm`` per multiprocessor."""
     programs = batch * triton.cdiv(d, block_d)
-    target = per_sm * _num_sms(device)
+    target = per_sm * multiprocessor_count(device)
     if programs >= target // 2 or length <= 128:
         return 1
     chunks = triton.cdiv(target, programs)

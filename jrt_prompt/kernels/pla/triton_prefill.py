@@ -15,9 +15,10 @@ import triton
 
 from ..based.triton_normaliser import _causal_normaliser, _normaliser_pass
 from ..based.triton_prefill import _partial_states, based_prefill
+from ..hardware import multiprocessor_count
 from ..taylor.config import DEFAULT_CONFIG, ChunkConfig
 from ..taylor.state import LinearAttentionState
-from ..taylor.triton_common import _num_sms, _split_plan, supports
+from ..taylor.triton_common import _split_plan, supports
 from . import reference
 
 # PLA's encoder reduction has no queries and no [chunk, chunk] scores, so it takes a larger chunk
@@ -58,7 +59,7 @@ def _encoder_kv(k_enc, v_enc, *, mask_u8, enc_len, config: ChunkConfig) -> Linea
     block_dv = min(config.block_dv, max(16, triton.next_power_of_2(dv)))
     programs = triton.cdiv(dv, block_dv) * b * h
     # Enough programs to fill the GPU several times over, but at least ~1k tokens each.
-    want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * _num_sms(k_enc.device), programs)))
+    want = max(1, min(triton.cdiv(n, 1024), triton.cdiv(8 * multiprocessor_count(k_enc.device), programs)))
     splits, tokens_per_split = _split_plan(n, want, config.chunk)
     inline = config.normaliser_block <= 0
     kv_parts, ks_parts = _partial_states(

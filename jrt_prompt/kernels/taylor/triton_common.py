@@ -107,12 +107,6 @@ def _dot_dtype(dtype: torch.dtype):
     return _TL_DTYPES[dtype]
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 _PAIRS: dict = {}
 
 

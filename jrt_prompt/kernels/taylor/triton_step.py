@@ -16,10 +16,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..hardware import multiprocessor_count
 from . import reference
 from .config import DEFAULT_STEP_CONFIG, StepConfig
 from .state import LinearAttentionState
-from .triton_common import _num_sms, _pair_tables
+from .triton_common import _pair_tables
 
 
 @triton.jit
@@ -120,7 +121,7 @@ def _step_sym_kernel(
 def _dv_blocks(programs: int, dv: int, device: torch.device) -> int:
     """Value-dimension blocks a (batch, head) program is cut into: enough for about one program
     per multiprocessor, blocks of at least 16 values; 1 once batch × heads alone fill the GPU."""
-    sms = _num_sms(device)
+    sms = multiprocessor_count(device)
     if programs >= sms:
         return 1
     return max(1, min(triton.cdiv(dv, 16), triton.cdiv(sms, programs)))
