@@ -33,7 +33,11 @@ for file in tests/test_ssm_step.py tests/test_ssm_prefill.py tests/test_kernels_
 done
 step 300 bench-linear python scripts/bench_linear.py --json "$out/linear.json"
 step 600 bench-model jrt bench model --json "$out/model.json" --plot "$out/model.png"
-step 600 bench-decode-model jrt bench decode-model --json "$out/decode-model.json"
+step 600 bench-decode-model jrt bench decode-model --models mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b \
+    --json "$out/decode-model.json"
+# fla autotunes each GLA kernel over all its configurations the first time it sees a shape (tens
+# of seconds a shape on a fresh machine; Triton caches the choice on disk), so GLA runs alone
+step 600 bench-decode-model-gla jrt bench decode-model --models gla-1.3b --json "$out/decode-model-gla.json"
 step 600 bench-reuse jrt bench reuse --json "$out/reuse.json"
 step 600 bench-eval-throughput jrt bench eval-throughput --prompts 2000 \
     --models mamba-1.4b,mamba2-1.3b,jrt-rnn-1.3b,based-1.3b,transformer-1.3b --json "$out/eval-throughput.json"
