@@ -7,7 +7,7 @@ from jrt_prompt.bench.eval_throughput import (
     format_eval_throughput_table,
     run_eval_throughput,
     synthetic_records,
-    warmup_prompts,
+    one_off_seconds,
 )
 
 
@@ -65,18 +65,16 @@ def test_eval_throughput_on_a_tiny_cpu_model():
     row = result["rows"][0]
     assert row["path"] == "decode engine" and row["generations"] == 8
     assert row["seconds"] > 0 and row["prompts_per_s"] > 0 and 0 < row["answer_tokens"] <= 40
-    assert row["warmup_seconds"] > 0
+    assert row["first_pass_seconds"] > 0 and set(row["first_pass_seconds_per_form"]) == {"default", "twice"}
+    assert row["one_off_seconds"] == one_off_seconds(row["first_pass_seconds"], row["seconds"])
     scaled = row["seconds"] * 12_000 / 4
-    assert row["projected_paper_seconds"] == pytest.approx(row["warmup_seconds"] + scaled)
+    assert row["projected_paper_seconds"] == pytest.approx(row["one_off_seconds"] + scaled)
     assert "| based-1.3b | decode engine | 8 |" in format_eval_throughput_table(result)
 
 
-def test_eval_warmup_covers_a_new_length_and_a_new_batch_size():
-    texts = {"default": ["a" * n for n in (5, 9, 7, 3, 8, 6)], "twice": ["b" * n for n in (10, 18, 14, 6, 16, 12)]}
-    calls = warmup_prompts(texts)
-    assert calls[0] == ["aaa", "aaaaa"]  # the two shortest of the short form
-    assert calls[1] == ["b" * 16, "b" * 18]  # the two longest of the long form
-    assert len(calls[2]) == 4  # another batch size
+def test_one_off_seconds_are_the_first_pass_less_the_timed_one():
+    assert one_off_seconds(30.0, 12.5) == 17.5
+    assert one_off_seconds(10.0, 10.4) == 0.0  # no one-off cost: noise never makes it negative
 
 
 def test_engine_bench_commands_without_gpu_fail_with_one_line():

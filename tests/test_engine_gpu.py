@@ -79,7 +79,7 @@ def test_graph_path_equals_eager_path_fp32(name, tmp_path, monkeypatch):
     assert torch.equal(eager, graph)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [*FAMILIES, "gla"])
 def test_engine_equals_transformers_generate_on_gpu_fp32(name, tmp_path):
     model, tokenizer = _model(name, tmp_path)
     prompts = _random_prompts(24, seed=2)
@@ -91,7 +91,7 @@ def test_engine_equals_transformers_generate_on_gpu_fp32(name, tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [*FAMILIES, "gla"])
 def test_bf16_answers_agree_with_transformers_generate(name, tmp_path, accelerated):
     """Share of identical answers, graph engine vs transformers' generate, both bf16 (target ≥ 98%).
 
