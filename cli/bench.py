@@ -190,7 +190,9 @@ def eval_throughput_command(
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Wall time and prompts/s of the Table-1-shaped protocol (500-2,000-token prompts, 48 greedy tokens)."""
+    """Wall time and prompts/s of the Table-1-shaped protocol (500-2,000-token prompts, 48 greedy tokens).
+
+    Two passes per model: the first pays the one-off costs, the second is timed and projected."""
     from jrt_prompt.bench.eval_throughput import format_eval_throughput_table, run_eval_throughput
 
     result = run_eval_throughput(
