@@ -5,9 +5,9 @@ import pytest
 from jrt_prompt.bench.decode_model import format_decode_model_table, run_decode_model_bench
 from jrt_prompt.bench.eval_throughput import (
     format_eval_throughput_table,
+    one_off_seconds,
     run_eval_throughput,
     synthetic_records,
-    one_off_seconds,
 )
 
 
@@ -116,5 +116,12 @@ def test_reuse_bench_on_tiny_cpu_models():
     recurrent = by[("mamba-1.4b", 3, "reuse")]["state_bytes"]
     kv = by[("transformer-1.3b", 3, "reuse")]["state_bytes"]
     assert by[("transformer-1.3b", 3, "reuse")]["cache"] == "prefix KV cache" and recurrent > 0 and kv > 0
+    for (model, q, path), r in by.items():  # reuse rows split their time: one read, the answers
+        if "questions_per_s" in r:
+            assert ("read_seconds" in r) == (path == "reuse"), (model, q, path)
+            if path == "reuse":
+                assert 0 < r["read_seconds"] and 0 < r["ask_seconds"]
+                assert r["read_seconds"] + r["ask_seconds"] < 3 * r["seconds"]  # medians of the same calls
     table = format_reuse_table(result)
     assert "| mamba-1.4b | 3 |" in table and "no-such-model" in table and "MiB" in table
+    assert all(line.count("|") == 10 for line in table.splitlines())  # every row has every column

@@ -18,7 +18,9 @@ by default), Q questions of ``question_tokens`` tokens are asked about one docum
 Each row's time covers everything from text to answers (tokenizing, reading, decoding): the
 median of three timed calls, after a warm-up call of the same path and number of questions (CUDA
 graph capture, kernel selection). ``state_bytes`` is the cached document's size: the recurrent
-state, or the Transformer's KV cache of the prefix.
+state, or the Transformer's KV cache of the prefix. Reuse rows also split their time into the
+document's read (``read_seconds``) and the answers from its state (``ask_seconds``: the questions
+read and the answers decoded), medians of the same calls.
 """
 
 from __future__ import annotations
@@ -44,20 +46,26 @@ def _text(rng: random.Random, n: int) -> str:
 
 
 def _answer(model, tokenizer, path, doc, questions, repeat, answer_tokens, device):
-    """Answers of ``questions`` about ``doc`` on ``path``; returns (generations, state bytes or None)."""
+    """Answers of ``questions`` about ``doc`` on ``path``; returns (generations, state bytes or
+    None, the reuse path's parts: seconds reading the document and seconds answering from it)."""
     from jrt_prompt.generation import generate, read_document
     from jrt_prompt.prompts import JRTPrompt
 
     n = len(questions)
     if path == "reuse":
+        started = time.perf_counter()
         state = read_document((model, tokenizer), doc, repeat)
-        return state.ask(
-            questions, max_new_tokens=answer_tokens, stop=(), batch_size=max(n, 1)
-        ), state.state_bytes
+        sync(device)
+        read = time.perf_counter() - started
+        gens = state.ask(questions, max_new_tokens=answer_tokens, stop=(), batch_size=max(n, 1))
+        sync(device)
+        parts = {"read": read, "ask": time.perf_counter() - started - read}
+        return gens, state.state_bytes, parts
     template = JRTPrompt(repeat=repeat, question_first=path == "scratch" and repeat > 1)
     prompts = [template.render(doc, q) for q in questions]
     batch = n if torch.device(device).type == "cuda" else min(n, 8)
-    return generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, stop=(), batch_size=batch), None
+    gens = generate(model, tokenizer, prompts, max_new_tokens=answer_tokens, stop=(), batch_size=batch)
+    return gens, None, None
 
 
 TIMED_CALLS = 3
@@ -111,27 +119,36 @@ def run_reuse_bench(
                 except Exception:  # the timed call records the error
                     pass
                 try:
-                    times = []
+                    times, part_times = [], []
                     for _ in range(TIMED_CALLS):  # the median of a few calls: one varied by 1.4x
                         sync(device)
                         started = time.perf_counter()
-                        gens, nbytes = _answer(
+                        gens, nbytes, parts = _answer(
                             model, tokenizer, path, doc, pool[:q], repeat, answer_tokens, device
                         )
                         sync(device)
                         times.append(time.perf_counter() - started)
+                        part_times.append(parts)
                     seconds = statistics.median(times)
                     row.update(
                         seconds=seconds, questions_per_s=q / seconds, prompt_tokens=gens[0].prompt_tokens
                     )
                     if nbytes is not None:
                         row["state_bytes"] = int(nbytes)
+                    if part_times[0] is not None:  # where reuse's time goes: one read, the answers
+                        row["read_seconds"] = statistics.median(p["read"] for p in part_times)
+                        row["ask_seconds"] = statistics.median(p["ask"] for p in part_times)
                 except Exception as exc:  # recorded per row
                     row["note"] = error_note(exc)
                 log(
                     f"{name:<18} Q={q:<3} {path:<22} "
                     + (
                         f"{row['questions_per_s']:9.2f} questions/s"
+                        + (
+                            f"  (read {1e3 * row['read_seconds']:.1f} ms, ask {1e3 * row['ask_seconds']:.1f} ms)"
+                            if "read_seconds" in row
+                            else ""
+                        )
                         if "questions_per_s" in row
                         else row["note"]
                     )
@@ -162,14 +179,15 @@ def format_reuse_table(result: dict) -> str:
         if r.get("cache") == "prefix KV cache" and "state_bytes" in r
     }
     lines = [
-        "| model | Q | scratch q/s | scratch context-first q/s | reuse q/s | reuse ÷ scratch | bytes per document | vs Transformer KV |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | Q | scratch q/s | scratch context-first q/s | reuse q/s | reuse ÷ scratch | reuse: read + ask ms "
+        "| bytes per document | vs Transformer KV |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keys = list(dict.fromkeys((r["model"], r.get("questions")) for r in rows))
     for model, q in keys:
         if q is None:
             note = next(r["note"] for r in rows if r["model"] == model)
-            lines.append(f"| {model} | — | {note} | — | — | — | — | — |")
+            lines.append(f"| {model} | — | {note} | — | — | — | — | — | — |")
             continue
         by = {r["path"]: r for r in rows if r["model"] == model and r.get("questions") == q}
 
@@ -190,7 +208,13 @@ def format_reuse_table(result: dict) -> str:
             else "—"
         )
         size = f"{nbytes / 2**20:,.1f} MiB" if nbytes is not None else "—"
+        parts = (
+            f"{1e3 * reuse['read_seconds']:,.1f} + {1e3 * reuse['ask_seconds']:,.1f}"
+            if "read_seconds" in reuse
+            else "—"
+        )
         lines.append(
-            f"| {model} | {q} | {cell('scratch')} | {cell('scratch-context-first')} | {cell('reuse')} | {speedup} | {size} | {share} |"
+            f"| {model} | {q} | {cell('scratch')} | {cell('scratch-context-first')} | {cell('reuse')} | {speedup} "
+            f"| {parts} | {size} | {share} |"
         )
     return "\n".join(lines)
