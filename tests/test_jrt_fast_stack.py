@@ -185,6 +185,39 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     assert calls == ["swiglu"] and fused.compile_failures() == ["swiglu"]
 
 
+def test_fused_functions_compile_once_for_any_length_and_batch(monkeypatch):
+    """Over prompts of mixed lengths and batch sizes (a `jrt eval` run) each fused function is
+    compiled twice, batch 1 and the rest, not once per kind of shape change."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(fused, "_compiles_on", lambda t: True)
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.setattr(fused, "_BROKEN", set())
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    torch._dynamo.reset()
+    weight = torch.rand(16) + 0.5
+    with torch.inference_mode():
+        for batch, length in [(2, 52), (2, 400), (4, 230), (64, 100), (1, 400), (1, 300), (3, 177)]:
+            x, delta = torch.randn(batch, length, 16), torch.randn(batch, length, 16)
+            total, normed = fused.run(fused.add_rms_norm, x, delta, weight, 1e-5)
+            expect_total, expect_normed = fused.add_rms_norm(x, delta, weight, 1e-5)
+            assert torch.equal(total, expect_total) and torch.equal(normed, expect_normed)
+    assert counter.frame_count == 2
+    # rotary: [b, l, 3, heads, head dim] and its tables [b, l, 1, half]; only b and l vary
+    counter.frame_count = 0
+    with torch.inference_mode():
+        for batch, length in [(2, 52), (2, 40), (4, 23), (1, 40), (1, 30)]:
+            qkv = torch.randn(batch, length, 3, 2, 8)
+            angles = torch.randn(batch, length, 1, 3)
+            got = fused.run(fused.rotary_qkv, qkv, angles.cos(), angles.sin())
+            for a, b in zip(got, fused.rotary_qkv(qkv, angles.cos(), angles.sin()), strict=True):
+                assert torch.equal(a, b)
+    assert counter.frame_count == 2
+    torch._dynamo.reset()
+
+
 def test_bad_stack_choice_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("JRT_STACK", "turbo")
     with pytest.raises(JRTError, match="JRT_STACK='turbo' is not one of"):

@@ -19,6 +19,8 @@ both in one process:
   the Triton ops); ``0`` compile nothing (the Triton ops serve every size).
   Compiling costs seconds per function and shape family on a process's first calls (less once
   inductor's on-disk cache holds them): worth it for long prompts only, hence the size bound.
+  Batch size and length are compiled as dynamic from the first call, so a function compiles
+  twice in a process (batch 1, and every other batch), whatever the prompts' shapes.
 * ``JRT_SWA``: ``blocks`` (default; SDPA over windowed blocks, exact, any device) or ``flex``
   (``flex_attention`` with a sliding-window block mask).
 """
@@ -191,6 +193,25 @@ def _kernel_for(fn, args):
     return _KERNELS.get(fn)
 
 
+def _mark_token_dims_dynamic(args) -> None:
+    """Compile for any batch size and length from the first call. Left to itself, torch.compile
+    compiles the first shape as it is, again when the length changes, again when the batch size
+    does, and once more for batch 1: four compilations a function over a run of mixed prompts
+    (`jrt eval`), where two serve (a dynamic size of 1 is specialised, so batch 1 keeps its own).
+
+    Every function here takes its activation first, [batch, length, ...] ([batch, width] for a
+    decode step): those leading dimensions are marked, and the same dimensions of the other
+    inputs where they have the same sizes (a mask, the rotary tables). The model's widths stay
+    static, as kernels are best specialised for them; one-dimensional inputs are weights."""
+    first = args[0]
+    leading = range(2 if first.dim() >= 3 else 1)
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() >= 2:
+            for dim in leading:
+                if dim < a.dim() and a.shape[dim] == first.shape[dim]:
+                    torch._dynamo.maybe_mark_dynamic(a, dim)
+
+
 def compile_failures() -> list[str]:
     """Names of the fused functions whose compilation failed (they run eagerly since)."""
     return sorted(fn.__name__ for fn in _BROKEN)
@@ -215,6 +236,7 @@ def run(fn, *args, compile: bool = True):
     compiled = _COMPILED.get(fn)
     if compiled is None:
         compiled = _COMPILED[fn] = torch.compile(fn, fullgraph=True)
+    _mark_token_dims_dynamic(args)
     try:
         return compiled(*args)
     except Exception as error:  # noqa: BLE001 - a compiler failure must not stop inference
