@@ -185,7 +185,7 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     assert calls == ["swiglu"] and fused.compile_failures() == ["swiglu"]
 
 
-def test_fused_functions_compile_once_for_any_length_and_batch(monkeypatch):
+def test_fused_functions_compile_twice_over_mixed_shapes(monkeypatch):
     """Over prompts of mixed lengths and batch sizes (a `jrt eval` run) each fused function is
     compiled twice, batch 1 and the rest, not once per kind of shape change."""
     from torch._dynamo.testing import CompileCounter
