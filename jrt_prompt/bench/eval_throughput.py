@@ -20,11 +20,9 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-import torch
-
 from jrt_prompt.errors import JRTArgumentError
 
-from .timing import bench_device, environment, error_note, release_memory
+from .timing import bench_device, environment, error_note, release_memory, sync
 
 PAPER_PROMPTS = 12_000
 MODELS = ("mamba-1.4b", "mamba2-1.3b", "jrt-rnn-1.3b", "based-1.3b", "gla-1.3b", "transformer-1.3b")
@@ -57,7 +55,7 @@ def synthetic_records(count: int, min_tokens: int, max_tokens: int, seed: int = 
     return out
 
 
-def _timed_pass(model, tokenizer, texts: dict[str, list[str]], *, max_new_tokens, batch_size, on_cuda):
+def _timed_pass(model, tokenizer, texts: dict[str, list[str]], *, max_new_tokens, batch_size, device):
     """Every form's prompts through :func:`jrt_prompt.generate` once: (seconds per form, answer tokens)."""
     from jrt_prompt import generate
 
@@ -65,8 +63,7 @@ def _timed_pass(model, tokenizer, texts: dict[str, list[str]], *, max_new_tokens
     for form, batch in texts.items():
         t0 = time.perf_counter()
         gens = generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        if on_cuda:
-            torch.cuda.synchronize()
+        sync(device)
         per_form[form] = time.perf_counter() - t0
         tokens += sum(g.answer_tokens for g in gens)
     return per_form, tokens
@@ -99,7 +96,6 @@ def run_eval_throughput(
     from .model import build_or_note, run_dtype
 
     device = bench_device(device, "eval-throughput")
-    on_cuda = torch.device(device).type == "cuda"
     torch_dtype = run_dtype(dtype, device)
     tokenizer = build_byte_tokenizer(model_max_length=1 << 20)
     records = synthetic_records(prompts, min_tokens, max_tokens)
@@ -120,11 +116,11 @@ def run_eval_throughput(
             # whichever they are: the first pass over every prompt pays them all, the second, timed
             # pass none; their difference is what a full run pays once.
             first_form, _ = _timed_pass(
-                model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_cuda=on_cuda
+                model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device
             )
             first = sum(first_form.values())
             per_form, tokens = _timed_pass(
-                model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_cuda=on_cuda
+                model, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device
             )
             seconds = sum(per_form.values())
             one_off = one_off_seconds(first, seconds)
