@@ -9,6 +9,7 @@ from tiny_models import full_width_mamba_on_cuda, tiny_mamba2_model, tiny_mamba_
 
 from jrt_prompt import accelerate
 from jrt_prompt.generation import DecodeEngine, family_of
+from jrt_prompt.generation.engine import EXTEND_PIECE, extend_pieces
 from jrt_prompt.generation.families import HF_SSM, HF_SSM_FUSED, _hf_ssm_tree, flatten
 from jrt_prompt.generation.ssm_prefill import fused_ssm_extend, fused_ssm_prefill
 from jrt_prompt.models.accelerate import restore
@@ -139,6 +140,35 @@ def test_engine_extends_questions_of_different_lengths_in_groups():
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_extend_pieces_are_powers_of_two_that_sum_to_the_length():
+    for length in range(1, 300):
+        pieces = extend_pieces(length)
+        assert sum(pieces) == length
+        assert all(p & (p - 1) == 0 and p <= EXTEND_PIECE for p in pieces)
+        assert pieces == sorted(pieces, reverse=True)
+    assert extend_pieces(23) == [16, 4, 2, 1] and extend_pieces(130) == [64, 64, 2]
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_extend_in_slots_equals_one_forward_per_length(name):
+    """The path a GPU takes (here without graphs): questions of mixed lengths, more rows than a
+    slot batch holds and an odd number of rows a batch (idle slots), each question read piece by
+    piece in the decoders' static buffers. Same first tokens and states as one forward per
+    group of equal length."""
+    model = MODELS[name]()
+    family = family_of(model)
+    doc = _ids(batch=1, length=23)
+    questions = [[5, 6, 7, 8, 9, 10, 11], [8, 9], [10, 11, 12, 13, 14, 15, 16], [13], [3] * 23, [7, 7]]
+    with torch.inference_mode():
+        _, cache = family.prefill(model, doc.expand(len(questions), -1).contiguous(), None)
+        engine = DecodeEngine(model, None, family)
+        first_ref, state_ref = engine._extend_rows(copy.deepcopy(cache), questions)
+        first, state = engine._extend_rows_in_slots(copy.deepcopy(cache), questions, slots_limit=4)
+    assert torch.equal(first, first_ref)
+    for a, b in zip(state, state_ref, strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
 def test_model_prefill_on_request(monkeypatch):
     """JRT_PREFILL=model prefills through the model's own forward (its numbers to the bit)."""
     model = tiny_mamba_model()
@@ -201,3 +231,37 @@ def test_gpu_prefill_at_full_width_is_as_accurate_as_the_accelerated_forward(
     bad = {k: v for k, v in errors.items() if v[0] > max(2 * v[1], floor)}
     assert not bad, f"ours vs the model's own error against float64: {bad} (all: {errors})"
     assert rel(ours, theirs) < (1e-3 if dtype == torch.float32 else 5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba-1.4b", "mamba2-1.3b"])
+def test_gpu_questions_read_in_captured_pieces_equal_one_forward(name):
+    """On the GPU the engine reads questions in CUDA-graph-captured extend pieces: every piece
+    length is captured (no eager fallback), and the first tokens and states equal one eager
+    forward per length (fp32, real widths, 4 layers)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import warnings
+
+    from jrt_prompt.generation.engine import _EAGER, _Extender
+
+    model = accelerate(full_width_mamba_on_cuda(name))
+    family = family_of(model)
+    gen = torch.Generator().manual_seed(1)
+    questions = [torch.randint(0, 50000, (n,), generator=gen).tolist() for n in (16, 16, 23, 5, 16, 1)]
+    doc = torch.randint(0, 50000, (1, 300), device="cuda")
+    with torch.inference_mode():
+        _, cache = family.prefill(model, doc.expand(len(questions), -1).contiguous(), None)
+    engine = DecodeEngine(model, None, family)
+    first_ref, state_ref = engine._extend_rows(copy.deepcopy(cache), questions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(2):  # the second call replays the graphs the first captured
+            first, state = engine.continue_rows(copy.deepcopy(cache), questions, slots_limit=4, pad_id=0)
+    extenders = [v for v in engine._store().values() if isinstance(v, _Extender)]
+    assert {e.ids.shape[1] for e in extenders} == {16, 4, 2, 1} and all(
+        e.graph is not _EAGER for e in extenders
+    )
+    assert torch.equal(first, first_ref)
+    for a, b in zip(state, state_ref, strict=True):
+        assert ((a.double() - b.double()).norm() / b.double().norm()).item() < 1e-4

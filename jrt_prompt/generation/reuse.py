@@ -537,7 +537,7 @@ def ask_many(
         with torch.inference_mode():
             states = [pairs[i][0] for i in batch]
             leaves = [
-                torch.cat([st.leaves[k] for st in states]).clone() for k in range(len(states[0].leaves))
+                torch.cat([st.leaves[k] for st in states]) for k in range(len(states[0].leaves))
             ]
             cache = _cache_with(reader, states[0].template, leaves)
             first, continued = engine.continue_rows(
