@@ -18,6 +18,21 @@ from jrt_prompt.bench.model import build_model
 from jrt_prompt.generation import DecodeEngine, family_of, release_graphs
 
 
+def print_kernel_table(prof, top: int) -> None:
+    """The number of CUDA kernels a profile saw, their summed time, and the ``top`` largest."""
+    kernels = collections.defaultdict(lambda: [0, 0.0])
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = kernels[event.name[:70]]
+            entry[0] += 1
+            entry[1] += event.device_time_total
+    count = sum(c for c, _ in kernels.values())
+    total = sum(t for _, t in kernels.values())
+    print(f"  {count} kernels, {total / 1e3:.3f} ms kernel time")
+    for kernel, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"   {c:5d} {t / 1e3:8.3f} ms  {kernel}")
+
+
 def profile(name: str, batches: list[int]) -> None:
     model = build_model(name, device="cuda", dtype=torch.bfloat16)
     family = family_of(model)
@@ -26,7 +41,9 @@ def profile(name: str, batches: list[int]) -> None:
         engine = DecodeEngine(model, None, family)
         engine.greedy_ids(ids, 17)  # warm-up: graph capture
         _, _, seconds = engine.greedy_ids(ids, 65)
-        print(f"{name} b{b} ({family.name}): graph {1e3 * seconds / 64:.3f} ms/step {b * 64 / seconds:.0f} tok/s")
+        print(
+            f"{name} b{b} ({family.name}): graph {1e3 * seconds / 64:.3f} ms/step {b * 64 / seconds:.0f} tok/s"
+        )
         with torch.inference_mode():
             logits, cache = family.prefill(model, ids, None)
             tokens = logits.argmax(-1)[:, None]
@@ -36,17 +53,7 @@ def profile(name: str, batches: list[int]) -> None:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 family.step(model, cache, tokens)
                 torch.cuda.synchronize()
-        kernels = collections.defaultdict(lambda: [0, 0.0])
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA:
-                entry = kernels[event.name[:70]]
-                entry[0] += 1
-                entry[1] += event.device_time_total
-        count = sum(c for c, _ in kernels.values())
-        total = sum(t for _, t in kernels.values())
-        print(f"  {count} kernels, {total / 1e3:.3f} ms kernel time")
-        for kernel, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:14]:
-            print(f"   {c:5d} {t / 1e3:8.3f} ms  {kernel}")
+        print_kernel_table(prof, 14)
         release_graphs(model)
     del model
     torch.cuda.empty_cache()

@@ -10,12 +10,12 @@ one whole `read` + `ask`, the summed CUDA kernel time against the wall time (a w
 the host, not the GPU, sets the pace) and the largest kernels. Needs a CUDA GPU.
 """
 
-import collections
 import random
 import sys
 import time
 
 import torch
+from profile_decode import print_kernel_table
 
 from jrt_prompt.bench.model import READS_TWICE, build_model
 from jrt_prompt.generation import read_document, release_graphs
@@ -99,17 +99,8 @@ def profile(name: str, qs: list[int]) -> None:
             whole()
             torch.cuda.synchronize()
         wall = 1e3 * (time.perf_counter() - started)
-        kernels = collections.defaultdict(lambda: [0, 0.0])
-        for event in prof.events():
-            if event.device_type == torch.autograd.DeviceType.CUDA:
-                entry = kernels[event.name[:70]]
-                entry[0] += 1
-                entry[1] += event.device_time_total
-        count = sum(c for c, _ in kernels.values())
-        total = sum(t for _, t in kernels.values()) / 1e3
-        print(f"  profiled: wall {wall:.1f} ms (with profiler), {count} kernels, {total:.1f} ms kernel time")
-        for kernel, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:12]:
-            print(f"   {c:5d} {t / 1e3:8.2f} ms  {kernel}")
+        print(f"  profiled: wall {wall:.1f} ms (with profiler)")
+        print_kernel_table(prof, 12)
     release_graphs(model)
     torch.cuda.empty_cache()
 

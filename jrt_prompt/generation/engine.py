@@ -100,6 +100,14 @@ def extend_pieces(length: int) -> list[int]:
     return pieces
 
 
+def _rows_by_length(questions: list[list[int]]) -> dict[int, list[int]]:
+    """Row indices of ``questions`` grouped by question length (no padding enters a state)."""
+    by_length: dict[int, list[int]] = {}
+    for r, q in enumerate(questions):
+        by_length.setdefault(len(q), []).append(r)
+    return by_length
+
+
 def _signature(leaves: list[torch.Tensor]) -> tuple:
     return tuple((tuple(t.shape[1:]), t.dtype) for t in leaves)
 
@@ -492,11 +500,8 @@ class DecodeEngine:
         leaves = flatten(template)
         out = [torch.empty_like(leaf) for leaf in leaves]  # every row is written below
         first = torch.empty(n, dtype=torch.long, device=self.device)
-        by_length: dict[int, list[int]] = {}
-        for r, q in enumerate(questions):
-            by_length.setdefault(len(q), []).append(r)
         with torch.inference_mode():
-            for length, rows in by_length.items():
+            for length, rows in _rows_by_length(questions).items():
                 per_forward = max(1, self.max_prefill_tokens // length)
                 for start in range(0, len(rows), per_forward):
                     chunk = rows[start : start + per_forward]
@@ -522,11 +527,8 @@ class DecodeEngine:
         leaves = flatten(self.family.tree(cache))
         out = [torch.empty_like(leaf) for leaf in leaves]  # every row is written below
         first = torch.empty(n, dtype=torch.long, device=self.device)
-        by_length: dict[int, list[int]] = {}
-        for r, q in enumerate(questions):
-            by_length.setdefault(len(q), []).append(r)
         with torch.inference_mode():
-            for length, rows in by_length.items():
+            for length, rows in _rows_by_length(questions).items():
                 for start in range(0, len(rows), slots_limit):
                     chunk = rows[start : start + slots_limit]
                     slots = slot_size(len(chunk), slots_limit)
