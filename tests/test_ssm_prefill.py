@@ -243,7 +243,7 @@ def test_gpu_questions_read_in_captured_pieces_equal_one_forward(name):
         pytest.skip("needs a CUDA GPU")
     import warnings
 
-    from jrt_prompt.generation.engine import _EAGER, _Extender
+    from jrt_prompt.generation.engine import _EAGER, _Decoder
 
     model = accelerate(full_width_mamba_on_cuda(name))
     family = family_of(model)
@@ -258,7 +258,8 @@ def test_gpu_questions_read_in_captured_pieces_equal_one_forward(name):
         warnings.simplefilter("error", RuntimeWarning)
         for _ in range(2):  # the second call replays the graphs the first captured
             first, state = engine.continue_rows(copy.deepcopy(cache), questions, slots_limit=4, pad_id=0)
-    extenders = [v for v in engine._store().values() if isinstance(v, _Extender)]
+    decoders = [v for v in engine._store().values() if isinstance(v, _Decoder)]
+    extenders = [e for d in decoders for e in d.extenders.values()]
     assert {e.ids.shape[1] for e in extenders} == {16, 4, 2, 1} and all(
         e.graph is not _EAGER for e in extenders
     )

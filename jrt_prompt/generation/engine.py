@@ -75,17 +75,17 @@ class _Decoder:
     signature: tuple = field(default_factory=tuple)
     host: list | None = None  # two pinned host buffers for the tokens of one replay (CUDA)
     flip: int = 0
+    extenders: dict = field(default_factory=dict)  # piece length -> _Extender on these buffers
 
 
 @dataclass
 class _Extender:
     """One captured extend forward of a decoder's slots by ``ids.shape[1]`` tokens: its static
-    token ids and last-position logits; the state is the decoder's static buffers."""
+    token ids and last-position logits; the state is its decoder's static buffers."""
 
     ids: torch.Tensor  # [slots, length]
     logits: torch.Tensor | None = None  # [slots, vocab] float32
     graph: object = None
-    state: list | None = None  # the decoder buffers it was captured on
 
 
 def extend_pieces(length: int) -> list[int]:
@@ -218,26 +218,34 @@ class DecodeEngine:
         self.family.set_tree(decoder.cache, unflatten(decoder.tree, decoder.state))
 
     def _replay(self, decoder: _Decoder) -> None:
-        if not self.use_graphs or decoder.graph is _EAGER:
-            self._run_steps(decoder)
-            return
-        if decoder.graph is None:
-            self._capture(decoder)
-            if decoder.graph is _EAGER:
-                self._run_steps(decoder)
-                return
-        decoder.graph.replay()
+        self._replay_or_run(decoder, lambda: self._run_steps(decoder), lambda: self._capture(decoder))
+
+    def _replay_or_run(self, holder, run, capture) -> None:
+        """Replay ``holder.graph``, captured by ``capture()`` on first use; ``run()`` eagerly
+        without graphs or where the capture failed."""
+        if self.use_graphs and holder.graph is None:
+            capture()
+        if not self.use_graphs or holder.graph is _EAGER:
+            run()
+        else:
+            holder.graph.replay()
 
     def _capture(self, decoder: _Decoder) -> None:
-        # Warm up on a side stream (kernel selection, autotuning, allocator), then restore the
-        # state and capture. The warm-up steps change the state, so it is saved first.
-        saved = [t.clone() for t in decoder.state]
-        tokens = decoder.tokens.clone()
+        decoder.graph = self._capture_graph(
+            lambda: self._run_steps(decoder), [*decoder.state, decoder.tokens], "the decode step"
+        )
+        self._point_at_buffers(decoder)
+
+    def _capture_graph(self, run, buffers: list[torch.Tensor], what: str):
+        """``run()`` captured in a CUDA graph, or ``_EAGER`` (with a warning) where it cannot be.
+        Warm-up on a side stream first (kernel selection, autotuning, allocator); the warm-up
+        changes ``buffers`` (the state ``run`` continues), so they are saved and put back."""
+        saved = [t.clone() for t in buffers]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._run_steps(decoder)
+                run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         # One memory pool for all graphs of a model: they never run at the same time, and what
         # they leave behind is copied into buffers allocated outside the pool.
@@ -245,23 +253,21 @@ class DecodeEngine:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=pool):
-                self._run_steps(decoder)
-        except Exception as exc:  # a step that cannot be captured still decodes, eagerly
+                run()
+        except Exception as exc:  # what cannot be captured still runs, eagerly
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize(self.device)
             warnings.warn(
-                f"the decode step of {type(self.model).__name__} could not be captured in a CUDA graph "
+                f"{what} of {type(self.model).__name__} could not be captured in a CUDA graph "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                "decoding eagerly",
+                "running it eagerly",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=7,
             )
             graph = _EAGER
-        self._point_at_buffers(decoder)
-        for buffer, value in zip(decoder.state, saved, strict=True):
+        for buffer, value in zip(buffers, saved, strict=True):
             buffer.copy_(value)
-        decoder.tokens.copy_(tokens)
-        decoder.graph = graph
+        return graph
 
     # ---------------------------------------------------------------------------------------
     # prefill
@@ -553,17 +559,13 @@ class DecodeEngine:
                     first[rows_index] = extender.logits[: len(chunk)].argmax(-1)
                     for whole, buffer in zip(out, decoder.state, strict=True):
                         whole[rows_index] = buffer[: len(chunk)]
-                    self._point_at_buffers(decoder)
         return first, out
 
     def _extender(self, decoder: _Decoder, length: int) -> _Extender:
-        key = ("extend", self.family.name, decoder.slots, length, self.use_graphs, self._numerics())
-        store = self._store()
-        extender = store.get(key)
-        if extender is None or extender.state is not decoder.state:
-            extender = _Extender(ids=torch.zeros(decoder.slots, length, dtype=torch.long, device=self.device))
-            extender.state = decoder.state
-            store[key] = extender
+        extender = decoder.extenders.get(length)
+        if extender is None:
+            ids = torch.zeros(decoder.slots, length, dtype=torch.long, device=self.device)
+            extender = decoder.extenders[length] = _Extender(ids=ids)
         return extender
 
     def _run_extend(self, decoder: _Decoder, extender: _Extender) -> None:
@@ -574,45 +576,14 @@ class DecodeEngine:
         extender.logits.copy_(logits)
 
     def _replay_extend(self, decoder: _Decoder, extender: _Extender) -> None:
-        if not self.use_graphs or extender.graph is _EAGER:
+        def run():
             self._run_extend(decoder, extender)
-            return
-        if extender.graph is None:
-            self._capture_extend(decoder, extender)
-            if extender.graph is _EAGER:
-                self._run_extend(decoder, extender)
-                return
-        extender.graph.replay()
 
-    def _capture_extend(self, decoder: _Decoder, extender: _Extender) -> None:
-        # as _capture: warm up on a side stream with the state saved, restore it, capture
-        saved = [t.clone() for t in decoder.state]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run_extend(decoder, extender)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        for buffer, value in zip(decoder.state, saved, strict=True):
-            buffer.copy_(value)
-        pool = self._store().setdefault("pool", torch.cuda.graph_pool_handle())
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=pool):
-                self._run_extend(decoder, extender)
-        except Exception as exc:  # a forward that cannot be captured still runs, eagerly
-            with contextlib.suppress(Exception):
-                torch.cuda.synchronize(self.device)
-            warnings.warn(
-                f"the {extender.ids.shape[1]}-token extend of {type(self.model).__name__} could not be "
-                f"captured in a CUDA graph ({type(exc).__name__}); reading questions eagerly",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            graph = _EAGER
-        for buffer, value in zip(decoder.state, saved, strict=True):
-            buffer.copy_(value)
-        extender.graph = graph
+        def capture():
+            what = f"the {extender.ids.shape[1]}-token extend"
+            extender.graph = self._capture_graph(run, decoder.state, what)
+
+        self._replay_or_run(extender, run, capture)
 
     def greedy_ids(self, input_ids: torch.Tensor, new_tokens: int, attention_mask=None, prefill=None):
         """``new_tokens`` greedy token ids per row of an already batched ``input_ids`` [b, l], with
